@@ -1,0 +1,227 @@
+//! The metered response body: forwards each upstream frame as it arrives and tees it into the tap.
+//!
+//! One upstream read becomes one client write, unchanged. The exception is strip mode (an OpenAI-compatible
+//! stream whose client did not ask for usage, so the proxy asked for it): there the body cuts the stream at
+//! event boundaries, drops the usage-only chunk, and holds back only the bytes of an event that has not
+//! completed yet.
+//!
+//! The call's record is produced exactly once, by whichever comes first: the upstream's end of body, an
+//! upstream error or idle timeout, or `Drop` (the client went away, or the server aborted the connection at
+//! the drain deadline). Dropping the body drops the upstream response too, which cancels the upstream call.
+
+use super::CallContext;
+use crate::app::AppState;
+use crate::usage::sse::EventSplitter;
+use crate::usage::tap::{StreamEnd, UsageReport};
+use crate::usage::{self, CallStatus, ResponseTap, UsageSource};
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The upstream went silent for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream idle for longer than {0:?}")]
+pub struct IdleTimeout(std::time::Duration);
+
+pub struct MeteredBody<B> {
+    inner: B,
+    /// `Some` until the call is finished.
+    call: Option<(ResponseTap, CallContext)>,
+    state: AppState,
+    splitter: Option<EventSplitter>,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    first_token: Option<Instant>,
+    /// Strip mode: the bytes after the upstream's end, sent before ending the client's stream.
+    tail: Option<Bytes>,
+    ended: bool,
+}
+
+impl<B> MeteredBody<B> {
+    pub fn new(
+        inner: B,
+        tap: ResponseTap,
+        ctx: CallContext,
+        state: AppState,
+        strip_usage_chunk: bool,
+    ) -> Self {
+        let idle = Box::pin(tokio::time::sleep(state.idle_timeout));
+        MeteredBody {
+            inner,
+            call: Some((tap, ctx)),
+            state,
+            splitter: strip_usage_chunk.then(EventSplitter::default),
+            idle,
+            first_token: None,
+            tail: None,
+            ended: false,
+        }
+    }
+
+    fn finish(&mut self, end: StreamEnd) {
+        if let Some((tap, ctx)) = self.call.take() {
+            let body = ctx.request_body.clone();
+            let protocol = ctx.protocol;
+            let report = tap.finish(end, || usage::estimate_prompt_tokens(protocol, &body));
+            if report.parse_errors > 0 {
+                self.state.metrics.parse_errors.inc_by(report.parse_errors);
+            }
+            if report.usage_clamped {
+                self.state.metrics.usage_clamped.inc();
+            }
+            self.state
+                .finish_call(ctx.into_record(report, self.first_token));
+        }
+    }
+
+    fn tap(&mut self, bytes: &[u8]) -> usage::TapSignal {
+        let Some((tap, _)) = self.call.as_mut() else {
+            return usage::TapSignal::default();
+        };
+        let signal = tap.feed(bytes);
+        if signal.first_token && self.first_token.is_none() {
+            self.first_token = Some(Instant::now());
+        }
+        signal
+    }
+
+    /// What the client gets of one upstream frame (`None`: nothing yet).
+    fn on_data(&mut self, data: Bytes) -> Option<Bytes> {
+        let Some(splitter) = self.splitter.as_mut() else {
+            self.tap(&data);
+            return Some(data);
+        };
+        let events = splitter.push(&data);
+        let mut kept: Option<BytesMut> = None;
+        let mut single: Option<Bytes> = None;
+        for event in events {
+            if self.tap(&event).usage_only_chunk {
+                continue;
+            }
+            match (&mut kept, single.take()) {
+                (Some(k), _) => k.extend_from_slice(&event),
+                (None, None) => single = Some(event),
+                (None, Some(first)) => {
+                    let mut k = BytesMut::from(&first[..]);
+                    k.extend_from_slice(&event);
+                    kept = Some(k);
+                }
+            }
+        }
+        kept.map(BytesMut::freeze).or(single)
+    }
+}
+
+impl<B> Body for MeteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(tail) = this.tail.take() {
+                return Poll::Ready(Some(Ok(Frame::data(tail))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.state.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    let out = match frame.into_data() {
+                        Ok(data) => this.on_data(data).map(Frame::data),
+                        Err(trailers) => Some(trailers),
+                    };
+                    if this.splitter.is_none() && this.inner.is_end_stream() {
+                        // A sized body can be complete before the library polls for its end.
+                        this.finish(StreamEnd::Complete);
+                    }
+                    if let Some(frame) = out {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.finish(StreamEnd::UpstreamFailed);
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    if let Some(rest) = this.splitter.as_mut().and_then(EventSplitter::finish) {
+                        if !this.tap(&rest).usage_only_chunk {
+                            this.tail = Some(rest);
+                        }
+                    }
+                    this.finish(StreamEnd::Complete);
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        this.finish(StreamEnd::UpstreamFailed);
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(
+                            this.state.idle_timeout,
+                        )))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.tail.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.splitter.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        self.finish(StreamEnd::ClientGone);
+    }
+}
+
+/// The record of a call whose request may have reached the upstream but which got no response head (the
+/// upstream reset or timed out before answering). Usage is estimated from the prompt: the upstream may have
+/// started work it bills for.
+pub fn cut_before_response(
+    ctx: CallContext,
+    http_status: u16,
+    code: &str,
+) -> crate::record::CallRecord {
+    let input = usage::estimate_prompt_tokens(ctx.protocol, &ctx.request_body);
+    let report = UsageReport {
+        status: CallStatus::UpstreamAborted,
+        http_status,
+        error_code: Some(code.to_owned()),
+        upstream_request_id: None,
+        response_model: None,
+        stream: false,
+        tokens: usage::Tokens {
+            input,
+            ..Default::default()
+        },
+        usage_source: UsageSource::Estimated,
+        parse_errors: 0,
+        usage_clamped: false,
+    };
+    ctx.into_record(report, None)
+}

@@ -1,0 +1,100 @@
+//! The call record: one per call that reached the proxy, handed to a [`Recorder`].
+//!
+//! A record is built exactly once, when the call ends (see `proxy::MeteredBody`), and is the unit the
+//! ledger stores. It never contains the API key or message content: only `key_fingerprint` (first 12 hex
+//! chars of SHA-256 of the key) and `key_hint` (`sk-…` + last 4).
+
+use crate::usage::{CallStatus, Protocol, Tokens, UsageSource};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallRecord {
+    pub call_id: Uuid,
+    pub upstream_request_id: Option<String>,
+    pub protocol: Protocol,
+    /// The model the request named (else the one the response echoed, else `unknown`).
+    pub model: String,
+    pub stream: bool,
+    pub status: CallStatus,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Time from receiving the request to the first generated token reaching the client.
+    pub ttft_ms: Option<f64>,
+    pub duration_ms: f64,
+    pub input_tokens: u64,
+    pub cached_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub answer_tokens: u64,
+    pub usage_source: UsageSource,
+    pub key_fingerprint: Option<String>,
+    pub key_hint: Option<String>,
+    pub project: Option<String>,
+    pub end_user: Option<String>,
+}
+
+impl CallRecord {
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            input: self.input_tokens,
+            cached: self.cached_tokens,
+            output: self.output_tokens,
+            reasoning: self.reasoning_tokens,
+        }
+    }
+}
+
+/// Where finished calls go. Called once per call, on the task that finished it: it must not block.
+pub trait Recorder: Send + Sync + 'static {
+    fn record(&self, record: CallRecord);
+}
+
+/// Keeps records in memory. Used by tests and by `serve` until a durable ledger is configured.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryRecorder {
+    inner: Arc<(Mutex<Vec<CallRecord>>, Notify)>,
+}
+
+impl MemoryRecorder {
+    pub fn records(&self) -> Vec<CallRecord> {
+        self.inner.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` records exist and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<CallRecord> {
+        loop {
+            let notified = self.inner.1.notified();
+            let records = self.records();
+            if records.len() >= n {
+                return records;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for the record of one call.
+    pub async fn wait_for_call(&self, call_id: Uuid) -> CallRecord {
+        loop {
+            let notified = self.inner.1.notified();
+            if let Some(r) = self.records().into_iter().find(|r| r.call_id == call_id) {
+                return r;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Recorder for MemoryRecorder {
+    fn record(&self, record: CallRecord) {
+        if let Ok(mut v) = self.inner.0.lock() {
+            v.push(record);
+        }
+        self.inner.1.notify_waiters();
+    }
+}

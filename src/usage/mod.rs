@@ -1,0 +1,336 @@
+//! Pure parsing of both DashScope protocols: what a call asked for, and what its response says it used.
+//!
+//! Nothing here does I/O or reads a clock; the proxy feeds bytes in and gets values out. That is what lets
+//! the parsers be property-tested (any split of a stream gives the same result) and fuzzed.
+//!
+//! - [`inspect_request`] reads the request body once: model, stream flag, whether the client asked for
+//!   usage, and (OpenAI-compatible streams only) the rewritten body that asks for it on the client's behalf.
+//! - [`tap::ResponseTap`] follows a response as it streams past and yields a [`UsageReport`].
+//! - [`estimate`] holds the estimator for calls whose usage never arrived.
+//!
+//! Metering rules (DESIGN §4): `output_tokens` includes reasoning; `answer = output − reasoning`;
+//! `cached ⊂ input`. These invariants hold for every [`Tokens`] this module produces.
+
+pub mod estimate;
+pub mod sse;
+pub mod tap;
+
+use serde::Deserialize;
+use std::borrow::Cow;
+
+pub use tap::{CallStatus, ResponseTap, TapSignal};
+
+/// Which of the two wire protocols a call used. Stored as `protocol` in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `/compatible-mode/v1/chat/completions`
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// `/api/v1/services/aigc/text-generation/generation`
+    #[serde(rename = "dashscope")]
+    DashScope,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::OpenAi => "openai",
+            Protocol::DashScope => "dashscope",
+        }
+    }
+}
+
+/// Where a record's token counts came from. Stored as `usage_source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// The upstream's own usage object (for a cut native stream: its last cumulative usage).
+    Reported,
+    /// Estimated from the request and the text that streamed (see [`estimate`]).
+    Estimated,
+    /// No usage and nothing to estimate from (e.g. a 401).
+    None,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Estimated => "estimated",
+            UsageSource::None => "none",
+        }
+    }
+}
+
+/// The four token classes of one call. Invariants: `cached <= input`, `reasoning <= output`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Tokens {
+    pub input: u64,
+    pub cached: u64,
+    pub output: u64,
+    pub reasoning: u64,
+}
+
+impl Tokens {
+    /// Builds counts, clamping the subsets into their totals. Returns whether clamping was needed
+    /// (an upstream inconsistency worth counting, never worth failing a call over).
+    pub fn clamped(input: u64, cached: u64, output: u64, reasoning: u64) -> (Tokens, bool) {
+        let t = Tokens {
+            input,
+            cached: cached.min(input),
+            output,
+            reasoning: reasoning.min(output),
+        };
+        (t, cached > input || reasoning > output)
+    }
+
+    pub fn answer(&self) -> u64 {
+        self.output - self.reasoning
+    }
+
+    /// Input tokens not served from the cache.
+    pub fn uncached_input(&self) -> u64 {
+        self.input - self.cached
+    }
+}
+
+/// What the request asked for, read once before forwarding.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// `model`, if the body was JSON and named one.
+    pub model: Option<String>,
+    /// The client asked for a stream (`stream: true`, or `X-DashScope-SSE: enable` on native).
+    pub stream: bool,
+    /// OpenAI-compatible: the client itself set `stream_options.include_usage: true`.
+    pub client_wants_usage: bool,
+    /// Native: `parameters.incremental_output` (otherwise every event repeats the full text so far).
+    pub incremental_output: bool,
+    /// The body did not parse as a JSON object. It is forwarded all the same; the upstream judges it.
+    pub malformed: bool,
+}
+
+/// The result of reading a request: its facts and, when the proxy must ask for usage on the client's
+/// behalf, the body to send upstream instead.
+#[derive(Debug)]
+pub struct InspectedRequest {
+    pub info: RequestInfo,
+    /// `Some` only for an OpenAI-compatible stream without `include_usage: true`.
+    pub rewritten_body: Option<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+struct RequestHead<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+    #[serde(default)]
+    stream_options: Option<serde_json::Value>,
+    #[serde(default)]
+    parameters: Option<serde_json::Value>,
+}
+
+/// Reads a request body. `native_sse` is whether the native `X-DashScope-SSE: enable` header was sent.
+pub fn inspect_request(protocol: Protocol, body: &[u8], native_sse: bool) -> InspectedRequest {
+    let head: RequestHead<'_> = match serde_json::from_slice(body) {
+        Ok(h) => h,
+        Err(_) => {
+            return InspectedRequest {
+                info: RequestInfo {
+                    stream: native_sse,
+                    malformed: true,
+                    ..RequestInfo::default()
+                },
+                rewritten_body: None,
+            }
+        }
+    };
+    let model = head.model.map(Cow::into_owned);
+    match protocol {
+        Protocol::OpenAi => {
+            let stream = head
+                .stream
+                .as_ref()
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            let client_wants_usage = head
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.get("include_usage"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            let rewritten_body = (stream && !client_wants_usage)
+                .then(|| with_include_usage(body))
+                .flatten();
+            InspectedRequest {
+                info: RequestInfo {
+                    model,
+                    stream,
+                    client_wants_usage,
+                    incremental_output: true,
+                    malformed: false,
+                },
+                rewritten_body,
+            }
+        }
+        Protocol::DashScope => {
+            let incremental_output = head
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get("incremental_output"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            InspectedRequest {
+                info: RequestInfo {
+                    model,
+                    stream: native_sse,
+                    client_wants_usage: true,
+                    incremental_output,
+                    malformed: false,
+                },
+                rewritten_body: None,
+            }
+        }
+    }
+}
+
+/// The same JSON object with `stream_options.include_usage = true`; other keys keep their order.
+fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let mut value: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).ok()?;
+    let options = value
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if !options.is_object() {
+        *options = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let serde_json::Value::Object(o) = options {
+        o.insert("include_usage".into(), serde_json::Value::Bool(true));
+    }
+    serde_json::to_vec(&value).ok()
+}
+
+/// Estimated prompt tokens of a request body (both protocols), for calls whose usage never arrived.
+pub fn estimate_prompt_tokens(protocol: Protocol, body: &[u8]) -> u64 {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return 0;
+    };
+    let messages = match protocol {
+        Protocol::OpenAi => value.get("messages"),
+        Protocol::DashScope => value.get("input").and_then(|i| i.get("messages")),
+    };
+    let mut tally = estimate::TextTally::default();
+    let mut count = 0u64;
+    for message in messages.and_then(|m| m.as_array()).into_iter().flatten() {
+        count += 1;
+        match message.get("content") {
+            Some(serde_json::Value::String(s)) => tally.add(s),
+            Some(serde_json::Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(s) = part.get("text").and_then(|t| t.as_str()) {
+                        tally.add(s);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(prompt) = value
+        .get("input")
+        .and_then(|i| i.get("prompt"))
+        .and_then(|p| p.as_str())
+    {
+        count += 1;
+        tally.add(prompt);
+    }
+    tally.tokens() + count * estimate::PER_MESSAGE_OVERHEAD
+}
+
+/// SHA-256 fingerprint (first 12 hex chars) and display hint (`sk-…` + last 4) of an API key.
+/// The key itself never leaves this function.
+pub fn key_identity(authorization: &str) -> Option<(String, String)> {
+    use sha2::Digest;
+    let key = authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))?
+        .trim();
+    if key.is_empty() {
+        return None;
+    }
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let fingerprint = hex::encode(&digest[..6]);
+    let last4: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Some((fingerprint, format!("sk-…{last4}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compat_stream_without_usage_is_rewritten_keeping_key_order() {
+        let body = br#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"hi"}],"stream":true,"enable_thinking":true}"#;
+        let r = inspect_request(Protocol::OpenAi, body, false);
+        assert_eq!(r.info.model.as_deref(), Some("deepseek-v3.2-exp"));
+        assert!(r.info.stream && !r.info.client_wants_usage);
+        let rewritten = String::from_utf8(r.rewritten_body.unwrap()).unwrap();
+        assert_eq!(
+            rewritten,
+            r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"hi"}],"stream":true,"enable_thinking":true,"stream_options":{"include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn compat_stream_with_usage_false_is_turned_on() {
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#;
+        let r = inspect_request(Protocol::OpenAi, body, false);
+        let v: serde_json::Value = serde_json::from_slice(&r.rewritten_body.unwrap()).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn compat_with_usage_or_without_stream_is_untouched() {
+        let asked = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        assert!(inspect_request(Protocol::OpenAi, asked, false)
+            .rewritten_body
+            .is_none());
+        let plain = br#"{"model":"m","messages":[]}"#;
+        assert!(inspect_request(Protocol::OpenAi, plain, false)
+            .rewritten_body
+            .is_none());
+    }
+
+    #[test]
+    fn malformed_body_is_reported_not_rejected() {
+        let r = inspect_request(Protocol::OpenAi, b"{not json", false);
+        assert!(r.info.malformed && r.info.model.is_none() && r.rewritten_body.is_none());
+    }
+
+    #[test]
+    fn native_reads_sse_header_and_incremental_flag() {
+        let body = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"你是谁？"}]},"parameters":{"incremental_output":true}}"#.as_bytes();
+        let r = inspect_request(Protocol::DashScope, body, true);
+        assert!(r.info.stream && r.info.incremental_output);
+        assert_eq!(estimate_prompt_tokens(Protocol::DashScope, body), 3 + 3);
+    }
+
+    #[test]
+    fn key_fingerprint_is_sha256_prefix_and_hint_last_four() {
+        let (fp, hint) = key_identity("Bearer sk-abcdef1234").unwrap();
+        // sha256("sk-abcdef1234")
+        use sha2::Digest;
+        let full = hex::encode(sha2::Sha256::digest(b"sk-abcdef1234"));
+        assert_eq!(fp, full[..12]);
+        assert_eq!(hint, "sk-…1234");
+        assert!(key_identity("Basic xyz").is_none());
+        assert!(key_identity("Bearer ").is_none());
+    }
+}

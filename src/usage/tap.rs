@@ -1,0 +1,670 @@
+//! The response tap: follows one upstream response as it streams past and says what the call used.
+//!
+//! The proxy hands every chunk to [`ResponseTap::feed`] on its way to the client and calls
+//! [`ResponseTap::finish`] once, with how the stream ended. The tap never changes or delays bytes; it keeps
+//! only what the record needs (ids, the latest usage, error code, running text tallies for the estimator)
+//! plus, for non-streaming bodies, the body itself up to [`MAX_JSON_BODY`].
+//!
+//! Shapes handled (reference §1–§2, §7): compat JSON and SSE (`data: ` + `[DONE]`, usage-only chunk with
+//! `choices: []`, `reasoning_content` as `""`/`null`/absent, tool calls, in-band `{"error":…}` chunks, flat
+//! `{code,message}` error events, SSE-framed 4xx bodies); native JSON and SSE (`data:` without space,
+//! `:HTTP_STATUS/NNN`, `event:error` with HTTP 200, cumulative usage, `finish_reason: "null"`, incremental
+//! and full-text output); gzip/deflate bodies; unknown fields anywhere.
+//!
+//! A response the tap cannot understand never fails the call: the record then says `usage_source = none`
+//! (or `estimated`) and `parse_errors` counts what was skipped.
+
+use super::estimate::{TextTally, COMPLETION_OVERHEAD};
+use super::sse::{SseEvent, SseParser};
+use super::{Protocol, RequestInfo, Tokens, UsageSource};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::io::Write;
+
+/// Largest non-streaming body the tap buffers to read its usage. Larger bodies are forwarded untouched and
+/// recorded with `usage_source = none`.
+pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+/// How a call ended. Stored as `status`; a `rejected` call never reaches the tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Ok,
+    UpstreamError,
+    ClientAborted,
+    UpstreamAborted,
+    Rejected,
+    ProxyError,
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Ok => "ok",
+            CallStatus::UpstreamError => "upstream_error",
+            CallStatus::ClientAborted => "client_aborted",
+            CallStatus::UpstreamAborted => "upstream_aborted",
+            CallStatus::Rejected => "rejected",
+            CallStatus::ProxyError => "proxy_error",
+        }
+    }
+}
+
+/// How the byte stream ended, as the proxy saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream finished its body.
+    Complete,
+    /// The upstream reset, stalled past the idle timeout, or sent a broken body.
+    UpstreamFailed,
+    /// The client went away first.
+    ClientGone,
+}
+
+/// What the tap learned from feeding one piece of the stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TapSignal {
+    /// This piece held the call's first generated token (reasoning, answer or tool call).
+    pub first_token: bool,
+    /// This piece held an OpenAI-compatible usage-only chunk (`"choices": []` with a usage object).
+    pub usage_only_chunk: bool,
+}
+
+/// Everything the tap concluded about one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    pub status: CallStatus,
+    /// The HTTP status, or the in-band `:HTTP_STATUS/NNN` of a native error event sent with HTTP 200.
+    pub http_status: u16,
+    pub error_code: Option<String>,
+    pub upstream_request_id: Option<String>,
+    /// The `model` the response echoed (compat), used when the request named none.
+    pub response_model: Option<String>,
+    /// The response was an event stream.
+    pub stream: bool,
+    pub tokens: Tokens,
+    pub usage_source: UsageSource,
+    /// Events or bodies the tap could not parse (the client still got them).
+    pub parse_errors: u64,
+    /// The upstream's usage was inconsistent (cached > input or reasoning > output) and was clamped.
+    pub usage_clamped: bool,
+}
+
+enum Decoder {
+    Identity,
+    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
+    Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
+    /// An encoding the tap cannot read, or a decoding error: stop inspecting.
+    Opaque,
+}
+
+#[derive(Debug, Default)]
+struct Observed {
+    request_id: Option<String>,
+    model: Option<String>,
+    usage: Option<WireTokens>,
+    error_code: Option<String>,
+    errored: bool,
+    inband_status: Option<u16>,
+    terminal: bool,
+    reasoning: TextTally,
+    answer: TextTally,
+    saw_token: bool,
+    parse_errors: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WireTokens {
+    input: u64,
+    cached: u64,
+    output: u64,
+    reasoning: Option<u64>,
+}
+
+pub struct ResponseTap {
+    protocol: Protocol,
+    http_status: u16,
+    sse: bool,
+    incremental: bool,
+    decoder: Decoder,
+    parser: SseParser,
+    body: Vec<u8>,
+    body_overflow: bool,
+    obs: Observed,
+}
+
+impl ResponseTap {
+    /// Starts following a response from its status and the two headers that decide how to read it.
+    pub fn new(
+        protocol: Protocol,
+        request: &RequestInfo,
+        http_status: u16,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+    ) -> Self {
+        let sse =
+            content_type.is_some_and(|c| c.to_ascii_lowercase().contains("text/event-stream"));
+        let decoder = match content_encoding
+            .map(|e| e.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("identity") => Decoder::Identity,
+            Some("gzip") | Some("x-gzip") => {
+                Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
+            }
+            Some("deflate") => {
+                Decoder::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new())))
+            }
+            Some(_) => Decoder::Opaque,
+        };
+        ResponseTap {
+            protocol,
+            http_status,
+            sse,
+            incremental: request.incremental_output,
+            decoder,
+            parser: SseParser::default(),
+            body: Vec::new(),
+            body_overflow: false,
+            obs: Observed::default(),
+        }
+    }
+
+    /// Reads the next piece of the response body, exactly as it is forwarded.
+    pub fn feed(&mut self, chunk: &[u8]) -> TapSignal {
+        let saw_token = self.obs.saw_token;
+        let mut signal = TapSignal::default();
+        match &mut self.decoder {
+            Decoder::Identity => self.consume(chunk, &mut signal),
+            Decoder::Opaque => {}
+            Decoder::Gzip(d) => {
+                let ok = d.write_all(chunk).is_ok();
+                let plain = std::mem::take(d.get_mut());
+                self.after_decode(ok, &plain, &mut signal);
+                if let Decoder::Gzip(d) = &mut self.decoder {
+                    *d.get_mut() = reuse(plain);
+                }
+            }
+            Decoder::Deflate(d) => {
+                let ok = d.write_all(chunk).is_ok();
+                let plain = std::mem::take(d.get_mut());
+                self.after_decode(ok, &plain, &mut signal);
+                if let Decoder::Deflate(d) = &mut self.decoder {
+                    *d.get_mut() = reuse(plain);
+                }
+            }
+        }
+        signal.first_token = !saw_token && self.obs.saw_token;
+        signal
+    }
+
+    fn after_decode(&mut self, ok: bool, plain: &[u8], signal: &mut TapSignal) {
+        self.consume(plain, signal);
+        if !ok {
+            self.obs.parse_errors += 1;
+            self.decoder = Decoder::Opaque;
+        }
+    }
+
+    fn consume(&mut self, bytes: &[u8], signal: &mut TapSignal) {
+        if self.sse {
+            let Self {
+                parser,
+                obs,
+                protocol,
+                incremental,
+                ..
+            } = self;
+            parser.push(bytes, &mut |ev| {
+                on_event(obs, *protocol, *incremental, ev, signal)
+            });
+        } else if !self.body_overflow {
+            if self.body.len() + bytes.len() > MAX_JSON_BODY {
+                self.body_overflow = true;
+                self.body = Vec::new();
+            } else {
+                self.body.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// Ends the call. `prompt_estimate` is only called when usage has to be estimated.
+    pub fn finish(mut self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
+        let mut signal = TapSignal::default();
+        if end == StreamEnd::Complete {
+            if let Decoder::Gzip(d) = &mut self.decoder {
+                let ok = d.try_finish().is_ok();
+                let plain = std::mem::take(d.get_mut());
+                self.after_decode(ok, &plain, &mut signal);
+            }
+            if self.sse {
+                let Self {
+                    parser,
+                    obs,
+                    protocol,
+                    incremental,
+                    ..
+                } = &mut self;
+                parser.finish(&mut |ev| on_event(obs, *protocol, *incremental, ev, &mut signal));
+            } else if !self.body.is_empty() {
+                self.read_body(&mut signal);
+            }
+        }
+        if self.parser.oversized_events > 0 || self.body_overflow {
+            self.obs.parse_errors += self.parser.oversized_events + u64::from(self.body_overflow);
+        }
+        self.report(end, prompt_estimate)
+    }
+
+    /// A non-streaming body: JSON, or an error body that arrived SSE-framed.
+    fn read_body(&mut self, signal: &mut TapSignal) {
+        let body = std::mem::take(&mut self.body);
+        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        if first == Some(b'{') {
+            match parse_wire(&body) {
+                Some(w) => {
+                    absorb(
+                        &mut self.obs,
+                        self.protocol,
+                        self.incremental,
+                        w,
+                        false,
+                        signal,
+                    );
+                    self.obs.terminal = true;
+                }
+                None => self.obs.parse_errors += 1,
+            }
+        } else if first.is_some() {
+            let Self {
+                obs,
+                protocol,
+                incremental,
+                ..
+            } = self;
+            let mut parser = SseParser::default();
+            let mut f = |ev: SseEvent<'_>| on_event(obs, *protocol, *incremental, ev, signal);
+            parser.push(&body, &mut f);
+            parser.finish(&mut f);
+            if !self.obs.errored && self.obs.usage.is_none() {
+                self.obs.parse_errors += 1;
+            }
+        }
+    }
+
+    fn report(self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
+        let obs = self.obs;
+        let http_status = obs.inband_status.unwrap_or(self.http_status);
+        let status = if obs.errored || self.http_status >= 400 {
+            CallStatus::UpstreamError
+        } else {
+            match end {
+                StreamEnd::ClientGone => CallStatus::ClientAborted,
+                StreamEnd::UpstreamFailed => CallStatus::UpstreamAborted,
+                StreamEnd::Complete if self.sse && !obs.terminal => CallStatus::UpstreamAborted,
+                StreamEnd::Complete => CallStatus::Ok,
+            }
+        };
+        let mut usage_clamped = false;
+        let (tokens, usage_source) = match obs.usage {
+            Some(w) => {
+                let reasoning = w
+                    .reasoning
+                    .unwrap_or_else(|| split_reasoning(w.output, obs.reasoning, obs.answer));
+                let (t, clamped) = Tokens::clamped(w.input, w.cached, w.output, reasoning);
+                usage_clamped = clamped;
+                (t, UsageSource::Reported)
+            }
+            None => {
+                let produced = !obs.reasoning.is_empty() || !obs.answer.is_empty();
+                let cut = matches!(
+                    status,
+                    CallStatus::ClientAborted | CallStatus::UpstreamAborted
+                );
+                if produced || cut {
+                    let reasoning = obs.reasoning.tokens();
+                    let overhead = if produced { COMPLETION_OVERHEAD } else { 0 };
+                    let output = reasoning + obs.answer.tokens() + overhead;
+                    let t = Tokens {
+                        input: prompt_estimate(),
+                        cached: 0,
+                        output,
+                        reasoning,
+                    };
+                    (t, UsageSource::Estimated)
+                } else {
+                    (Tokens::default(), UsageSource::None)
+                }
+            }
+        };
+        UsageReport {
+            status,
+            http_status,
+            error_code: obs.error_code,
+            upstream_request_id: obs.request_id,
+            response_model: obs.model,
+            stream: self.sse,
+            tokens,
+            usage_source,
+            parse_errors: obs.parse_errors,
+            usage_clamped,
+        }
+    }
+}
+
+/// Keeps a decode buffer's allocation for the next chunk.
+fn reuse(mut v: Vec<u8>) -> Vec<u8> {
+    v.clear();
+    v
+}
+
+/// Reasoning tokens when the upstream reported only the total (2025-era captures): the total is exact, so
+/// split it in proportion to the estimated sizes of the two channels.
+fn split_reasoning(output: u64, reasoning: TextTally, answer: TextTally) -> u64 {
+    let r = reasoning.tokens() as u128;
+    let a = answer.tokens() as u128;
+    if r == 0 {
+        return 0;
+    }
+    ((output as u128 * r + (r + a) / 2) / (r + a)) as u64
+}
+
+fn on_event(
+    obs: &mut Observed,
+    protocol: Protocol,
+    incremental: bool,
+    ev: SseEvent<'_>,
+    signal: &mut TapSignal,
+) {
+    if let Some(status) = ev.http_status.filter(|s| *s >= 400) {
+        obs.inband_status = Some(status);
+        obs.errored = true;
+    }
+    let error_event = ev.event == Some(&b"error"[..]);
+    if error_event {
+        obs.errored = true;
+    }
+    let data = ev.data.trim_ascii();
+    if data == b"[DONE]" {
+        obs.terminal = true;
+        return;
+    }
+    match parse_wire(data) {
+        Some(w) => absorb(obs, protocol, incremental, w, error_event, signal),
+        None => obs.parse_errors += 1,
+    }
+    if error_event && obs.error_code.is_none() {
+        obs.error_code = Some("unknown".into());
+    }
+}
+
+// ---- wire shapes -------------------------------------------------------------------------------------
+
+/// One JSON object of either protocol: a compat chunk or body, a native event or body, or an error.
+/// Fields are optional and unknown fields ignored, so every shape of the reference parses with this type.
+#[derive(Deserialize, Default)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(borrow, default)]
+    output: Option<NativeOutput<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+/// The fallback when a chunk's content has a shape [`Wire`] does not expect: keep what the record needs.
+#[derive(Deserialize, Default)]
+struct WireMinimal {
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Message<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Message<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct NativeOutput<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(borrow, default)]
+    function: Option<ToolFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolFunction<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens_details: Option<OutputDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetails>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct OutputDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn tokens(&self) -> Option<WireTokens> {
+        let input = self.prompt_tokens.or(self.input_tokens);
+        let output = self.completion_tokens.or(self.output_tokens);
+        if input.is_none() && output.is_none() {
+            return None;
+        }
+        let details = self
+            .completion_tokens_details
+            .or(self.output_tokens_details);
+        Some(WireTokens {
+            input: input.unwrap_or(0),
+            cached: self
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            output: output.unwrap_or(0),
+            reasoning: details.and_then(|d| d.reasoning_tokens),
+        })
+    }
+}
+
+fn parse_wire(data: &[u8]) -> Option<Wire<'_>> {
+    if let Ok(w) = serde_json::from_slice::<Wire<'_>>(data) {
+        return Some(w);
+    }
+    let m: WireMinimal = serde_json::from_slice(data).ok()?;
+    Some(Wire {
+        request_id: m.request_id.map(Cow::Owned),
+        usage: m.usage,
+        error: m.error,
+        code: m.code,
+        ..Wire::default()
+    })
+}
+
+fn error_code_of(error: &serde_json::Value) -> String {
+    let pick = |k: &str| {
+        error
+            .get(k)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    pick("code")
+        .or_else(|| pick("type"))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn absorb(
+    obs: &mut Observed,
+    protocol: Protocol,
+    incremental: bool,
+    w: Wire<'_>,
+    error_event: bool,
+    signal: &mut TapSignal,
+) {
+    if obs.request_id.is_none() {
+        let id = w
+            .request_id
+            .as_deref()
+            .or_else(|| w.id.as_deref().map(|i| i.trim_start_matches("chatcmpl-")));
+        obs.request_id = id.filter(|s| !s.is_empty()).map(str::to_owned);
+    }
+    if obs.model.is_none() {
+        obs.model = w.model.map(Cow::into_owned);
+    }
+    if let Some(error) = w.error.as_ref().filter(|e| !e.is_null()) {
+        obs.errored = true;
+        obs.error_code = Some(error_code_of(error));
+    }
+    let flat_code = w
+        .code
+        .as_ref()
+        .and_then(|c| c.as_str())
+        .filter(|c| !c.is_empty());
+    if let Some(code) = flat_code {
+        if error_event || (w.choices.is_none() && w.output.is_none() && w.usage.is_none()) {
+            obs.errored = true;
+            obs.error_code = Some(code.to_owned());
+        }
+    }
+    let usage = w.usage.as_ref().and_then(WireUsage::tokens);
+    if let Some(u) = usage {
+        // Compat reports once; native reports cumulative totals in every event: the latest wins either way.
+        obs.usage = Some(u);
+    }
+    if let Some(choices) = &w.choices {
+        if choices.is_empty() && usage.is_some() {
+            signal.usage_only_chunk = true;
+        }
+        for c in choices {
+            tally_message(obs, c.delta.as_ref().or(c.message.as_ref()), true);
+            if c.finish_reason.as_deref().is_some_and(is_finished)
+                && protocol == Protocol::DashScope
+            {
+                obs.terminal = true;
+            }
+        }
+    }
+    if let Some(out) = &w.output {
+        let accumulate = incremental || protocol == Protocol::OpenAi;
+        for c in out.choices.iter().flatten() {
+            tally_message(obs, c.message.as_ref().or(c.delta.as_ref()), accumulate);
+            if c.finish_reason.as_deref().is_some_and(is_finished) {
+                obs.terminal = true;
+            }
+        }
+        if let Some(text) = out.text.as_deref().filter(|t| !t.is_empty()) {
+            obs.saw_token = true;
+            if accumulate {
+                obs.answer.add(text);
+            } else {
+                obs.answer = TextTally::of(text);
+            }
+        }
+        if out.finish_reason.as_deref().is_some_and(is_finished) {
+            obs.terminal = true;
+        }
+    }
+}
+
+/// Native streams send the string `"null"` until the last event.
+fn is_finished(reason: &str) -> bool {
+    !reason.is_empty() && reason != "null"
+}
+
+fn tally_message(obs: &mut Observed, message: Option<&Message<'_>>, accumulate: bool) {
+    let Some(m) = message else { return };
+    let reasoning = m.reasoning_content.as_deref().unwrap_or("");
+    let content = m.content.as_deref().unwrap_or("");
+    let mut tools = TextTally::default();
+    for t in m.tool_calls.iter().flatten() {
+        if let Some(f) = &t.function {
+            tools.add(f.name.as_deref().unwrap_or(""));
+            tools.add(f.arguments.as_deref().unwrap_or(""));
+        }
+    }
+    if !reasoning.is_empty() || !content.is_empty() || !tools.is_empty() {
+        obs.saw_token = true;
+    }
+    if accumulate {
+        obs.reasoning.add(reasoning);
+        obs.answer.add(content);
+        obs.answer.cjk += tools.cjk;
+        obs.answer.other += tools.other;
+    } else {
+        // Full-text mode: each event repeats everything so far.
+        if !reasoning.is_empty() {
+            obs.reasoning = TextTally::of(reasoning);
+        }
+        if !content.is_empty() || !tools.is_empty() {
+            let mut a = TextTally::of(content);
+            a.cjk += tools.cjk;
+            a.other += tools.other;
+            obs.answer = a;
+        }
+    }
+}
