@@ -41,9 +41,10 @@ pub struct SseParser {
 impl SseParser {
     /// Feeds the next bytes; calls `on_event` for each event they complete.
     pub fn push(&mut self, mut bytes: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) {
-        if self.skip_lf {
-            if let Some((&b'\n', rest)) = bytes.split_first() {
-                bytes = rest;
+        if self.skip_lf && !bytes.is_empty() {
+            // The previous read ended in `\r`; a `\n` now belongs to that line end (an empty read says nothing).
+            if bytes[0] == b'\n' {
+                bytes = &bytes[1..];
             }
             self.skip_lf = false;
         }
@@ -285,5 +286,36 @@ mod tests {
         assert_eq!(out, vec![&b"data: a\n\n"[..], &b"data: b\r\n\r\n"[..]]);
         assert_eq!(s.push(b"\n\n"), vec![&b"data: c\n\n"[..]]);
         assert_eq!(s.finish(), None);
+    }
+}
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn every_two_cut_split_of_a_native_error_event_is_the_same() {
+        let body = b"id:1\r\nevent:error\r\n:HTTP_STATUS/400\r\ndata:{\"code\":\"X\"}";
+        let collect = |chunks: &[&[u8]]| {
+            let mut p = SseParser::default();
+            let mut out = Vec::new();
+            let mut f = |e: SseEvent<'_>| {
+                out.push((e.event.map(<[u8]>::to_vec), e.data.to_vec(), e.http_status))
+            };
+            for c in chunks {
+                p.push(c, &mut f);
+            }
+            p.finish(&mut f);
+            out
+        };
+        let whole = collect(&[body]);
+        for i in 0..=body.len() {
+            for j in i..=body.len() {
+                assert_eq!(
+                    collect(&[&body[..i], &body[i..j], &body[j..]]),
+                    whole,
+                    "cuts {i} {j}"
+                );
+            }
+        }
     }
 }

@@ -293,7 +293,13 @@ impl ResponseTap {
     }
 
     fn report(self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
-        let obs = self.obs;
+        // A body the tap could not decode says nothing about how it ended or what it used.
+        let unreadable = matches!(self.decoder, Decoder::Opaque);
+        let mut obs = self.obs;
+        if unreadable {
+            obs.terminal = true;
+            obs.parse_errors = obs.parse_errors.max(1);
+        }
         let http_status = obs.inband_status.unwrap_or(self.http_status);
         let status = if obs.errored || self.http_status >= 400 {
             CallStatus::UpstreamError
