@@ -1,0 +1,285 @@
+//! Test harness: the real app on port 0, a scripted upstream over raw TCP, and real HTTP clients.
+#![allow(dead_code)]
+
+pub mod captures;
+
+use deepseek_meter::app::App;
+use deepseek_meter::config::{Settings, Upstream};
+use deepseek_meter::pricing::PriceBook;
+use deepseek_meter::record::{CallRecord, MemoryRecorder};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+
+pub struct TestApp {
+    pub app: App,
+    pub records: MemoryRecorder,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn start(upstream: Upstream) -> TestApp {
+        Self::start_with(upstream, |_| {}).await
+    }
+
+    pub async fn start_with(upstream: Upstream, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = Settings::for_tests();
+        settings.upstream = upstream;
+        tweak(&mut settings);
+        let records = MemoryRecorder::default();
+        let app = App::start(settings, PriceBook::builtin(), Arc::new(records.clone()))
+            .await
+            .expect("app starts");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        TestApp { app, records, http }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app.proxy_addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app.admin_addr, path)
+    }
+
+    /// The record of the call whose response carried this `X-Meter-Call-Id`.
+    pub async fn record_of(&self, resp_call_id: &str) -> CallRecord {
+        let id = resp_call_id.parse().expect("call id is a uuid");
+        tokio::time::timeout(Duration::from_secs(10), self.records.wait_for_call(id))
+            .await
+            .expect("record arrives")
+    }
+}
+
+pub fn call_id(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-meter-call-id")
+        .expect("x-meter-call-id")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+pub const COMPAT_PATH: &str = "/compatible-mode/v1/chat/completions";
+pub const NATIVE_PATH: &str = "/api/v1/services/aigc/text-generation/generation";
+
+// ---- scripted upstream --------------------------------------------------------------------------------
+
+/// How a scripted response ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum End {
+    /// Proper end of body.
+    Clean,
+    /// Connection closed mid-body (no chunked terminator).
+    Reset,
+    /// Silence until the peer goes away.
+    Stall,
+}
+
+/// One scripted response: status, headers, the body as separate writes, and how it ends.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub chunks: Vec<Vec<u8>>,
+    pub end: End,
+    /// Wait for one permit of the upstream's gate before each write after the first.
+    pub gated: bool,
+}
+
+impl Script {
+    pub fn sse(chunks: Vec<Vec<u8>>) -> Script {
+        Script {
+            status: 200,
+            headers: vec![(
+                "content-type".into(),
+                "text/event-stream;charset=UTF-8".into(),
+            )],
+            chunks,
+            end: End::Clean,
+            gated: false,
+        }
+    }
+
+    pub fn json(status: u16, body: &str) -> Script {
+        Script {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            chunks: vec![body.as_bytes().to_vec()],
+            end: End::Clean,
+            gated: false,
+        }
+    }
+}
+
+/// What the upstream received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone)]
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    scripts: Arc<Mutex<VecDeque<Script>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub gate: Arc<Semaphore>,
+    /// Notified when a connection's peer went away while the upstream was still writing or stalled.
+    pub peer_gone: Arc<Notify>,
+}
+
+impl ScriptedUpstream {
+    pub async fn start() -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = ScriptedUpstream {
+            addr: listener.local_addr().unwrap(),
+            scripts: Arc::default(),
+            seen: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            peer_gone: Arc::new(Notify::new()),
+        };
+        let me = up.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move { me.serve(stream).await });
+            }
+        });
+        up
+    }
+
+    pub fn upstream(&self) -> Upstream {
+        Upstream::Url(format!("http://{}", self.addr).parse().unwrap())
+    }
+
+    pub fn push(&self, script: Script) {
+        self.scripts.lock().unwrap().push_back(script);
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw a request")
+    }
+
+    async fn serve(&self, mut stream: TcpStream) {
+        loop {
+            let Some(seen) = read_request(&mut stream).await else {
+                return;
+            };
+            self.seen.lock().unwrap().push(seen);
+            let script = self
+                .scripts
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Script::json(599, "{}"));
+            let mut head = format!("HTTP/1.1 {} X\r\n", script.status);
+            for (k, v) in &script.headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("transfer-encoding: chunked\r\n\r\n");
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for (i, chunk) in script.chunks.iter().enumerate() {
+                if script.gated && i > 0 {
+                    self.gate.acquire().await.unwrap().forget();
+                }
+                let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+                frame.extend_from_slice(chunk);
+                frame.extend_from_slice(b"\r\n");
+                if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
+                    self.peer_gone.notify_one();
+                    return;
+                }
+                // Give each write its own TCP segment where the OS allows.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            match script.end {
+                End::Clean => {
+                    if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                End::Reset => return,
+                End::Stall => {
+                    // Wait for the peer to close.
+                    let mut buf = [0u8; 1];
+                    let _ = stream.read(&mut buf).await;
+                    self.peer_gone.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_request(stream: &mut TcpStream) -> Option<Seen> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = stream.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next()?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = stream.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
+    Some(Seen {
+        request_line,
+        headers,
+        body,
+    })
+}
+
+/// Splits a capture into its SSE events (each a separate write), keeping every byte.
+pub fn events(capture: &str) -> Vec<Vec<u8>> {
+    capture
+        .split_inclusive("\n\n")
+        .map(|s| s.as_bytes().to_vec())
+        .collect()
+}

@@ -1,0 +1,686 @@
+//! The proxy through its front door: the real app on port 0, real HTTP, a scripted upstream replaying the
+//! reference's captures (or the simulator), checking both the bytes the client got and the record.
+
+mod common;
+
+use common::captures::*;
+use common::*;
+use deepseek_meter::config::Upstream;
+use deepseek_meter::usage::{CallStatus, Protocol, UsageSource};
+use futures_util::StreamExt;
+use proptest::prelude::*;
+use std::time::Duration;
+
+async fn post(t: &TestApp, path: &str, body: &str) -> reqwest::Response {
+    t.http
+        .post(t.url(path))
+        .header("authorization", "Bearer sk-canary-0000abcd")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+const STREAM_REQ: &str = r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"你是谁"}],"stream":true,"enable_thinking":true}"#;
+const STREAM_REQ_USAGE: &str = r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"你是谁"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+
+#[tokio::test]
+async fn compat_stream_without_include_usage_gets_exact_usage_and_identical_bytes() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    up.push(Script::sse(events(COMPAT_V32_SSE)));
+    let resp = post(&t, COMPAT_PATH, STREAM_REQ).await;
+    assert_eq!(resp.status(), 200);
+    let id = call_id(&resp);
+    let got = resp.bytes().await.unwrap();
+    // The client gets the stream minus the usage-only chunk it never asked for.
+    let expected: String = COMPAT_V32_SSE
+        .split_inclusive("\n\n")
+        .filter(|e| !e.contains("\"choices\":[]"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+    // The upstream was asked for usage; everything else in the body is the client's.
+    let seen: serde_json::Value = serde_json::from_slice(&up.last_seen().body).unwrap();
+    assert_eq!(seen["stream_options"]["include_usage"], true);
+    assert_eq!(seen["enable_thinking"], true);
+    let r = t.record_of(&id).await;
+    assert_eq!(
+        (r.status, r.usage_source),
+        (CallStatus::Ok, UsageSource::Reported)
+    );
+    assert_eq!(
+        (
+            r.input_tokens,
+            r.output_tokens,
+            r.reasoning_tokens,
+            r.answer_tokens
+        ),
+        (4, 140, 79, 61)
+    );
+    assert_eq!(r.model, "deepseek-v3.2-exp");
+    assert_eq!(r.protocol, Protocol::OpenAi);
+    assert!(r.stream);
+    assert_eq!(r.upstream_request_id.as_deref(), Some("1b2c"));
+    assert!(r.ttft_ms.is_some());
+}
+
+#[tokio::test]
+async fn compat_stream_with_include_usage_is_forwarded_byte_for_byte() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    up.push(Script::sse(events(COMPAT_R1_SSE)));
+    let resp = post(&t, COMPAT_PATH, STREAM_REQ_USAGE).await;
+    let id = call_id(&resp);
+    assert_eq!(resp.bytes().await.unwrap(), COMPAT_R1_SSE.as_bytes());
+    assert_eq!(
+        up.last_seen().body,
+        STREAM_REQ_USAGE.as_bytes(),
+        "body forwarded unchanged"
+    );
+    let r = t.record_of(&id).await;
+    assert_eq!((r.input_tokens, r.output_tokens), (13, 1436));
+}
+
+#[tokio::test]
+async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
+    struct Case {
+        path: &'static str,
+        req: &'static str,
+        script: Script,
+        status: CallStatus,
+        http: u16,
+        code: Option<&'static str>,
+        tokens: (u64, u64),
+        source: UsageSource,
+    }
+    let native_req = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"1+1"}]},"parameters":{"incremental_output":true}}"#;
+    let compat_req =
+        r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"9.9和9.11谁大"}]}"#;
+    let flat_err = "event: error\ndata: {\"code\":\"invalid_model_error\",\"message\":\"Unsupported model\",\"request_id\":\"r1\"}\n\n";
+    let native_err = "id:1\nevent:error\n:HTTP_STATUS/400\ndata:{\"code\":\"InvalidParameter\",\"message\":\"Role must be user or assistant\",\"request_id\":\"7671ecd8\"}\n\n";
+    let sse400 = "data: {\"error\":{\"code\":\"invalid_parameter_error\",\"param\":null,\"message\":\"Range of top_logprobs should be [0, 5]\",\"type\":\"invalid_request_error\"},\"id\":\"chatcmpl-54036480\"}\n\n";
+    let mut sse400_script = Script::sse(vec![sse400.as_bytes().to_vec()]);
+    sse400_script.status = 400;
+    let partial: Vec<Vec<u8>> = events(COMPAT_V32_SSE).into_iter().take(2).collect();
+    let mut moderated = partial.clone();
+    moderated.push(b"data: {\"error\":{\"message\":\"Output data may contain inappropriate content.\",\"type\":\"data_inspection_failed\",\"param\":null,\"code\":\"data_inspection_failed\"}}\n\n".to_vec());
+    let cases = vec![
+        Case {
+            path: COMPAT_PATH,
+            req: compat_req,
+            script: Script::json(200, COMPAT_R1_JSON),
+            status: CallStatus::Ok,
+            http: 200,
+            code: None,
+            tokens: (19, 797),
+            source: UsageSource::Reported,
+        },
+        Case {
+            path: NATIVE_PATH,
+            req: native_req,
+            script: Script::json(200, NATIVE_R1_JSON),
+            status: CallStatus::Ok,
+            http: 200,
+            code: None,
+            tokens: (11, 302),
+            source: UsageSource::Reported,
+        },
+        Case {
+            path: NATIVE_PATH,
+            req: native_req,
+            script: Script::sse(events(NATIVE_R1_SSE)),
+            status: CallStatus::Ok,
+            http: 200,
+            code: None,
+            tokens: (11, 406),
+            source: UsageSource::Reported,
+        },
+        Case {
+            path: NATIVE_PATH,
+            req: native_req,
+            script: Script::sse(vec![native_err.as_bytes().to_vec()]),
+            status: CallStatus::UpstreamError,
+            http: 400,
+            code: Some("InvalidParameter"),
+            tokens: (0, 0),
+            source: UsageSource::None,
+        },
+        Case {
+            path: COMPAT_PATH,
+            req: STREAM_REQ_USAGE,
+            script: Script::sse(vec![flat_err.as_bytes().to_vec()]),
+            status: CallStatus::UpstreamError,
+            http: 200,
+            code: Some("invalid_model_error"),
+            tokens: (0, 0),
+            source: UsageSource::None,
+        },
+        Case {
+            path: COMPAT_PATH,
+            req: STREAM_REQ_USAGE,
+            script: sse400_script,
+            status: CallStatus::UpstreamError,
+            http: 400,
+            code: Some("invalid_parameter_error"),
+            tokens: (0, 0),
+            source: UsageSource::None,
+        },
+        Case {
+            path: COMPAT_PATH,
+            req: STREAM_REQ_USAGE,
+            script: Script::sse(moderated),
+            status: CallStatus::UpstreamError,
+            http: 200,
+            code: Some("data_inspection_failed"),
+            tokens: (5, 8),
+            source: UsageSource::Estimated,
+        },
+        Case {
+            path: COMPAT_PATH,
+            req: compat_req,
+            script: Script::json(
+                401,
+                r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"},"request_id":"b02e047c"}"#,
+            ),
+            status: CallStatus::UpstreamError,
+            http: 401,
+            code: Some("invalid_api_key"),
+            tokens: (0, 0),
+            source: UsageSource::None,
+        },
+        Case {
+            path: NATIVE_PATH,
+            req: native_req,
+            script: Script::json(
+                429,
+                r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded, please try again later.","request_id":"x"}"#,
+            ),
+            status: CallStatus::UpstreamError,
+            http: 429,
+            code: Some("Throttling.RateQuota"),
+            tokens: (0, 0),
+            source: UsageSource::None,
+        },
+    ];
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    for (i, case) in cases.into_iter().enumerate() {
+        let sent: Vec<u8> = case.script.chunks.concat();
+        up.push(case.script);
+        let resp = post(&t, case.path, case.req).await;
+        let id = call_id(&resp);
+        assert_eq!(resp.bytes().await.unwrap(), sent, "case {i}: client bytes");
+        let r = t.record_of(&id).await;
+        assert_eq!(r.status, case.status, "case {i}");
+        assert_eq!(r.http_status, Some(case.http), "case {i}");
+        assert_eq!(r.error_code.as_deref(), case.code, "case {i}");
+        assert_eq!((r.input_tokens, r.output_tokens), case.tokens, "case {i}");
+        assert_eq!(r.usage_source, case.source, "case {i}");
+        assert_eq!(
+            r.answer_tokens,
+            r.output_tokens - r.reasoning_tokens,
+            "case {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn events_reach_the_client_before_the_upstream_sends_the_next() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    let mut script = Script::sse(events(NATIVE_R1_SSE));
+    script.gated = true;
+    let n = script.chunks.len();
+    up.push(script);
+    let resp = t
+        .http
+        .post(t.url(NATIVE_PATH))
+        .header("x-dashscope-sse", "enable")
+        .body(r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"hi"}]}}"#)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    for i in 0..n {
+        // Event i must arrive while the upstream is still holding event i+1.
+        let want: usize = events(NATIVE_R1_SSE)[..=i].iter().map(Vec::len).sum();
+        while got.len() < want {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("event arrives")
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got.len(), want, "exactly event {i}, nothing more");
+        up.gate.add_permits(1);
+    }
+    assert_eq!(got, NATIVE_R1_SSE.as_bytes());
+}
+
+#[tokio::test]
+async fn client_abort_mid_stream_cancels_upstream_and_records_client_aborted() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    let mut script = Script::sse(events(COMPAT_V32_SSE));
+    script.gated = true;
+    up.push(script);
+    let resp = post(&t, COMPAT_PATH, STREAM_REQ).await;
+    let id = call_id(&resp);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(stream);
+    // The upstream notices its reader is gone once it tries to write again.
+    up.gate.add_permits(10);
+    tokio::time::timeout(Duration::from_secs(5), up.peer_gone.notified())
+        .await
+        .expect("upstream connection closed");
+    let r = t.record_of(&id).await;
+    assert_eq!(r.status, CallStatus::ClientAborted);
+    assert_eq!(r.usage_source, UsageSource::Estimated);
+    assert!(r.output_tokens > 0 && r.input_tokens > 0);
+}
+
+#[tokio::test]
+async fn upstream_reset_and_stall_record_upstream_aborted() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start_with(up.upstream(), |s| {
+        s.idle_timeout = Duration::from_millis(300)
+    })
+    .await;
+    for end in [End::Reset, End::Stall] {
+        let mut script = Script::sse(events(NATIVE_R1_SSE).into_iter().take(2).collect());
+        script.end = end.clone();
+        up.push(script);
+        let resp = t
+            .http
+            .post(t.url(NATIVE_PATH))
+            .header("x-dashscope-sse", "enable")
+            .body(
+                r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"hi"}]}}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        let id = call_id(&resp);
+        // The client sees the cut as a broken body, never as a clean end.
+        assert!(resp.bytes().await.is_err(), "{end:?}");
+        let r = t.record_of(&id).await;
+        assert_eq!(r.status, CallStatus::UpstreamAborted, "{end:?}");
+        // Native usage is cumulative: the last event's usage stands.
+        assert_eq!(
+            (r.usage_source, r.output_tokens),
+            (UsageSource::Reported, 4),
+            "{end:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn headers_routing_and_attribution() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start_with(up.upstream(), |s| {
+        s.dashscope_api_key = Some("sk-injected-9999".into())
+    })
+    .await;
+
+    // Client Authorization passes through; X-Meter-* are stripped; hop-by-hop headers are not forwarded.
+    up.push(Script::json(200, COMPAT_R1_JSON));
+    let resp = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .header("authorization", "Bearer sk-client-1234")
+        .header("x-meter-project", "search")
+        .header("x-meter-user", "alice")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .header("host", "evil.example")
+        .body(r#"{"model":"deepseek-r1","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    let id = call_id(&resp);
+    resp.bytes().await.unwrap();
+    let seen = up.last_seen();
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-client-1234"));
+    assert_eq!(seen.header("x-meter-project"), None);
+    assert_eq!(seen.header("x-meter-user"), None);
+    assert_eq!(seen.header("x-hop"), None);
+    assert_eq!(
+        seen.header("host"),
+        Some(up.addr.to_string().as_str()),
+        "forged Host changes nothing"
+    );
+    assert_eq!(seen.request_line, format!("POST {COMPAT_PATH} HTTP/1.1"));
+    let r = t.record_of(&id).await;
+    assert_eq!(r.project.as_deref(), Some("search"));
+    assert_eq!(r.end_user.as_deref(), Some("alice"));
+    assert_eq!(r.key_hint.as_deref(), Some("sk-…1234"));
+    assert_eq!(r.key_fingerprint.as_ref().map(String::len), Some(12));
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(
+        !json.contains("sk-client-1234"),
+        "the key never reaches the record"
+    );
+
+    // No client Authorization: the configured key is injected, and attributed.
+    up.push(Script::json(200, COMPAT_R1_JSON));
+    let resp = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .body(r#"{"model":"deepseek-r1"}"#)
+        .send()
+        .await
+        .unwrap();
+    let id = call_id(&resp);
+    resp.bytes().await.unwrap();
+    assert_eq!(
+        up.last_seen().header("authorization"),
+        Some("Bearer sk-injected-9999")
+    );
+    assert_eq!(t.record_of(&id).await.key_hint.as_deref(), Some("sk-…9999"));
+
+    // Query strings are kept; unmetered paths are forwarded and not recorded.
+    up.push(Script::json(200, r#"{"object":"list","data":[]}"#));
+    let before = t.records.records().len();
+    let resp = t
+        .http
+        .get(t.url("/compatible-mode/v1/models?limit=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-meter-call-id"));
+    assert_eq!(
+        up.last_seen().request_line,
+        "GET /compatible-mode/v1/models?limit=2 HTTP/1.1"
+    );
+    assert_eq!(t.records.records().len(), before);
+}
+
+#[tokio::test]
+async fn unknown_and_traversal_paths_are_404_in_openai_shape_and_never_forwarded() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    for path in [
+        "/admin",
+        "/compatible-mode/../admin",
+        "/compatible-mode/%2e%2e/admin",
+        "/v1/chat/completions",
+        "/",
+    ] {
+        let resp = t.http.get(t.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert!(resp.headers().contains_key("x-meter-call-id"));
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    assert!(
+        up.seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn absolute_form_request_uri_goes_to_the_configured_upstream_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    up.push(Script::json(200, COMPAT_R1_JSON));
+    let mut s = tokio::net::TcpStream::connect(t.app.proxy_addr)
+        .await
+        .unwrap();
+    let body = r#"{"model":"deepseek-r1"}"#;
+    let req = format!(
+        "POST http://attacker.invalid:9/compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: attacker.invalid:9\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let seen = up.last_seen();
+    assert_eq!(seen.request_line, format!("POST {COMPAT_PATH} HTTP/1.1"));
+    assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_in_the_callers_shape_and_recorded_as_rejected() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start_with(up.upstream(), |s| s.max_body_bytes = 1024).await;
+    let big = format!(
+        r#"{{"model":"deepseek-r1","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(2000)
+    );
+    let resp = post(&t, NATIVE_PATH, &big).await;
+    assert_eq!(resp.status(), 413);
+    let id = call_id(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "RequestTooLarge", "native error shape");
+    let resp = post(&t, COMPAT_PATH, &big).await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "RequestTooLarge",
+        "openai error shape"
+    );
+    let r = t.record_of(&id).await;
+    assert_eq!((r.status, r.http_status), (CallStatus::Rejected, Some(413)));
+    assert!(up.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_unreachable_is_502_and_recorded() {
+    // A port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = TestApp::start(Upstream::Url(
+        format!("http://127.0.0.1:{port}").parse().unwrap(),
+    ))
+    .await;
+    let resp = post(&t, COMPAT_PATH, r#"{"model":"deepseek-v3","messages":[]}"#).await;
+    assert_eq!(resp.status(), 502);
+    let id = call_id(&resp);
+    let r = t.record_of(&id).await;
+    assert_eq!(
+        (r.status, r.error_code.as_deref()),
+        (CallStatus::UpstreamAborted, Some("UpstreamUnavailable"))
+    );
+    assert_eq!(r.usage_source, UsageSource::None);
+}
+
+#[tokio::test]
+async fn gzip_responses_reach_the_client_compressed_and_are_still_metered() {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(NATIVE_R1_JSON.as_bytes()).unwrap();
+    let gz = enc.finish().unwrap();
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    let mut script = Script::json(200, "");
+    script
+        .headers
+        .push(("content-encoding".into(), "gzip".into()));
+    script.chunks = gz.chunks(50).map(<[u8]>::to_vec).collect();
+    up.push(script);
+    let resp = t
+        .http
+        .post(t.url(NATIVE_PATH))
+        .header("accept-encoding", "gzip")
+        .body(r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"1+1"}]}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    assert_eq!(up.last_seen().header("accept-encoding"), Some("gzip"));
+    let id = call_id(&resp);
+    assert_eq!(resp.bytes().await.unwrap(), gz);
+    let r = t.record_of(&id).await;
+    assert_eq!(
+        (r.input_tokens, r.output_tokens, r.usage_source),
+        (11, 302, UsageSource::Reported)
+    );
+}
+
+#[tokio::test]
+async fn malformed_request_is_forwarded_and_metered_as_the_upstream_answers() {
+    let t = TestApp::start(Upstream::Sim).await;
+    let resp = post(&t, COMPAT_PATH, "{not json").await;
+    assert_eq!(resp.status(), 400);
+    let id = call_id(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "invalid_parameter_error",
+        "the simulator judged it"
+    );
+    let r = t.record_of(&id).await;
+    assert_eq!(
+        (r.status, r.model.as_str()),
+        (CallStatus::UpstreamError, "unknown")
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_calls_tokens_and_errors() {
+    let t = TestApp::start(Upstream::Sim).await;
+    let ok = post(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    t.record_of(&call_id(&ok)).await;
+    let unpriced = post(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-v9-preview","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    t.record_of(&call_id(&unpriced)).await;
+    let err = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .header("x-sim-fault", "429")
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    t.record_of(&call_id(&err)).await;
+    let text = t
+        .http
+        .get(t.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"deepseek_meter_requests_total{model="deepseek-r1",protocol="openai",status="ok"} 1"#,
+        r#"deepseek_meter_requests_total{model="other",protocol="openai",status="ok"} 1"#,
+        r#"deepseek_meter_unpriced_requests_total{model="other"} 1"#,
+        r#"deepseek_meter_upstream_errors_total{code="limit_requests",model="deepseek-v3"} 1"#,
+        r#"deepseek_meter_tokens_total{model="deepseek-r1",type="reasoning"} 16"#,
+        r#"deepseek_meter_tokens_total{model="deepseek-r1",type="answer"} 16"#,
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    assert!(!text.contains("sk-canary"), "no key in metrics");
+}
+
+#[tokio::test]
+async fn admin_token_guards_metrics() {
+    let t = TestApp::start_with(Upstream::Sim, |s| s.admin_token = Some("s3cret".into())).await;
+    assert_eq!(
+        t.http
+            .get(t.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let ok = t
+        .http
+        .get(t.admin_url("/metrics"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        t.http
+            .get(t.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+// ---- any split of the upstream's bytes: same client bytes, same record --------------------------------
+
+fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for p in points.into_iter().chain([bytes.len()]) {
+        if p > prev {
+            out.push(bytes[prev..p].to_vec());
+        }
+        prev = p;
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn any_split_of_the_upstream_stream_gives_the_same_client_bytes_and_record(
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        which in 0usize..3,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let (path, req, capture, native) = [
+                (COMPAT_PATH, STREAM_REQ, COMPAT_V32_SSE, false),
+                (COMPAT_PATH, STREAM_REQ_USAGE, COMPAT_R1_SSE, false),
+                (NATIVE_PATH, r#"{"model":"deepseek-r1","input":{"messages":[]}}"#, NATIVE_R1_SSE, true),
+            ][which];
+            let up = ScriptedUpstream::start().await;
+            let t = TestApp::start(up.upstream()).await;
+            let mut results = Vec::new();
+            for chunks in [vec![capture.as_bytes().to_vec()], split(capture.as_bytes(), &cuts)] {
+                up.push(Script::sse(chunks));
+                let mut rb = t.http.post(t.url(path)).body(req);
+                if native {
+                    rb = rb.header("x-dashscope-sse", "enable");
+                }
+                let resp = rb.send().await.unwrap();
+                let id = call_id(&resp);
+                let bytes = resp.bytes().await.unwrap();
+                let mut r = t.record_of(&id).await;
+                // Identity and timing differ per call by design; everything metered must not.
+                r.call_id = uuid::Uuid::nil();
+                r.started_at = chrono::DateTime::UNIX_EPOCH;
+                r.finished_at = chrono::DateTime::UNIX_EPOCH;
+                r.ttft_ms = None;
+                r.duration_ms = 0.0;
+                results.push((bytes, r));
+            }
+            assert_eq!(results[0], results[1]);
+        });
+    }
+}
