@@ -121,11 +121,7 @@ pub struct App {
 
 impl App {
     /// Binds both listeners (and the simulator for `--upstream sim`) and starts serving.
-    pub async fn start(
-        settings: Settings,
-        prices: PriceBook,
-        recorder: Arc<dyn Recorder>,
-    ) -> anyhow::Result<App> {
+    pub async fn start(settings: Settings, recorder: Arc<dyn Recorder>) -> anyhow::Result<App> {
         let (sim, upstream): (Option<sim::SimServer>, Uri) = match &settings.upstream {
             Upstream::Sim => {
                 let server =
@@ -164,7 +160,7 @@ impl App {
                 max_body_bytes: settings.max_body_bytes,
                 idle_timeout: settings.idle_timeout,
                 metrics: Metrics::new().context("registering metrics")?,
-                prices: Arc::new(prices),
+                prices: Arc::new(settings.prices.clone()),
                 recorder,
                 admin_token: settings.admin_token.clone(),
             }),

@@ -5,6 +5,7 @@
 //! process with one line that names the setting (flag, variable and file key), never a panic or a stack of
 //! errors. The names here are part of the contract (DESIGN §2): dashboards, deploy scripts and users type them.
 
+use crate::pricing::{PriceBook, DEFAULT_TIMEZONE};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -40,6 +41,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the DashScope simulator alone (benchmarks, demos).
     Sim(SimArgs),
+    /// Print the effective price book.
+    Prices(PricesArgs),
+}
+
+/// Flags of `prices`.
+#[derive(Debug, Default, Args)]
+pub struct PricesArgs {
+    /// Price-book file (TOML); the built-in book when absent.
+    #[arg(long, env = "METER_PRICES")]
+    pub prices: Option<PathBuf>,
 }
 
 /// Flags of `serve`. Each is optional here so that "not given" can fall through to the config file.
@@ -69,6 +80,9 @@ pub struct ServeArgs {
     /// How long in-flight calls may run after SIGTERM, in milliseconds.
     #[arg(long, env = "METER_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<String>,
+    /// Price-book file (TOML); the built-in book when absent.
+    #[arg(long, env = "METER_PRICES")]
+    pub prices: Option<PathBuf>,
     /// API key injected upstream when the client sent no Authorization header.
     #[arg(skip)]
     pub dashscope_api_key: Option<String>,
@@ -101,6 +115,7 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     pub upstream: Option<String>,
     pub admin_token: Option<String>,
+    pub prices: Option<PathBuf>,
     pub max_body_bytes: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
@@ -124,6 +139,7 @@ pub struct Settings {
     pub upstream: Upstream,
     pub admin_token: Option<String>,
     pub dashscope_api_key: Option<String>,
+    pub prices: PriceBook,
     pub max_body_bytes: usize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -139,6 +155,7 @@ impl Settings {
             upstream: Upstream::Sim,
             admin_token: None,
             dashscope_api_key: None,
+            prices: PriceBook::builtin(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
@@ -228,6 +245,7 @@ pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Settings, ConfigErro
         .admin_token
         .or(file.admin_token)
         .filter(|t| !t.is_empty());
+    let prices = load_prices(args.prices.or(file.prices).as_deref())?;
     let max_body_bytes = number(
         "--max-body-bytes",
         "METER_MAX_BODY_BYTES",
@@ -269,11 +287,28 @@ pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Settings, ConfigErro
         upstream,
         admin_token,
         dashscope_api_key: args.dashscope_api_key.filter(|k| !k.is_empty()),
+        prices,
         max_body_bytes,
         connect_timeout,
         idle_timeout,
         drain_timeout,
     })
+}
+
+/// The price book from `--prices`, or the built-in one. Errors name the setting and the entry.
+pub fn load_prices(path: Option<&Path>) -> Result<PriceBook, SettingError> {
+    let Some(path) = path else {
+        return Ok(PriceBook::builtin());
+    };
+    let fail = |problem: String| SettingError {
+        flag: "--prices",
+        env: "METER_PRICES",
+        key: "prices",
+        problem,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    PriceBook::parse(&text, DEFAULT_TIMEZONE).map_err(|e| fail(format!("{}: {e}", path.display())))
 }
 
 fn addr(

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use deepseek_meter::config::{self, Cli, Command, LogFormat};
-use deepseek_meter::{app, pricing, record, sim};
+use deepseek_meter::{app, record, sim};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -10,30 +10,33 @@ use std::sync::Arc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let result = match cli.command {
-        Command::Serve(mut args) => {
-            args.dashscope_api_key = std::env::var("DASHSCOPE_API_KEY").ok();
-            match config::load_file(cli.config.as_deref())
-                .map_err(config::ConfigError::from)
-                .and_then(|f| config::resolve(args, f))
-            {
-                Ok(settings) => {
-                    let recorder = Arc::new(record::MemoryRecorder::default());
-                    match app::App::start(settings, pricing::PriceBook::builtin(), recorder).await {
-                        Ok(app) => Ok(app.run_until(shutdown_signal()).await),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Command::Sim(args) => sim::run(args, shutdown_signal()).await,
-    };
-    match result {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("deepseek-meter: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(mut args) => {
+            args.dashscope_api_key = std::env::var("DASHSCOPE_API_KEY").ok();
+            let file = config::load_file(cli.config.as_deref())?;
+            let settings = config::resolve(args, file)?;
+            let recorder = Arc::new(record::MemoryRecorder::default());
+            let app = app::App::start(settings, recorder).await?;
+            app.run_until(shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Sim(args) => sim::run(args, shutdown_signal()).await,
+        Command::Prices(args) => {
+            print!(
+                "{}",
+                config::load_prices(args.prices.as_deref())?.render_table()
+            );
+            Ok(())
         }
     }
 }
@@ -51,8 +54,6 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -61,10 +62,8 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
+        _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
 }

@@ -287,6 +287,21 @@ impl PriceBook {
             .unwrap_or("other")
     }
 
+    /// The book as a table, for `deepseek-meter prices`.
+    pub fn render_table(&self) -> String {
+        let mut out = format!(
+            "{:<32} {:<10} {:>8} {:>8} {:>8} {:>9}  (CNY per 1M tokens)\n",
+            "model", "from", "input", "cached", "output", "reasoning"
+        );
+        for p in self.entries() {
+            out.push_str(&format!(
+                "{:<32} {:<10} {:>8} {:>8} {:>8} {:>9}\n",
+                p.model, p.effective_from, p.input, p.cached_input, p.output, p.reasoning
+            ));
+        }
+        out
+    }
+
     /// Every entry, by model then date.
     pub fn entries(&self) -> impl Iterator<Item = &Price> {
         self.by_model.values().flatten()

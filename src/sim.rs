@@ -210,16 +210,16 @@ fn parse_call(
     headers: &HeaderMap,
     body: &[u8],
     options: &SimOptions,
-) -> Result<Call, Response> {
+) -> Result<Call, Box<Response>> {
     let request_id = uuid::Uuid::now_v7();
     let bad = |msg: &str| {
-        error(
+        Box::new(error(
             proto,
             StatusCode::BAD_REQUEST,
             ErrorKind::InvalidParameter(msg.to_owned()),
             request_id,
             false,
-        )
+        ))
     };
     let v: Value =
         serde_json::from_slice(body).map_err(|_| bad("The request body is not valid JSON."))?;
@@ -249,13 +249,13 @@ fn parse_call(
         Some(r) => r,
         None if model.starts_with("deepseek-") => Some(false),
         None => {
-            return Err(error(
+            return Err(Box::new(error(
                 proto,
                 StatusCode::NOT_FOUND,
                 ErrorKind::ModelNotFound(model),
                 request_id,
                 false,
-            ))
+            )))
         }
     };
     let enable_thinking = params
@@ -450,7 +450,7 @@ async fn native(
 async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[u8]) -> Response {
     let call = match parse_call(proto, headers, body, options) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let kind = match call.fault {
         Some(Fault::Unauthorized) => Some((StatusCode::UNAUTHORIZED, ErrorKind::InvalidApiKey)),

@@ -1,6 +1,8 @@
 //! The usage tap against the reference's captured payloads (reference §1–§2), verbatim where the reference
 //! is verbatim. Each test states the record the capture must produce.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use deepseek_meter::usage::tap::{StreamEnd, UsageReport};
 use deepseek_meter::usage::{CallStatus, Protocol, RequestInfo, ResponseTap, Tokens, UsageSource};
 use proptest::prelude::*;

@@ -5,7 +5,6 @@ pub mod captures;
 
 use deepseek_meter::app::App;
 use deepseek_meter::config::{Settings, Upstream};
-use deepseek_meter::pricing::PriceBook;
 use deepseek_meter::record::{CallRecord, MemoryRecorder};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -31,7 +30,7 @@ impl TestApp {
         settings.upstream = upstream;
         tweak(&mut settings);
         let records = MemoryRecorder::default();
-        let app = App::start(settings, PriceBook::builtin(), Arc::new(records.clone()))
+        let app = App::start(settings, Arc::new(records.clone()))
             .await
             .expect("app starts");
         let http = reqwest::Client::builder()

@@ -1,0 +1,154 @@
+//! The real binary: settings errors stop startup with one line naming the setting; `serve --upstream sim`
+//! serves with no API key; the call log line carries the metering fields and never the key; SIGTERM exits 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_deepseek-meter");
+
+fn stderr_of(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("METER_LISTEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("meter.toml");
+    std::fs::write(&cfg, "upstream = \"sim\"\nlisten_addr = \"x\"\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let neg = dir.path().join("prices.toml");
+    std::fs::write(
+        &neg,
+        "[[model]]\nname = \"m\"\neffective_from = 2025-01-01\ninput = \"-1\"\noutput = 1\n",
+    )
+    .unwrap();
+    let neg = neg.to_str().unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["serve", "--listen", "not-an-address"], &[], "--listen"),
+        (
+            &["serve"],
+            &[("METER_ADMIN_LISTEN", "localhost")],
+            "--admin-listen",
+        ),
+        (&["serve", "--upstream", "ftp://x"], &[], "--upstream"),
+        (
+            &["serve", "--idle-timeout-ms", "soon"],
+            &[],
+            "--idle-timeout-ms",
+        ),
+        (&["--config", cfg, "serve"], &[], "listen_addr"),
+        (&["serve", "--prices", neg], &[], "--prices"),
+        (
+            &["prices"],
+            &[("METER_PRICES", neg)],
+            "m@2025-01-01: input price -1 is negative",
+        ),
+    ];
+    for (args, env, name) in cases {
+        let (code, stderr) = stderr_of(args, env);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr:?}");
+        assert!(lines[0].contains(name), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn prices_prints_the_builtin_book() {
+    let out = Command::new(BIN)
+        .arg("prices")
+        .env_remove("METER_PRICES")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("deepseek-v3.2-exp "))
+        .unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        ["deepseek-v3.2-exp", "2025-09-29", "2", "0.4", "3", "3"]
+    );
+    assert_eq!(text.lines().count(), 12, "header + 11 models");
+}
+
+#[test]
+fn serve_on_the_simulator_logs_calls_without_the_key_and_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--upstream",
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("DASHSCOPE_API_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let proxy = started["proxy_addr"].as_str().unwrap().to_owned();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("http://{proxy}/compatible-mode/v1/chat/completions"))
+            .bearer_auth("sk-canary-secret-7777")
+            .header("x-meter-project", "cli-test")
+            .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(status.ends_with("data: [DONE]\n\n"));
+    let call: serde_json::Value = loop {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "call" {
+            break v;
+        }
+    };
+    assert_eq!(call["status"], "ok");
+    assert_eq!(call["model"], "deepseek-r1");
+    assert_eq!(call["project"], "cli-test");
+    assert_eq!(call["usage_source"], "reported");
+    assert_eq!(call["output_tokens"], 32);
+    assert!(
+        !call.to_string().contains("canary-secret"),
+        "no key in the log: {call}"
+    );
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM");
+    assert!(rest.iter().all(|l| !l.contains("canary-secret")));
+}

@@ -1,0 +1,72 @@
+//! The official `openai` Python SDK (installed by `.ci/run`) through the proxy and directly against the
+//! simulator: same reasoning and answer text, same usage, and a stream without `include_usage` stays
+//! without a usage chunk even though the proxy asked for one upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::*;
+use deepseek_meter::config::Upstream;
+use deepseek_meter::sim::{SimOptions, SimServer};
+use deepseek_meter::usage::UsageSource;
+
+#[tokio::test]
+async fn openai_sdk_sees_the_same_text_through_the_proxy() {
+    let sim = SimServer::start(SimOptions::default(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let direct = format!("http://{}", sim.addr);
+    let t = TestApp::start(Upstream::Url(direct.parse().unwrap())).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_peer.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&direct)
+        .arg(format!("http://{}", t.app.proxy_addr))
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "SDK peer failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let proxied = v["proxied"].as_object().unwrap();
+    assert_eq!(proxied.len(), 9);
+    assert!(
+        !proxied["deepseek-r1/plain"]["reasoning"]
+            .as_str()
+            .unwrap()
+            .is_empty(),
+        "r1 thinks"
+    );
+    assert!(
+        proxied["deepseek-v3/plain"]["reasoning"]
+            .as_str()
+            .unwrap()
+            .is_empty(),
+        "v3 never thinks"
+    );
+    for (name, call) in proxied {
+        if name.ends_with("include_usage=False") {
+            assert_eq!(
+                call["usage_chunks"], 0,
+                "{name}: no usage chunk the client did not ask for"
+            );
+        } else if name.ends_with("include_usage=True") {
+            assert_eq!(call["usage_chunks"], 1, "{name}");
+        }
+    }
+    // Every proxied call has a record with reported usage, streams without include_usage included.
+    let records = t.records.wait_for(9).await;
+    assert_eq!(records.len(), 9);
+    assert!(records
+        .iter()
+        .all(|r| r.usage_source == UsageSource::Reported && r.output_tokens > 0));
+    assert!(records
+        .iter()
+        .all(|r| r.key_hint.as_deref() == Some("sk-…0042")));
+    sim.shutdown().await;
+}
