@@ -5,12 +5,18 @@
 //! 2. Drain: in-flight connections finish their current call (HTTP/1 keep-alive ends after it).
 //! 3. At the drain deadline, abort what is left: each open stream's body is dropped, which records the
 //!    call (`client_aborted`) and cancels its upstream request.
-//! 4. Stop the in-process simulator, if any, last: draining streams may still be reading from it.
+//! 4. Close the journal: the writer writes and fsyncs everything queued (every call now has its record on
+//!    disk).
+//! 5. Let the shipper put what Postgres will take into the ledger, for up to the ship deadline; whatever
+//!    is left stays in the journal for the next start.
+//! 6. Stop the in-process simulator, if any, last: draining streams may still be reading from it.
 
 use crate::config::{Settings, Upstream};
+use crate::journal::{Journal, WriterHandle};
+use crate::ledger::{Ledger, Shipper};
 use crate::metrics::Metrics;
-use crate::pricing::PriceBook;
-use crate::record::{CallRecord, Recorder};
+use crate::pricing::{self, PriceBook};
+use crate::record::{CallRecord, MemoryRecorder, Recorder};
 use crate::{admin, proxy, sim};
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -48,7 +54,10 @@ pub struct Shared {
     pub idle_timeout: Duration,
     pub metrics: Metrics,
     pub prices: Arc<PriceBook>,
+    pub billing_timezone: chrono_tz::Tz,
     pub recorder: Arc<dyn Recorder>,
+    pub journal: Option<Journal>,
+    pub ledger: Option<Ledger>,
     pub admin_token: Option<String>,
 }
 
@@ -73,11 +82,21 @@ impl AppState {
         self.upstream_host_header.clone()
     }
 
-    /// The single exit of every metered call: metrics, the call log line, then the recorder.
-    pub fn finish_call(&self, record: CallRecord) {
+    /// The single exit of every metered call: price it, count it, log it, record it. Returns the strict-
+    /// durability ack, if the recorder gives one.
+    pub fn finish_call(
+        &self,
+        mut record: CallRecord,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        record.billing_hour = pricing::billing_hour(record.finished_at, self.billing_timezone);
+        let price = self.prices.price_at(&record.model, record.finished_at);
         let label = self.prices.model_label(&record.model);
-        self.metrics.observe_call(&record, label);
-        if !self.prices.knows(&record.model) {
+        let by_class = price.map(|p| p.cost_by_class(&record.tokens()));
+        record.priced = price.is_some();
+        record.price_version = price.map(|p| p.version());
+        record.cost_total = by_class.map(|c| c.iter().map(|(_, v)| *v).sum());
+        self.metrics.observe_call(&record, label, by_class.as_ref());
+        if price.is_none() {
             self.metrics.unpriced.with_label_values(&[label]).inc();
         }
         tracing::info!(
@@ -101,9 +120,15 @@ impl AppState {
             key_fingerprint = record.key_fingerprint.as_deref(),
             project = record.project.as_deref(),
             end_user = record.end_user.as_deref(),
+            cost_total = record.cost_total.map(|c| c.to_string()),
             "call"
         );
-        self.recorder.record(record);
+        self.recorder.record(record)
+    }
+
+    /// Whether the proxy may start a new metered call (the journal can take its record).
+    pub fn accepting(&self) -> bool {
+        self.recorder.accepting()
     }
 }
 
@@ -117,11 +142,75 @@ pub struct App {
     tracker: TaskTracker,
     drain_timeout: Duration,
     sim: Option<sim::SimServer>,
+    ledger_tasks: Option<LedgerTasks>,
+}
+
+/// The journal writer and the shipper, stopped in steps 4 and 5 of the shutdown order.
+struct LedgerTasks {
+    writer: WriterHandle,
+    shipped: tokio::sync::watch::Receiver<crate::journal::Position>,
+    shipper: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+    ship_deadline: Duration,
 }
 
 impl App {
-    /// Binds both listeners (and the simulator for `--upstream sim`) and starts serving.
-    pub async fn start(settings: Settings, recorder: Arc<dyn Recorder>) -> anyhow::Result<App> {
+    /// Starts the sidecar: the durable ledger if the settings have one, else records in memory.
+    pub async fn start(settings: Settings) -> anyhow::Result<App> {
+        Self::start_with_recorder(settings, None).await
+    }
+
+    /// Binds both listeners (and the simulator for `--upstream sim`) and starts serving. `recorder`
+    /// replaces the ledger (tests); with neither, records are kept in memory.
+    pub async fn start_with_recorder(
+        settings: Settings,
+        recorder: Option<Arc<dyn Recorder>>,
+    ) -> anyhow::Result<App> {
+        let metrics = Metrics::new().context("registering metrics")?;
+        let mut journal = None;
+        let mut ledger = None;
+        let mut ledger_tasks = None;
+        let recorder: Arc<dyn Recorder> = match (recorder, &settings.ledger) {
+            (Some(r), _) => r,
+            (None, None) => Arc::new(MemoryRecorder::default()),
+            (None, Some(ls)) => {
+                let (j, writer) = Journal::open(ls.journal.clone()).with_context(|| {
+                    format!(
+                        "invalid setting --journal-dir: cannot open {}",
+                        ls.journal.dir.display()
+                    )
+                })?;
+                let l = Ledger::connect_lazy(&ls.database_url).map_err(|e| {
+                    anyhow::anyhow!("invalid setting --database-url (DATABASE_URL): {e}")
+                })?;
+                let (stop, drain) = (CancellationToken::new(), CancellationToken::new());
+                let (shipped_tx, shipped) =
+                    tokio::sync::watch::channel(crate::journal::Position::default());
+                let shipper = Shipper {
+                    ledger: l.clone(),
+                    dir: ls.journal.dir.clone(),
+                    stats: j.stats.clone(),
+                    end: j.end(),
+                    metrics: metrics.clone(),
+                    migrate: ls.migrate,
+                    create_database: ls.migrate.then(|| ls.database_url.clone()),
+                    shipped: shipped_tx,
+                };
+                let shipper = tokio::spawn(shipper.run(stop.clone(), drain.clone()));
+                ledger_tasks = Some(LedgerTasks {
+                    writer,
+                    shipped,
+                    shipper,
+                    stop,
+                    drain,
+                    ship_deadline: ls.ship_deadline,
+                });
+                journal = Some(j.clone());
+                ledger = Some(l);
+                Arc::new(j)
+            }
+        };
         let (sim, upstream): (Option<sim::SimServer>, Uri) = match &settings.upstream {
             Upstream::Sim => {
                 let server =
@@ -159,9 +248,12 @@ impl App {
                 api_key_header,
                 max_body_bytes: settings.max_body_bytes,
                 idle_timeout: settings.idle_timeout,
-                metrics: Metrics::new().context("registering metrics")?,
+                metrics,
                 prices: Arc::new(settings.prices.clone()),
+                billing_timezone: settings.billing_timezone,
                 recorder,
+                journal,
+                ledger,
                 admin_token: settings.admin_token.clone(),
             }),
         };
@@ -200,7 +292,21 @@ impl App {
             tracker,
             drain_timeout: settings.drain_timeout,
             sim,
+            ledger_tasks,
         })
+    }
+
+    /// Waits until every call finished so far is in Postgres (tests, benchmarks, operators' `flush`).
+    /// Returns at once without a ledger.
+    pub async fn flush_ledger(&self) {
+        let (Some(journal), Some(tasks)) = (&self.state.journal, &self.ledger_tasks) else {
+            return;
+        };
+        let Some(end) = journal.barrier().await else {
+            return;
+        };
+        let mut shipped = tasks.shipped.clone();
+        let _ = shipped.wait_for(|p| *p >= end).await;
     }
 
     /// Runs until `signal` completes, then shuts down in order.
@@ -223,7 +329,33 @@ impl App {
             self.abort.cancel();
             self.tracker.wait().await;
         }
-        // 4: the simulator last.
+        if let Some(tasks) = self.ledger_tasks {
+            // 4: every record on disk.
+            if let Some(j) = &self.state.journal {
+                j.close();
+            }
+            tasks.writer.join().await;
+            // 5: ship what Postgres will take, within the deadline.
+            tasks.stop.cancel();
+            let mut shipper = tasks.shipper;
+            if tokio::time::timeout(tasks.ship_deadline, &mut shipper)
+                .await
+                .is_err()
+            {
+                tasks.drain.cancel();
+                let _ = shipper.await;
+            }
+            if let Some(j) = &self.state.journal {
+                let left = j.stats.pending.load(std::sync::atomic::Ordering::Relaxed);
+                if left > 0 {
+                    tracing::warn!(
+                        records = left,
+                        "records left in the journal; they are shipped at the next start"
+                    );
+                }
+            }
+        }
+        // 6: the simulator last.
         if let Some(sim) = self.sim {
             sim.shutdown().await;
         }

@@ -5,7 +5,9 @@
 //! process with one line that names the setting (flag, variable and file key), never a panic or a stack of
 //! errors. The names here are part of the contract (DESIGN §2): dashboards, deploy scripts and users type them.
 
+use crate::journal::{Durability, JournalConfig, OnFull};
 use crate::pricing::{PriceBook, DEFAULT_TIMEZONE};
+use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -38,11 +40,21 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar: proxy listener and admin listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the DashScope simulator alone (benchmarks, demos).
     Sim(SimArgs),
     /// Print the effective price book.
     Prices(PricesArgs),
+    /// Create the database if missing and apply the migrations.
+    Migrate(MigrateArgs),
+}
+
+/// Flags of `migrate`.
+#[derive(Debug, Default, Args)]
+pub struct MigrateArgs {
+    /// Postgres URL of the ledger.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 /// Flags of `prices`.
@@ -83,6 +95,30 @@ pub struct ServeArgs {
     /// Price-book file (TOML); the built-in book when absent.
     #[arg(long, env = "METER_PRICES")]
     pub prices: Option<PathBuf>,
+    /// Postgres URL of the ledger.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory of the local journal.
+    #[arg(long, env = "METER_JOURNAL_DIR")]
+    pub journal_dir: Option<PathBuf>,
+    /// `batched` (fsync every group-commit window) or `strict` (fsync before a call's last byte).
+    #[arg(long, env = "METER_DURABILITY")]
+    pub durability: Option<String>,
+    /// Group-commit window of the journal, in milliseconds.
+    #[arg(long, env = "METER_GROUP_COMMIT_MS")]
+    pub group_commit_ms: Option<String>,
+    /// Size cap of the journal, in bytes.
+    #[arg(long, env = "METER_JOURNAL_MAX_BYTES")]
+    pub journal_max_bytes: Option<String>,
+    /// At the journal's cap: `refuse` new calls (503) or `serve` them unrecorded (counted).
+    #[arg(long, env = "METER_ON_JOURNAL_FULL")]
+    pub on_journal_full: Option<String>,
+    /// Billing time zone (IANA name); billing hours are its clock hours.
+    #[arg(long, env = "METER_BILLING_TIMEZONE")]
+    pub billing_timezone: Option<String>,
+    /// Do not create or migrate the database at startup.
+    #[arg(long, env = "METER_NO_MIGRATE")]
+    pub no_migrate: bool,
     /// API key injected upstream when the client sent no Authorization header.
     #[arg(skip)]
     pub dashscope_api_key: Option<String>,
@@ -116,6 +152,14 @@ pub struct FileConfig {
     pub upstream: Option<String>,
     pub admin_token: Option<String>,
     pub prices: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub journal_dir: Option<PathBuf>,
+    pub durability: Option<String>,
+    pub group_commit_ms: Option<u64>,
+    pub journal_max_bytes: Option<u64>,
+    pub on_journal_full: Option<String>,
+    pub billing_timezone: Option<String>,
+    pub no_migrate: Option<bool>,
     pub max_body_bytes: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
@@ -140,6 +184,9 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub dashscope_api_key: Option<String>,
     pub prices: PriceBook,
+    /// `None`: records stay in memory (tests, embedding).
+    pub ledger: Option<LedgerSettings>,
+    pub billing_timezone: Tz,
     pub max_body_bytes: usize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -156,6 +203,8 @@ impl Settings {
             admin_token: None,
             dashscope_api_key: None,
             prices: PriceBook::builtin(),
+            ledger: None,
+            billing_timezone: DEFAULT_TIMEZONE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
@@ -163,6 +212,20 @@ impl Settings {
         }
     }
 }
+
+/// The durable ledger: journal on local disk, shipped into Postgres.
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub database_url: String,
+    pub journal: JournalConfig,
+    /// Create the database and apply migrations before shipping (not with `--no-migrate`).
+    pub migrate: bool,
+    /// How long shutdown keeps shipping the journal into Postgres.
+    pub ship_deadline: Duration,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://localhost/deepseek_meter";
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 1 << 30;
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// DashScope's own stream timeout is 180 s or more (`x-dashscope-timeout`); a thinking model can be silent
@@ -281,7 +344,78 @@ pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Settings, ConfigErro
         file.drain_timeout_ms,
         30_000,
     )?;
+    let database_url = args
+        .database_url
+        .or(file.database_url)
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        return Err(SettingError {
+            flag: "--database-url",
+            env: "DATABASE_URL",
+            key: "database_url",
+            problem: "must be a postgres:// URL".into(),
+        }
+        .into());
+    }
+    let durability = choice(
+        "--durability",
+        "METER_DURABILITY",
+        "durability",
+        args.durability.or(file.durability),
+        Durability::Batched,
+    )?;
+    let on_full = choice(
+        "--on-journal-full",
+        "METER_ON_JOURNAL_FULL",
+        "on_journal_full",
+        args.on_journal_full.or(file.on_journal_full),
+        OnFull::Refuse,
+    )?;
+    let group_commit = ms(
+        "--group-commit-ms",
+        "METER_GROUP_COMMIT_MS",
+        "group_commit_ms",
+        args.group_commit_ms,
+        file.group_commit_ms,
+        10,
+    )?;
+    let max_bytes = number(
+        "--journal-max-bytes",
+        "METER_JOURNAL_MAX_BYTES",
+        "journal_max_bytes",
+        args.journal_max_bytes,
+        file.journal_max_bytes,
+        DEFAULT_JOURNAL_MAX_BYTES,
+    )?;
+    let tz_raw = args
+        .billing_timezone
+        .or(file.billing_timezone)
+        .unwrap_or_else(|| "Asia/Shanghai".into());
+    let billing_timezone: Tz = tz_raw.parse().map_err(|_| SettingError {
+        flag: "--billing-timezone",
+        env: "METER_BILLING_TIMEZONE",
+        key: "billing_timezone",
+        problem: format!("{tz_raw:?} is not an IANA time zone like Asia/Shanghai"),
+    })?;
+    let ledger = LedgerSettings {
+        database_url,
+        journal: JournalConfig {
+            dir: args
+                .journal_dir
+                .or(file.journal_dir)
+                .unwrap_or_else(|| PathBuf::from("./data/journal")),
+            durability,
+            group_commit,
+            segment_bytes: 64 << 20,
+            max_bytes,
+            on_full,
+        },
+        migrate: !(args.no_migrate || file.no_migrate.unwrap_or(false)),
+        ship_deadline: Duration::from_secs(10),
+    };
     Ok(Settings {
+        ledger: Some(ledger),
+        billing_timezone,
         listen,
         admin_listen,
         upstream,
@@ -353,6 +487,29 @@ fn number(
         });
     }
     Ok(value)
+}
+
+fn choice<T: ValueEnum>(
+    flag: &'static str,
+    env: &'static str,
+    key: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, SettingError> {
+    let Some(raw) = value else { return Ok(default) };
+    T::from_str(&raw, true).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_owned())
+            .collect();
+        SettingError {
+            flag,
+            env,
+            key,
+            problem: format!("{raw:?} is not one of {}", names.join(", ")),
+        }
+    })
 }
 
 fn parse_upstream(raw: &str) -> Result<Upstream, String> {

@@ -2,9 +2,8 @@
 
 use clap::Parser;
 use deepseek_meter::config::{self, Cli, Command, LogFormat};
-use deepseek_meter::{app, record, sim};
+use deepseek_meter::{app, ledger, sim};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,13 +23,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(mut args) => {
             args.dashscope_api_key = std::env::var("DASHSCOPE_API_KEY").ok();
             let file = config::load_file(cli.config.as_deref())?;
-            let settings = config::resolve(args, file)?;
-            let recorder = Arc::new(record::MemoryRecorder::default());
-            let app = app::App::start(settings, recorder).await?;
+            let settings = config::resolve(*args, file)?;
+            let app = app::App::start(settings).await?;
             app.run_until(shutdown_signal()).await;
             Ok(())
         }
         Command::Sim(args) => sim::run(args, shutdown_signal()).await,
+        Command::Migrate(args) => {
+            let url = args
+                .database_url
+                .unwrap_or_else(|| config::DEFAULT_DATABASE_URL.into());
+            ledger::create_database_if_missing(&url).await?;
+            ledger::Ledger::connect_lazy(&url)?.migrate().await?;
+            eprintln!("deepseek-meter: database migrated");
+            Ok(())
+        }
         Command::Prices(args) => {
             print!(
                 "{}",

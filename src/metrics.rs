@@ -17,6 +17,13 @@ pub struct Metrics {
     ttft: HistogramVec,
     upstream_errors: IntCounterVec,
     pub unpriced: IntCounterVec,
+    cost: prometheus::CounterVec,
+    pub ledger_pending: prometheus::IntGauge,
+    pub journal_bytes: prometheus::IntGauge,
+    pub ledger_written: IntCounter,
+    pub ledger_write_failures: IntCounter,
+    pub ledger_unrecorded: prometheus::IntGauge,
+    pub journal_full_refusals: IntCounter,
     pub parse_errors: IntCounter,
     pub forwarded_unmetered: IntCounter,
     pub usage_clamped: IntCounter,
@@ -85,6 +92,44 @@ impl Metrics {
             "deepseek_meter_usage_inconsistent_total",
             "Upstream usage objects with cached > input or reasoning > output (clamped).",
         )?;
+        let cost = prometheus::CounterVec::new(
+            Opts::new(
+                "deepseek_meter_cost_yuan_total",
+                "Cost in CNY by token class (metrics only; the ledger is exact).",
+            ),
+            &["model", "type"],
+        )?;
+        let ledger_pending = prometheus::IntGauge::new(
+            "deepseek_meter_ledger_pending_records",
+            "Calls journaled and not yet in Postgres.",
+        )?;
+        let journal_bytes = prometheus::IntGauge::new(
+            "deepseek_meter_journal_bytes",
+            "Bytes of journal segments on disk.",
+        )?;
+        let ledger_written = IntCounter::new(
+            "deepseek_meter_ledger_written_total",
+            "Rows inserted into the ledger.",
+        )?;
+        let ledger_write_failures = IntCounter::new(
+            "deepseek_meter_ledger_write_failures_total",
+            "Failed ledger inserts (retried; nothing is dropped).",
+        )?;
+        let ledger_unrecorded = prometheus::IntGauge::new(
+            "deepseek_meter_ledger_unrecorded_total",
+            "Calls served without a record (journal at its cap with --on-journal-full=serve, or unwritable at shutdown).",
+        )?;
+        let journal_full_refusals = IntCounter::new(
+            "deepseek_meter_journal_full_refusals_total",
+            "Calls refused with 503 because the journal could not take their record.",
+        )?;
+        for m in [&ledger_pending, &journal_bytes, &ledger_unrecorded] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(ledger_written.clone()))?;
+        registry.register(Box::new(ledger_write_failures.clone()))?;
+        registry.register(Box::new(journal_full_refusals.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -102,6 +147,13 @@ impl Metrics {
             ttft,
             upstream_errors,
             unpriced,
+            cost,
+            ledger_pending,
+            journal_bytes,
+            ledger_written,
+            ledger_write_failures,
+            ledger_unrecorded,
+            journal_full_refusals,
             parse_errors,
             forwarded_unmetered,
             usage_clamped,
@@ -109,7 +161,20 @@ impl Metrics {
     }
 
     /// Counts one finished call. `model_label` is the bounded label (a price-book model or `other`).
-    pub fn observe_call(&self, record: &CallRecord, model_label: &str) {
+    pub fn observe_call(
+        &self,
+        record: &CallRecord,
+        model_label: &str,
+        cost_by_class: Option<&[(&'static str, rust_decimal::Decimal); 4]>,
+    ) {
+        use rust_decimal::prelude::ToPrimitive;
+        for (class, cost) in cost_by_class.into_iter().flatten() {
+            if !cost.is_zero() {
+                self.cost
+                    .with_label_values(&[model_label, class])
+                    .inc_by(cost.to_f64().unwrap_or(0.0));
+            }
+        }
         let protocol = record.protocol.as_str();
         self.requests
             .with_label_values(&[protocol, model_label, record.status.as_str()])

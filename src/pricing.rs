@@ -45,12 +45,33 @@ impl Price {
 
     /// Cost of one call's tokens in CNY (exact).
     pub fn cost(&self, t: &crate::usage::Tokens) -> Decimal {
-        let per_million = Decimal::from(t.uncached_input()) * self.input
-            + Decimal::from(t.cached) * self.cached_input
-            + Decimal::from(t.reasoning) * self.reasoning
-            + Decimal::from(t.answer()) * self.output;
-        per_million / Decimal::from(1_000_000u32)
+        self.cost_by_class(t).iter().map(|(_, c)| *c).sum()
     }
+
+    /// Cost per token class, in the order and with the names of the `type` metric label.
+    pub fn cost_by_class(&self, t: &crate::usage::Tokens) -> [(&'static str, Decimal); 4] {
+        let million = Decimal::from(1_000_000u32);
+        let of = |n: u64, price: Decimal| Decimal::from(n) * price / million;
+        [
+            ("input", of(t.uncached_input(), self.input)),
+            ("cached_input", of(t.cached, self.cached_input)),
+            ("reasoning", of(t.reasoning, self.reasoning)),
+            ("answer", of(t.answer(), self.output)),
+        ]
+    }
+}
+
+/// Start of the clock hour, in `tz`, that contains `at`: the billing hour of a call that finished at `at`.
+pub fn billing_hour(at: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+    use chrono::Timelike;
+    let local = at.with_timezone(&tz);
+    let start = local
+        .date_naive()
+        .and_hms_opt(local.hour(), 0, 0)
+        .unwrap_or_default();
+    tz.from_local_datetime(&start)
+        .earliest()
+        .map_or(at, |d| d.with_timezone(&Utc))
 }
 
 /// All price entries, by model, in effective-date order.
@@ -333,6 +354,16 @@ mod tests {
         };
         assert_eq!(p.cost(&t), Decimal::from_str("0.000428").unwrap());
         assert_eq!(p.version(), "deepseek-v3.2-exp@2025-09-29");
+    }
+
+    #[test]
+    fn billing_hour_is_the_clock_hour_in_the_billing_zone() {
+        // 13:59:59.999 UTC is 21:59:59 in Shanghai: the hour starting 21:00 local = 13:00Z.
+        let h = billing_hour(at("2026-11-25T13:59:59.999Z"), DEFAULT_TIMEZONE);
+        assert_eq!(h, at("2026-11-25T13:00:00Z"));
+        // A zone with a half-hour offset: 13:20Z is 18:50 in Kolkata → hour from 18:00 local = 12:30Z.
+        let h = billing_hour(at("2026-11-25T13:20:00Z"), chrono_tz::Asia::Kolkata);
+        assert_eq!(h, at("2026-11-25T12:30:00Z"));
     }
 
     #[test]

@@ -6,12 +6,13 @@
 
 use crate::usage::{CallStatus, Protocol, Tokens, UsageSource};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     pub call_id: Uuid,
     pub upstream_request_id: Option<String>,
@@ -24,6 +25,8 @@ pub struct CallRecord {
     pub error_code: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// Start of the clock hour, in the billing time zone, in which the call finished.
+    pub billing_hour: DateTime<Utc>,
     /// Time from receiving the request to the first generated token reaching the client.
     pub ttft_ms: Option<f64>,
     pub duration_ms: f64,
@@ -33,6 +36,12 @@ pub struct CallRecord {
     pub reasoning_tokens: u64,
     pub answer_tokens: u64,
     pub usage_source: UsageSource,
+    /// The model had a price when the call finished. Unpriced rows have no cost (never a zero cost).
+    pub priced: bool,
+    /// `model@effective_from` of the price entry used.
+    pub price_version: Option<String>,
+    /// CNY, exact.
+    pub cost_total: Option<Decimal>,
     pub key_fingerprint: Option<String>,
     pub key_hint: Option<String>,
     pub project: Option<String>,
@@ -52,7 +61,24 @@ impl CallRecord {
 
 /// Where finished calls go. Called once per call, on the task that finished it: it must not block.
 pub trait Recorder: Send + Sync + 'static {
-    fn record(&self, record: CallRecord);
+    /// Takes the record. In strict durability the receiver fires once the record is on disk; the proxy
+    /// then holds the call's last byte until it does.
+    fn record(&self, record: CallRecord) -> Option<tokio::sync::oneshot::Receiver<()>>;
+
+    /// Whether new calls may start (a full journal in `refuse` mode says no).
+    fn accepting(&self) -> bool {
+        true
+    }
+}
+
+impl Recorder for crate::journal::Journal {
+    fn record(&self, record: CallRecord) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.append(record)
+    }
+
+    fn accepting(&self) -> bool {
+        crate::journal::Journal::accepting(self)
+    }
 }
 
 /// Keeps records in memory. Used by tests and by `serve` until a durable ledger is configured.
@@ -91,10 +117,11 @@ impl MemoryRecorder {
 }
 
 impl Recorder for MemoryRecorder {
-    fn record(&self, record: CallRecord) {
+    fn record(&self, record: CallRecord) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if let Ok(mut v) = self.inner.0.lock() {
             v.push(record);
         }
         self.inner.1.notify_waiters();
+        None
     }
 }

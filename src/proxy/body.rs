@@ -36,8 +36,11 @@ pub struct MeteredBody<B> {
     splitter: Option<EventSplitter>,
     idle: Pin<Box<tokio::time::Sleep>>,
     first_token: Option<Instant>,
-    /// Strip mode: the bytes after the upstream's end, sent before ending the client's stream.
+    /// Bytes to send before ending the client's stream (strip mode's last partial event, or the last frame
+    /// held back for a strict-durability ack).
     tail: Option<Bytes>,
+    /// Strict durability: the call's end waits until its record is fsynced.
+    ack: Option<tokio::sync::oneshot::Receiver<()>>,
     ended: bool,
 }
 
@@ -58,6 +61,7 @@ impl<B> MeteredBody<B> {
             idle,
             first_token: None,
             tail: None,
+            ack: None,
             ended: false,
         }
     }
@@ -73,7 +77,8 @@ impl<B> MeteredBody<B> {
             if report.usage_clamped {
                 self.state.metrics.usage_clamped.inc();
             }
-            self.state
+            self.ack = self
+                .state
                 .finish_call(ctx.into_record(report, self.first_token));
         }
     }
@@ -130,6 +135,14 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
+            if let Some(ack) = this.ack.as_mut() {
+                // Strict durability: nothing more reaches the client until the record is on disk. A dropped
+                // sender (the writer stopped) releases the call too: the record is then counted unrecorded.
+                if Pin::new(ack).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.ack = None;
+            }
             if let Some(tail) = this.tail.take() {
                 return Poll::Ready(Some(Ok(Frame::data(tail))));
             }
@@ -145,8 +158,14 @@ where
                         Err(trailers) => Some(trailers),
                     };
                     if this.splitter.is_none() && this.inner.is_end_stream() {
-                        // A sized body can be complete before the library polls for its end.
+                        // A sized body can be complete before the library polls for its end. Its last
+                        // frame waits for a strict ack like the end of a stream does.
+                        this.ended = true;
                         this.finish(StreamEnd::Complete);
+                        if this.ack.is_some() {
+                            this.tail = out.and_then(|f| f.into_data().ok());
+                            continue;
+                        }
                     }
                     if let Some(frame) = out {
                         return Poll::Ready(Some(Ok(frame)));
@@ -181,7 +200,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.tail.is_none()
+        self.ended && self.tail.is_none() && self.ack.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

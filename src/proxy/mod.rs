@@ -107,6 +107,11 @@ impl CallContext {
             error_code: report.error_code,
             started_at: self.started_at,
             finished_at: self.started_at + (now - self.started),
+            // Filled by `AppState::finish_call`, which owns the billing zone and the price book.
+            billing_hour: self.started_at,
+            priced: false,
+            price_version: None,
+            cost_total: None,
             ttft_ms: ttft.map(|t| (t - self.started).as_secs_f64() * 1000.0),
             duration_ms: (now - self.started).as_secs_f64() * 1000.0,
             input_tokens: t.input,
@@ -167,6 +172,16 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
         Route::Metered(p) | Route::Forward(p) => p,
     };
     let metered = matches!(route, Route::Metered(_));
+    if metered && !state.accepting() {
+        state.metrics.journal_full_refusals.inc();
+        return error_response(
+            protocol,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "MeterJournalFull",
+            "The metering journal cannot record more calls right now; nothing was forwarded.",
+            call_id,
+        );
+    }
 
     // Attribution, taken before the headers are filtered.
     let client_auth = parts
@@ -216,7 +231,11 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
                 )
             };
             if metered {
-                state.finish_call(ctx.into_unanswered_record(call_status, status.as_u16(), code));
+                record_unanswered(
+                    &state,
+                    ctx.into_unanswered_record(call_status, status.as_u16(), code),
+                )
+                .await;
             }
             return error_response(protocol, status, code, &message, call_id);
         }
@@ -264,11 +283,8 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
         Ok(r) => r,
         Err(_) => {
             if metered {
-                state.finish_call(ctx.into_unanswered_record(
-                    CallStatus::ProxyError,
-                    500,
-                    "ProxyError",
-                ));
+                let record = ctx.into_unanswered_record(CallStatus::ProxyError, 500, "ProxyError");
+                record_unanswered(&state, record).await;
             }
             return error_response(
                 protocol,
@@ -297,7 +313,7 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
                 } else {
                     body::cut_before_response(ctx, 502, "UpstreamUnavailable")
                 };
-                state.finish_call(record);
+                record_unanswered(&state, record).await;
             }
             return error_response(
                 protocol,
@@ -309,7 +325,11 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
         }
         Err(_) => {
             if metered {
-                state.finish_call(body::cut_before_response(ctx, 504, "UpstreamTimeout"));
+                record_unanswered(
+                    &state,
+                    body::cut_before_response(ctx, 504, "UpstreamTimeout"),
+                )
+                .await;
             }
             return error_response(
                 protocol,
@@ -360,6 +380,13 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
     };
     resp_parts.headers = headers;
     Response::from_parts(resp_parts, body)
+}
+
+/// Records a call that got no upstream body; in strict durability the answer waits for the fsync too.
+async fn record_unanswered(state: &AppState, record: CallRecord) {
+    if let Some(ack) = state.finish_call(record) {
+        let _ = ack.await;
+    }
 }
 
 fn call_id_header(call_id: Uuid) -> HeaderValue {

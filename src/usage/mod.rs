@@ -21,7 +21,7 @@ use std::borrow::Cow;
 pub use tap::{CallStatus, ResponseTap, TapSignal};
 
 /// Which of the two wire protocols a call used. Stored as `protocol` in the ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// `/compatible-mode/v1/chat/completions`
@@ -42,7 +42,7 @@ impl Protocol {
 }
 
 /// Where a record's token counts came from. Stored as `usage_source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsageSource {
     /// The upstream's own usage object (for a cut native stream: its last cumulative usage).

@@ -26,7 +26,7 @@ use std::io::Write;
 pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 
 /// How a call ended. Stored as `status`; a `rejected` call never reaches the tap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
     Ok,

@@ -30,7 +30,7 @@ impl TestApp {
         settings.upstream = upstream;
         tweak(&mut settings);
         let records = MemoryRecorder::default();
-        let app = App::start(settings, Arc::new(records.clone()))
+        let app = App::start_with_recorder(settings, Some(Arc::new(records.clone())))
             .await
             .expect("app starts");
         let http = reqwest::Client::builder()
@@ -54,6 +54,128 @@ impl TestApp {
         tokio::time::timeout(Duration::from_secs(10), self.records.wait_for_call(id))
             .await
             .expect("record arrives")
+    }
+}
+
+/// A sidecar with the durable ledger: its own fresh database and journal directory.
+pub struct LedgerApp {
+    pub app: App,
+    pub db: TestDb,
+    pub journal: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl LedgerApp {
+    pub async fn start(upstream: Upstream, tweak: impl FnOnce(&mut Settings)) -> LedgerApp {
+        let db = TestDb::new().await;
+        let journal = tempfile::tempdir().unwrap();
+        let app = Self::start_on(&db, journal.path(), upstream, tweak).await;
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        LedgerApp {
+            app,
+            db,
+            journal,
+            http,
+        }
+    }
+
+    /// Another sidecar on the same database and journal directory (a restart).
+    pub async fn start_on(
+        db: &TestDb,
+        journal: &std::path::Path,
+        upstream: Upstream,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> App {
+        let mut settings = Settings::for_tests();
+        settings.upstream = upstream;
+        settings.ledger = Some(ledger_settings(&db.url, journal));
+        tweak(&mut settings);
+        App::start(settings).await.expect("app starts")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app.proxy_addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app.admin_addr, path)
+    }
+
+    /// The ledger row of a call, through the admin API.
+    pub async fn row(&self, call_id: &str) -> serde_json::Value {
+        self.app.flush_ledger().await;
+        let resp = self
+            .http
+            .get(self.admin_url(&format!("/v1/calls/{call_id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "row of {call_id}");
+        resp.json().await.unwrap()
+    }
+}
+
+pub fn ledger_settings(
+    url: &str,
+    journal: &std::path::Path,
+) -> deepseek_meter::config::LedgerSettings {
+    use deepseek_meter::journal::{Durability, JournalConfig, OnFull};
+    deepseek_meter::config::LedgerSettings {
+        database_url: url.to_owned(),
+        journal: JournalConfig {
+            dir: journal.to_owned(),
+            durability: Durability::Batched,
+            group_commit: Duration::from_millis(10),
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 30,
+            on_full: OnFull::Refuse,
+        },
+        migrate: true,
+        ship_deadline: Duration::from_secs(2),
+    }
+}
+
+/// A database of its own, created on demand by the app (or `migrate`) and dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("dm_test_{}", uuid::Uuid::now_v7().simple());
+        TestDb {
+            url: format!("{PG}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop needs its own runtime: the test's may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&pool)
+                            .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -281,4 +403,51 @@ pub fn events(capture: &str) -> Vec<Vec<u8>> {
         .split_inclusive("\n\n")
         .map(|s| s.as_bytes().to_vec())
         .collect()
+}
+
+/// A TCP proxy in front of Postgres that can be switched off: existing connections are cut and new ones
+/// are closed at once, as in a network partition or a database restart.
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    down: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *rx.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let mut down = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|d| *d) => {}
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            down: Arc::new(tx),
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+
+    /// `url` with its host and port replaced by this proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        url.replace("127.0.0.1:5432", &self.addr.to_string())
+    }
 }

@@ -1,0 +1,440 @@
+//! The durable ledger through the front door: real app, real Postgres (a database per test), real HTTP.
+//! Every test ends with the ledger audited: rows = calls, no duplicates, exact values.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::captures::*;
+use common::*;
+use deepseek_meter::config::Upstream;
+use deepseek_meter::journal::OnFull;
+use serde_json::Value;
+
+async fn call(
+    t: &LedgerApp,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
+    let mut rb = t
+        .http
+        .post(t.url(path))
+        .bearer_auth("sk-ledger-test-1234")
+        .body(body.to_owned());
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let id = call_id(&resp);
+    let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (status, id, bytes)
+}
+
+async fn audit(db: &TestDb, expected_calls: i64) {
+    let pool = db.pool().await;
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM usage_ledger")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, expected_calls, "rows = calls");
+    assert_eq!(rows, distinct, "no duplicates");
+}
+
+#[tokio::test]
+async fn every_shape_gives_its_exact_row() {
+    let up = ScriptedUpstream::start().await;
+    let t = LedgerApp::start(up.upstream(), |_| {}).await;
+    let stream_req = r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"你是谁"}],"stream":true,"enable_thinking":true}"#;
+
+    // Mission example: v3.2-exp, 4 input, 140 output of which 79 reasoning → 4×2 + 79×3 + 61×3 = 428 / 10⁶.
+    up.push(Script::sse(events(COMPAT_V32_SSE)));
+    let (_, id, _) = call(&t, COMPAT_PATH, stream_req, &[("x-meter-project", "alpha")]).await;
+    let row = t.row(&id).await;
+    assert_eq!(row["cost_total"], "0.000428");
+    assert_eq!(row["price_version"], "deepseek-v3.2-exp@2025-09-29");
+    assert_eq!(row["priced"], true);
+    assert_eq!(
+        (row["input_tokens"].as_i64(), row["output_tokens"].as_i64()),
+        (Some(4), Some(140))
+    );
+    assert_eq!(
+        (
+            row["reasoning_tokens"].as_i64(),
+            row["answer_tokens"].as_i64()
+        ),
+        (Some(79), Some(61))
+    );
+    assert_eq!(row["status"], "ok");
+    assert_eq!(row["usage_source"], "reported");
+    assert_eq!(row["protocol"], "openai");
+    assert_eq!(row["stream"], true);
+    assert_eq!(row["project"], "alpha");
+    assert_eq!(row["key_hint"], "sk-…1234");
+    assert_eq!(row["upstream_request_id"], "1b2c");
+    assert_eq!(row["call_id"], id);
+
+    // Native r1 JSON: 11 in, 302 out at 4 / 16 → 44 + 4832 = 4876 / 10⁶.
+    up.push(Script::json(200, NATIVE_R1_JSON));
+    let (_, id, _) = call(
+        &t,
+        NATIVE_PATH,
+        r#"{"model":"deepseek-r1","input":{"messages":[]}}"#,
+        &[],
+    )
+    .await;
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["cost_total"].as_str(), row["protocol"].as_str()),
+        (Some("0.004876"), Some("dashscope"))
+    );
+
+    // Cached input: v3.1, 3019 in of which 2048 cached, 104 out → 971×4 + 2048×0.8 + 104×12 = 6770.4 / 10⁶.
+    up.push(Script::json(200, r#"{"choices":[{"message":{"content":"ok","role":"assistant"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":3019,"completion_tokens":104,"total_tokens":3123,"prompt_tokens_details":{"cached_tokens":2048}},"model":"deepseek-v3.1","id":"chatcmpl-c"}"#));
+    let (_, id, _) = call(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-v3.1","messages":[]}"#,
+        &[],
+    )
+    .await;
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["cost_total"].as_str(), row["cached_tokens"].as_i64()),
+        (Some("0.0067704"), Some(2048))
+    );
+
+    // An upstream error: priced, costs nothing, keeps its code.
+    up.push(Script::json(401, r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"},"request_id":"r"}"#));
+    let (_, id, _) = call(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-v3","messages":[]}"#,
+        &[],
+    )
+    .await;
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["status"].as_str(), row["error_code"].as_str()),
+        (Some("upstream_error"), Some("invalid_api_key"))
+    );
+    assert_eq!(
+        (row["http_status"].as_i64(), row["cost_total"].as_str()),
+        (Some(401), Some("0"))
+    );
+    assert_eq!(row["usage_source"], "none");
+
+    // An unknown model: kept, unpriced, no cost (never a zero cost).
+    up.push(Script::json(200, r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5},"model":"deepseek-v9"}"#));
+    let (_, id, _) = call(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-v9","messages":[]}"#,
+        &[],
+    )
+    .await;
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["priced"].as_bool(), row["cost_total"].is_null()),
+        (Some(false), true)
+    );
+    assert!(row["price_version"].is_null());
+
+    // A cut stream: estimated usage, priced as estimated.
+    let mut script = Script::sse(events(COMPAT_V32_SSE).into_iter().take(2).collect());
+    script.end = End::Reset;
+    up.push(script);
+    let (_, id, _) = call(&t, COMPAT_PATH, stream_req, &[]).await;
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["status"].as_str(), row["usage_source"].as_str()),
+        (Some("upstream_aborted"), Some("estimated"))
+    );
+    // 5 input (2 + 3), 8 output of which 1 reasoning: 5×2 + 1×3 + 7×3 = 34 → 0.000034.
+    assert_eq!(row["cost_total"], "0.000034");
+
+    // The billing hour is the Shanghai clock hour the call finished in.
+    let pool = t.db.pool().await;
+    let bad: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM usage_ledger WHERE billing_hour <> date_trunc('hour', finished_at AT TIME ZONE 'Asia/Shanghai') AT TIME ZONE 'Asia/Shanghai'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(bad, 0);
+    audit(&t.db, 6).await;
+    let unknown = t
+        .http
+        .get(t.admin_url(&format!("/v1/calls/{}", uuid::Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    t.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn simulator_calls_are_priced_from_the_book() {
+    let t = LedgerApp::start(Upstream::Sim, |_| {}).await;
+    let mut ids = Vec::new();
+    for model in [
+        "deepseek-r1",
+        "deepseek-v3",
+        "deepseek-r1-distill-qwen-1.5b",
+        "deepseek-r1-distill-qwen-7b",
+    ] {
+        let body = format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":true}}"#
+        );
+        let (status, id, _) = call(&t, COMPAT_PATH, &body, &[("x-sim-chunks", "10")]).await;
+        assert_eq!(status, 200);
+        ids.push((model, id));
+    }
+    let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+    for (model, id) in ids {
+        let row = t.row(&id).await;
+        let (i, o) = (
+            row["input_tokens"].as_i64().unwrap(),
+            row["output_tokens"].as_i64().unwrap(),
+        );
+        let (pin, pout) = match model {
+            "deepseek-r1" => (d("4"), d("16")),
+            "deepseek-v3" => (d("2"), d("8")),
+            "deepseek-r1-distill-qwen-1.5b" => (d("0"), d("0")),
+            _ => (d("0.5"), d("1")),
+        };
+        let expected = (pin * rust_decimal::Decimal::from(i)
+            + pout * rust_decimal::Decimal::from(o))
+            / d("1000000");
+        assert_eq!(d(row["cost_total"].as_str().unwrap()), expected, "{model}");
+        assert_eq!(row["priced"], true, "{model}: free models are priced at 0");
+    }
+    audit(&t.db, 4).await;
+    t.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn postgres_outage_loses_nothing_and_duplicates_nothing() {
+    let db = TestDb::new().await;
+    let pg = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let journal = tempfile::tempdir().unwrap();
+    let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |s| {
+        s.ledger.as_mut().unwrap().database_url = pg.url_for(&db.url);
+    })
+    .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}{COMPAT_PATH}", app.proxy_addr);
+    let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#;
+    let send = |n: usize| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            for _ in 0..n {
+                let r = http.post(&url).body(body).send().await.unwrap();
+                assert_eq!(r.status(), 200, "zero client errors");
+                r.bytes().await.unwrap();
+            }
+        }
+    };
+    send(20).await;
+    app.flush_ledger().await;
+    pg.set_down(true);
+    send(50).await;
+    let ready: Value = http
+        .get(format!("http://{}/readyz", app.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["accepting_calls"], true, "{ready}");
+    assert!(
+        ready["journal_pending_records"].as_u64().unwrap() > 0,
+        "{ready}"
+    );
+    pg.set_down(false);
+    send(30).await;
+    app.flush_ledger().await;
+    audit(&db, 100).await;
+    let metrics = http
+        .get(format!("http://{}/metrics", app.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("deepseek_meter_ledger_pending_records 0"),
+        "{metrics}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn records_journaled_without_a_database_are_shipped_after_restart() {
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |s| {
+        s.ledger.as_mut().unwrap().database_url = format!("postgres://postgres@{dead}/{}", db.name);
+    })
+    .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        let r = http
+            .post(format!("http://{}{COMPAT_PATH}", app.proxy_addr))
+            .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        ids.push(call_id(&r));
+        r.bytes().await.unwrap();
+    }
+    app.shutdown().await; // records stay in the journal
+                          // Torn tail: a crash mid-write leaves half a frame at the end of the last segment.
+    let last = std::fs::read_dir(journal.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .max()
+        .unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(&[200, 1, 0, 0, 9, 9])
+        .unwrap();
+
+    let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |_| {}).await;
+    app.flush_ledger().await;
+    audit(&db, 25).await;
+    let pool = db.pool().await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT call_id::text FROM usage_ledger")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for id in &ids {
+        assert!(stored.contains(id), "{id} shipped");
+    }
+    app.shutdown().await;
+    // Shipped segments are gone; the checkpoint is at the end.
+    let left = std::fs::read_dir(journal.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "journal")
+        })
+        .count();
+    assert!(left <= 2, "shipped segments deleted ({left} left)");
+}
+
+#[tokio::test]
+async fn journal_cap_refuses_new_calls_by_default() {
+    let t = LedgerApp::start(Upstream::Sim, |s| {
+        s.ledger.as_mut().unwrap().journal.max_bytes = 1
+    })
+    .await;
+    t.app.flush_ledger().await;
+    // The first call fits (the cap is checked before a call starts; the journal is empty).
+    let (s1, _, _) = call(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(s1, 200);
+    // Until the shipper deletes its segment... the active segment stays: the cap holds.
+    t.app.flush_ledger().await;
+    let (s2, _, body) = call(
+        &t,
+        NATIVE_PATH,
+        r#"{"model":"deepseek-v3","input":{"messages":[]}}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(s2, 503);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["code"], "MeterJournalFull", "native error shape");
+    let ready = t.http.get(t.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    audit(&t.db, 1).await;
+    t.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn journal_cap_in_serve_mode_counts_unrecorded_calls() {
+    let t = LedgerApp::start(Upstream::Sim, |s| {
+        let j = &mut s.ledger.as_mut().unwrap().journal;
+        j.max_bytes = 1;
+        j.on_full = OnFull::Serve;
+    })
+    .await;
+    let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#;
+    let (s1, _, _) = call(&t, COMPAT_PATH, body, &[]).await;
+    t.app.flush_ledger().await;
+    let (s2, _, _) = call(&t, COMPAT_PATH, body, &[]).await;
+    assert_eq!((s1, s2), (200, 200));
+    t.app.flush_ledger().await;
+    let metrics = t
+        .http
+        .get(t.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("deepseek_meter_ledger_unrecorded_total 1"),
+        "{metrics}"
+    );
+    audit(&t.db, 1).await;
+    t.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn sigterm_style_shutdown_records_every_open_stream() {
+    let up = ScriptedUpstream::start().await;
+    let t = LedgerApp::start(up.upstream(), |s| {
+        s.drain_timeout = std::time::Duration::from_millis(300)
+    })
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut script = Script::sse(events(COMPAT_V32_SSE));
+        script.gated = true; // never released: the drain deadline cuts them
+        up.push(script);
+        let resp = t
+            .http
+            .post(t.url(COMPAT_PATH))
+            .body(r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+            .send()
+            .await
+            .unwrap();
+        let mut s = resp.bytes_stream();
+        use futures_util::StreamExt;
+        s.next().await.unwrap().unwrap();
+        streams.push(s);
+    }
+    let db_url = t.db.url.clone();
+    t.app.shutdown().await;
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let aborted: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger WHERE status = 'client_aborted' AND usage_source = 'estimated'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(aborted, 5, "every open stream has its row");
+    drop(streams);
+}
