@@ -1,0 +1,141 @@
+//! Ledger throughput: how many call records per second reach Postgres.
+//!
+//! 1. `insert`: `Ledger::insert` alone, batches of `ledger::BATCH`, one connection.
+//! 2. `journal → ledger`: records appended to a real journal (batched durability, fsync every 10 ms) by
+//!    4 producer tasks, shipped by the real shipper; the clock stops when the last record is in Postgres.
+//!
+//! Run: `cargo bench --bench ledger` (release build; needs Postgres on 127.0.0.1:5432). `BENCH_ROWS` sets the
+//! record count (default 200000). Prints a markdown table and writes `bench/results/ledger.json`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
+
+use chrono::Utc;
+use deepseek_meter::journal::{Durability, Journal, JournalConfig, OnFull, Position};
+use deepseek_meter::ledger::{self, Ledger, Shipper};
+use deepseek_meter::metrics::Metrics;
+use deepseek_meter::record::CallRecord;
+use deepseek_meter::usage::{CallStatus, Protocol, UsageSource};
+use std::time::{Duration, Instant};
+
+fn record(i: u64) -> CallRecord {
+    let now = Utc::now();
+    CallRecord {
+        call_id: uuid::Uuid::now_v7(),
+        upstream_request_id: Some(uuid::Uuid::now_v7().to_string()),
+        protocol: if i % 2 == 0 { Protocol::OpenAi } else { Protocol::DashScope },
+        model: "deepseek-v3.2-exp".into(),
+        stream: true,
+        status: CallStatus::Ok,
+        http_status: Some(200),
+        error_code: None,
+        started_at: now - chrono::Duration::milliseconds(900),
+        finished_at: now,
+        billing_hour: deepseek_meter::pricing::billing_hour(now, deepseek_meter::pricing::DEFAULT_TIMEZONE),
+        ttft_ms: Some(120.0),
+        duration_ms: 900.0,
+        input_tokens: 1200,
+        cached_tokens: 256,
+        output_tokens: 640,
+        reasoning_tokens: 400,
+        answer_tokens: 240,
+        usage_source: UsageSource::Reported,
+        priced: true,
+        price_version: Some("deepseek-v3.2-exp@2025-09-29".into()),
+        cost_total: Some("0.0040144".parse().unwrap()),
+        key_fingerprint: Some("0123456789ab".into()),
+        key_hint: Some("sk-…abcd".into()),
+        project: Some(format!("project-{}", i % 10)),
+        end_user: Some(format!("user-{}", i % 1000)),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let rows: u64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let db = format!("dm_bench_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    ledger::create_database_if_missing(&url).await.unwrap();
+    let l = Ledger::connect_lazy(&url).unwrap();
+    l.migrate().await.unwrap();
+
+    // 1. Insert alone.
+    let records: Vec<CallRecord> = (0..rows).map(record).collect();
+    let t = Instant::now();
+    for chunk in records.chunks(ledger::BATCH) {
+        l.insert(chunk).await.unwrap();
+    }
+    let insert_secs = t.elapsed().as_secs_f64();
+    drop(records);
+
+    // 2. Journal → shipper → Postgres.
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        dir: dir.path().to_owned(),
+        durability: Durability::Batched,
+        group_commit: Duration::from_millis(10),
+        segment_bytes: 64 << 20,
+        max_bytes: 1 << 34,
+        on_full: OnFull::Refuse,
+    };
+    let (journal, writer) = Journal::open(config).unwrap();
+    let (shipped_tx, mut shipped) = tokio::sync::watch::channel(Position::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shipper = Shipper {
+        ledger: l.clone(),
+        dir: dir.path().to_owned(),
+        stats: journal.stats.clone(),
+        end: journal.end(),
+        metrics: Metrics::new().unwrap(),
+        migrate: false,
+        create_database: None,
+        shipped: shipped_tx,
+    };
+    let task = tokio::spawn(shipper.run(stop.clone(), stop.clone()));
+    let t = Instant::now();
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let j = journal.clone();
+            tokio::spawn(async move {
+                for i in (p..rows).step_by(4) {
+                    j.append(record(i));
+                    if i % 1024 == p {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let append_secs = t.elapsed().as_secs_f64();
+    let end = journal.barrier().await.unwrap();
+    shipped.wait_for(|s| *s >= end).await.unwrap();
+    let e2e_secs = t.elapsed().as_secs_f64();
+    stop.cancel();
+    journal.close();
+    writer.join().await;
+    let _ = task.await;
+
+    let pool = l.pool().clone();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger").fetch_one(&pool).await.unwrap();
+    assert_eq!(n as u64, 2 * rows, "every record landed once");
+    pool.close().await;
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+    sqlx::query(&format!("DROP DATABASE \"{db}\" WITH (FORCE)")).execute(&admin).await.unwrap();
+
+    let insert_rate = rows as f64 / insert_secs;
+    let append_rate = rows as f64 / append_secs;
+    let e2e_rate = rows as f64 / e2e_secs;
+    println!("| stage | rows | seconds | rows/s |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| Ledger::insert (UNNEST, {} per batch) | {rows} | {insert_secs:.2} | {insert_rate:.0} |", ledger::BATCH);
+    println!("| journal append (4 producers) | {rows} | {append_secs:.2} | {append_rate:.0} |");
+    println!("| journal → shipper → Postgres, end to end | {rows} | {e2e_secs:.2} | {e2e_rate:.0} |");
+    let json = serde_json::json!({
+        "rows": rows, "insert_rows_per_s": insert_rate, "append_rows_per_s": append_rate,
+        "end_to_end_rows_per_s": e2e_rate, "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
+    });
+    std::fs::create_dir_all("bench/results").unwrap();
+    std::fs::write("bench/results/ledger.json", serde_json::to_string_pretty(&json).unwrap()).unwrap();
+}
