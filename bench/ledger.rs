@@ -22,7 +22,11 @@ fn record(i: u64) -> CallRecord {
     CallRecord {
         call_id: uuid::Uuid::now_v7(),
         upstream_request_id: Some(uuid::Uuid::now_v7().to_string()),
-        protocol: if i % 2 == 0 { Protocol::OpenAi } else { Protocol::DashScope },
+        protocol: if i % 2 == 0 {
+            Protocol::OpenAi
+        } else {
+            Protocol::DashScope
+        },
         model: "deepseek-v3.2-exp".into(),
         stream: true,
         status: CallStatus::Ok,
@@ -30,7 +34,10 @@ fn record(i: u64) -> CallRecord {
         error_code: None,
         started_at: now - chrono::Duration::milliseconds(900),
         finished_at: now,
-        billing_hour: deepseek_meter::pricing::billing_hour(now, deepseek_meter::pricing::DEFAULT_TIMEZONE),
+        billing_hour: deepseek_meter::pricing::billing_hour(
+            now,
+            deepseek_meter::pricing::DEFAULT_TIMEZONE,
+        ),
         ttft_ms: Some(120.0),
         duration_ms: 900.0,
         input_tokens: 1200,
@@ -51,7 +58,10 @@ fn record(i: u64) -> CallRecord {
 
 #[tokio::main]
 async fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let rows: u64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let db = format!("dm_bench_{}", uuid::Uuid::now_v7().simple());
     let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
     ledger::create_database_if_missing(&url).await.unwrap();
@@ -118,24 +128,41 @@ async fn main() {
     let _ = task.await;
 
     let pool = l.pool().clone();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger").fetch_one(&pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(n as u64, 2 * rows, "every record landed once");
     pool.close().await;
-    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
-    sqlx::query(&format!("DROP DATABASE \"{db}\" WITH (FORCE)")).execute(&admin).await.unwrap();
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
 
     let insert_rate = rows as f64 / insert_secs;
     let append_rate = rows as f64 / append_secs;
     let e2e_rate = rows as f64 / e2e_secs;
     println!("| stage | rows | seconds | rows/s |");
     println!("| --- | ---: | ---: | ---: |");
-    println!("| Ledger::insert (UNNEST, {} per batch) | {rows} | {insert_secs:.2} | {insert_rate:.0} |", ledger::BATCH);
+    println!(
+        "| Ledger::insert (UNNEST, {} per batch) | {rows} | {insert_secs:.2} | {insert_rate:.0} |",
+        ledger::BATCH
+    );
     println!("| journal append (4 producers) | {rows} | {append_secs:.2} | {append_rate:.0} |");
-    println!("| journal → shipper → Postgres, end to end | {rows} | {e2e_secs:.2} | {e2e_rate:.0} |");
+    println!(
+        "| journal → shipper → Postgres, end to end | {rows} | {e2e_secs:.2} | {e2e_rate:.0} |"
+    );
     let json = serde_json::json!({
         "rows": rows, "insert_rows_per_s": insert_rate, "append_rows_per_s": append_rate,
         "end_to_end_rows_per_s": e2e_rate, "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
     });
     std::fs::create_dir_all("bench/results").unwrap();
-    std::fs::write("bench/results/ledger.json", serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    std::fs::write(
+        "bench/results/ledger.json",
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
 }
