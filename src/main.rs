@@ -19,16 +19,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     match cli.command {
         Command::Serve(mut args) => {
             args.dashscope_api_key = std::env::var("DASHSCOPE_API_KEY").ok();
             let file = config::load_file(cli.config.as_deref())?;
             let settings = config::resolve(*args, file)?;
             let app = app::App::start(settings).await?;
-            app.run_until(shutdown_signal()).await;
+            app.run_until(signal).await;
             Ok(())
         }
-        Command::Sim(args) => sim::run(args, shutdown_signal()).await,
+        Command::Sim(args) => sim::run(args, signal).await,
         Command::Migrate(args) => {
             let url = args
                 .database_url
@@ -60,17 +61,23 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM or SIGINT. The handlers are registered when this is called, not when the future is first
+/// polled: a signal that arrives while the app is still starting must drain it, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            Err(_) => std::future::pending().await,
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

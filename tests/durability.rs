@@ -8,7 +8,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -82,22 +81,6 @@ fn sigterm(child: &mut Proc) -> std::process::ExitStatus {
     child.0.wait().unwrap()
 }
 
-async fn ledger_ids(db: &TestDb) -> HashSet<String> {
-    let pool = db.pool().await;
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM usage_ledger")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(rows, distinct, "no duplicates");
-    sqlx::query_scalar::<_, String>("SELECT call_id::text FROM usage_ledger")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
 /// Runs load until SIGKILL, restarts, drains with SIGTERM; returns (completed calls, missing, of which
 /// completed within `window` before the kill).
 async fn kill_under_load(strict: bool) -> (usize, Vec<(String, Duration)>) {
@@ -156,7 +139,7 @@ async fn kill_under_load(strict: bool) -> (usize, Vec<(String, Duration)>) {
     // Restart on the same journal: it replays what was not shipped; SIGTERM drains and ships.
     let (mut child, _) = spawn(&serve_args(&db, &jdir, "sim", extra), "proxy_addr");
     assert!(sigterm(&mut child).success());
-    let stored = ledger_ids(&db).await;
+    let stored = db.audit().await;
     let missing = completed
         .iter()
         .filter(|(id, _)| !stored.contains(id))

@@ -32,15 +32,8 @@ async fn call(
     (status, id, bytes)
 }
 
-async fn audit(db: &TestDb, expected_calls: i64) {
-    let pool = db.pool().await;
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM usage_ledger")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(rows, expected_calls, "rows = calls");
-    assert_eq!(rows, distinct, "no duplicates");
+async fn audit(db: &TestDb, expected_calls: usize) {
+    assert_eq!(db.audit().await.len(), expected_calls, "rows = calls");
 }
 
 #[tokio::test]
@@ -387,15 +380,7 @@ async fn journal_cap_in_serve_mode_counts_unrecorded_calls() {
     let (s2, _, _) = call(&t, COMPAT_PATH, body, &[]).await;
     assert_eq!((s1, s2), (200, 200));
     t.app.flush_ledger().await;
-    let metrics = t
-        .http
-        .get(t.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
     assert!(
         metrics.contains("deepseek_meter_ledger_unrecorded_total 1"),
         "{metrics}"

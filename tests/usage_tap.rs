@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 mod common;
 use common::captures::*;
+use common::split;
 
 const SSE: Option<&str> = Some("text/event-stream;charset=UTF-8");
 const JSON: Option<&str> = Some("application/json");
@@ -482,18 +483,6 @@ fn inconsistent_usage_is_clamped_and_flagged() {
 
 // ---- any split of the stream gives the same report --------------------------------------------------
 
-fn split_at(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    points.sort_unstable();
-    let mut out = Vec::new();
-    let mut prev = 0;
-    for p in points.into_iter().chain([bytes.len()]) {
-        out.push(bytes[prev..p].to_vec());
-        prev = p;
-    }
-    out
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -508,7 +497,7 @@ proptest! {
         ][which];
         let body = if crlf { body.replace('\n', "\r\n") } else { body.to_owned() };
         let whole = tap_with(protocol, true, 200, SSE, None, &[body.as_bytes()], StreamEnd::Complete);
-        let pieces = split_at(body.as_bytes(), &cuts);
+        let pieces = split(body.as_bytes(), &cuts);
         let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
         let split = tap_with(protocol, true, 200, SSE, None, &refs, StreamEnd::Complete);
         prop_assert_eq!(whole, split);

@@ -451,3 +451,41 @@ impl FaultProxy {
         url.replace("127.0.0.1:5432", &self.addr.to_string())
     }
 }
+
+/// `bytes` cut at the given points (taken modulo its length), in order. Repeated points give empty
+/// pieces: a reader must treat an empty read as nothing.
+pub fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    points.sort_unstable();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for p in points.into_iter().chain([bytes.len()]) {
+        out.push(bytes[prev..p].to_vec());
+        prev = p;
+    }
+    out
+}
+
+/// A GET whose body is text (metrics, readiness).
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+impl TestDb {
+    /// The ledger audit every ledger test ends with: no duplicate rows; returns the call ids stored.
+    pub async fn audit(&self) -> std::collections::HashSet<String> {
+        let pool = self.pool().await;
+        let (rows, distinct): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM usage_ledger")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, distinct, "no duplicates");
+        sqlx::query_scalar::<_, String>("SELECT call_id::text FROM usage_ledger")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+}
