@@ -4,6 +4,9 @@
 //! 2. `journal → ledger`: records appended to a real journal (batched durability, fsync every 10 ms) by
 //!    4 producer tasks, shipped by the real shipper; the clock stops when the last record is in Postgres.
 //!
+//! 3. `proxy path`: p50/p99 latency of non-streaming calls through the real sidecar (ledger on, simulator
+//!    upstream), first with the ledger idle, then while its shipper ingests `BENCH_ROWS` journaled records.
+//!
 //! Run: `cargo bench --bench ledger` (release build; needs Postgres on 127.0.0.1:5432). `BENCH_ROWS` sets the
 //! record count (default 200000). Prints a markdown table and writes `bench/results/ledger.json`.
 
@@ -127,12 +130,70 @@ async fn main() {
     writer.join().await;
     let _ = task.await;
 
+    // 3. The proxy path, idle ledger vs ingesting ledger.
+    let jdir = tempfile::tempdir().unwrap();
+    let mut settings = deepseek_meter::config::Settings::for_tests();
+    settings.ledger = Some(deepseek_meter::config::LedgerSettings {
+        database_url: url.clone(),
+        journal: JournalConfig {
+            dir: jdir.path().to_owned(),
+            ..journal.config().clone()
+        },
+        migrate: false,
+        ship_deadline: Duration::from_secs(30),
+    });
+    let app = deepseek_meter::app::App::start(settings).await.unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let target = format!(
+        "http://{}/compatible-mode/v1/chat/completions",
+        app.proxy_addr
+    );
+    let calls = 2_000;
+    let measure = |http: reqwest::Client, target: String| async move {
+        let mut lat = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t = Instant::now();
+            let r = http
+                .post(&target)
+                .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+                .send()
+                .await
+                .unwrap();
+            r.bytes().await.unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+    };
+    let (idle_p50, idle_p99) = measure(http.clone(), target.clone()).await;
+    // A backlog, as after a database outage: journaled first, then shipped while calls flow.
+    let app_journal = app.state.journal.clone().unwrap();
+    for i in 0..rows {
+        app_journal.append(record(i));
+    }
+    app_journal.barrier().await.unwrap();
+    let pending = || {
+        app_journal
+            .stats
+            .pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let pending_before = pending();
+    let (busy_p50, busy_p99) = measure(http.clone(), target.clone()).await;
+    let pending_after = pending();
+    app.flush_ledger().await;
+    app.shutdown().await;
+
     let pool = l.pool().clone();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(n as u64, 2 * rows, "every record landed once");
+    assert_eq!(
+        n as u64,
+        3 * rows + 2 * calls as u64,
+        "every record landed once"
+    );
     pool.close().await;
     let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
         .await
@@ -155,7 +216,14 @@ async fn main() {
     println!(
         "| journal → shipper → Postgres, end to end | {rows} | {e2e_secs:.2} | {e2e_rate:.0} |"
     );
+    println!();
+    println!("| proxy path (non-streaming, sequential, {calls} calls each) | p50 µs | p99 µs |");
+    println!("| --- | ---: | ---: |");
+    println!("| ledger idle | {idle_p50:.0} | {idle_p99:.0} |");
+    println!("| ledger shipping a backlog ({pending_before} → {pending_after} records pending during the run) | {busy_p50:.0} | {busy_p99:.0} |");
     let json = serde_json::json!({
+        "proxy_idle_p50_us": idle_p50, "proxy_idle_p99_us": idle_p99,
+        "proxy_ingesting_p50_us": busy_p50, "proxy_ingesting_p99_us": busy_p99,
         "rows": rows, "insert_rows_per_s": insert_rate, "append_rows_per_s": append_rate,
         "end_to_end_rows_per_s": e2e_rate, "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
     });

@@ -257,7 +257,7 @@ impl Shipper {
             };
             if batch.is_empty() {
                 if next != pos {
-                    pos = self.advance(pos, next, 0);
+                    pos = self.advance(next, 0);
                     continue;
                 }
                 if stop.is_cancelled() {
@@ -287,7 +287,7 @@ impl Shipper {
             }
             self.ledger.reachable.store(true, Ordering::Relaxed);
             backoff.reset();
-            pos = self.advance(pos, next, batch.len() as u64);
+            pos = self.advance(next, batch.len() as u64);
         }
     }
 
@@ -344,7 +344,7 @@ impl Shipper {
     }
 
     /// Records that everything before `next` is in Postgres: checkpoint, then delete finished segments.
-    fn advance(&self, _from: Position, next: Position, shipped: u64) -> Position {
+    fn advance(&self, next: Position, shipped: u64) -> Position {
         let _ = self
             .stats
             .pending

@@ -81,7 +81,7 @@ impl Recorder for crate::journal::Journal {
     }
 }
 
-/// Keeps records in memory. Used by tests and by `serve` until a durable ledger is configured.
+/// Keeps records in memory: tests, and embedding the app without a ledger.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRecorder {
     inner: Arc<(Mutex<Vec<CallRecord>>, Notify)>,
