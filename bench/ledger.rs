@@ -25,7 +25,7 @@ fn record(i: u64) -> CallRecord {
     CallRecord {
         call_id: uuid::Uuid::now_v7(),
         upstream_request_id: Some(uuid::Uuid::now_v7().to_string()),
-        protocol: if i % 2 == 0 {
+        protocol: if i.is_multiple_of(2) {
             Protocol::OpenAi
         } else {
             Protocol::DashScope

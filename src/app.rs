@@ -94,7 +94,12 @@ impl AppState {
         let by_class = price.map(|p| p.cost_by_class(&record.tokens()));
         record.priced = price.is_some();
         record.price_version = price.map(|p| p.version());
-        record.cost_total = by_class.map(|c| c.iter().map(|(_, v)| *v).sum());
+        record.cost_total = by_class.map(|c| {
+            c.iter()
+                .map(|(_, v)| *v)
+                .sum::<rust_decimal::Decimal>()
+                .normalize()
+        });
         self.metrics.observe_call(&record, label, by_class.as_ref());
         if price.is_none() {
             self.metrics.unpriced.with_label_values(&[label]).inc();

@@ -117,6 +117,19 @@ impl Journal {
     /// Opens (creating) the journal directory, counts what is still unshipped, and starts the writer.
     pub fn open(config: JournalConfig) -> io::Result<(Journal, WriterHandle)> {
         fs::create_dir_all(&config.dir)?;
+        // One process per journal directory: two writers would interleave segments and checkpoints. The
+        // lock is released when the writer thread (which owns the file) ends.
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(config.dir.join("lock"))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the journal directory is in use by another deepseek-meter process",
+            )
+        })?;
         let stats = Arc::new(JournalStats::default());
         let segments = list_segments(&config.dir)?;
         let checkpoint = read_checkpoint(&config.dir);
@@ -157,6 +170,7 @@ impl Journal {
             retry: Vec::new(),
             parked: 0,
             acks: Vec::new(),
+            _lock: lock,
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -250,6 +264,8 @@ struct Writer {
     /// Records in `retry`.
     parked: u64,
     acks: Vec<oneshot::Sender<()>>,
+    /// Held for the writer's lifetime.
+    _lock: File,
 }
 
 impl Writer {

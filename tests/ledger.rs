@@ -148,6 +148,56 @@ async fn every_shape_gives_its_exact_row() {
     // 5 input (2 + 3), 8 output of which 1 reasoning: 5×2 + 1×3 + 7×3 = 34 → 0.000034.
     assert_eq!(row["cost_total"], "0.000034");
 
+    // Native SSE, cumulative usage: 11 in, 406 out at 4 / 16 → 44 + 6496 = 6540 / 10⁶.
+    up.push(Script::sse(events(NATIVE_R1_SSE)));
+    let native_req = r#"{"model":"deepseek-r1","input":{"messages":[]},"parameters":{"incremental_output":true}}"#;
+    let (_, id, _) = call(
+        &t,
+        NATIVE_PATH,
+        native_req,
+        &[("x-dashscope-sse", "enable")],
+    )
+    .await;
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["cost_total"].as_str(), row["stream"].as_bool()),
+        (Some("0.00654"), Some(true))
+    );
+
+    // Native error event delivered with HTTP 200: an upstream error with the in-band status.
+    let native_err = "id:1\nevent:error\n:HTTP_STATUS/400\ndata:{\"code\":\"InvalidParameter\",\"message\":\"Role must be user or assistant\",\"request_id\":\"7671ecd8\"}\n\n";
+    up.push(Script::sse(vec![native_err.as_bytes().to_vec()]));
+    let (status, id, _) = call(
+        &t,
+        NATIVE_PATH,
+        native_req,
+        &[("x-dashscope-sse", "enable")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["status"].as_str(), row["http_status"].as_i64()),
+        (Some("upstream_error"), Some(400))
+    );
+    assert_eq!(
+        (row["error_code"].as_str(), row["cost_total"].as_str()),
+        (Some("InvalidParameter"), Some("0"))
+    );
+    assert_eq!(row["upstream_request_id"], "7671ecd8");
+
+    // A compat 400 that arrives SSE-framed.
+    let mut sse400 = Script::sse(vec![b"data: {\"error\":{\"code\":\"invalid_parameter_error\",\"param\":null,\"message\":\"Range of top_logprobs should be [0, 5]\",\"type\":\"invalid_request_error\"},\"id\":\"chatcmpl-54036480\"}\n\n".to_vec()]);
+    sse400.status = 400;
+    up.push(sse400);
+    let (_, id, _) = call(&t, COMPAT_PATH, stream_req, &[]).await;
+    let row = t.row(&id).await;
+    assert_eq!(
+        (row["error_code"].as_str(), row["http_status"].as_i64()),
+        (Some("invalid_parameter_error"), Some(400))
+    );
+    assert_eq!(row["upstream_request_id"], "54036480");
+
     // The billing hour is the Shanghai clock hour the call finished in.
     let pool = t.db.pool().await;
     let bad: i64 = sqlx::query_scalar(
@@ -157,7 +207,7 @@ async fn every_shape_gives_its_exact_row() {
     .await
     .unwrap();
     assert_eq!(bad, 0);
-    audit(&t.db, 6).await;
+    audit(&t.db, 9).await;
     let unknown = t
         .http
         .get(t.admin_url(&format!("/v1/calls/{}", uuid::Uuid::now_v7())))
@@ -422,4 +472,24 @@ async fn sigterm_style_shutdown_records_every_open_stream() {
         .unwrap();
     assert_eq!(aborted, 5, "every open stream has its row");
     drop(streams);
+}
+
+#[tokio::test]
+async fn a_second_sidecar_on_the_same_journal_directory_is_refused() {
+    let t = LedgerApp::start(Upstream::Sim, |_| {}).await;
+    let mut settings = deepseek_meter::config::Settings::for_tests();
+    settings.ledger = Some(ledger_settings(&t.db.url, t.journal.path()));
+    let err = deepseek_meter::app::App::start(settings)
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("--journal-dir") && text.contains("in use by another"),
+        "{text}"
+    );
+    t.app.shutdown().await;
+    // Once the first is gone, the directory is free again.
+    let again = LedgerApp::start_on(&t.db, t.journal.path(), Upstream::Sim, |_| {}).await;
+    again.shutdown().await;
 }
