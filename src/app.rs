@@ -284,9 +284,15 @@ impl App {
             stop_accepting: stop_accepting.clone(),
             abort: abort.clone(),
             tracker: tracker.clone(),
+            limits: ConnectionLimits::new(settings.max_connections, settings.header_read_timeout),
         };
-        tracker.spawn(conns.clone().serve(proxy_listener, proxy_service));
-        tracker.spawn(conns.serve(admin_listener, admin_service));
+        // The admin listener gets its own small pool: a flood on the proxy must not lock operators out.
+        let admin_conns = Connections {
+            limits: ConnectionLimits::new(64, settings.header_read_timeout),
+            ..conns.clone()
+        };
+        tracker.spawn(conns.serve(proxy_listener, proxy_service));
+        tracker.spawn(admin_conns.serve(admin_listener, admin_service));
         tracing::info!(%proxy_addr, %admin_addr, upstream = %upstream, "deepseek-meter serving");
         Ok(App {
             proxy_addr,
@@ -395,6 +401,26 @@ pub struct Connections {
     pub stop_accepting: CancellationToken,
     pub abort: CancellationToken,
     pub tracker: TaskTracker,
+    pub limits: ConnectionLimits,
+}
+
+/// Protection against clients that hold connections without using them.
+#[derive(Clone)]
+pub struct ConnectionLimits {
+    /// At most this many open connections; past it the listener stops accepting (new connections wait in
+    /// the kernel's backlog) until one closes.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// A client must finish sending a request head within this time (slowloris).
+    pub header_read_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_connections: usize, header_read_timeout: Duration) -> Self {
+        ConnectionLimits {
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            header_read_timeout,
+        }
+    }
 }
 
 impl Connections {
@@ -411,6 +437,13 @@ impl Connections {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         loop {
+            let slot = tokio::select! {
+                _ = self.stop_accepting.cancelled() => return,
+                slot = self.limits.slots.clone().acquire_owned() => match slot {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
+            };
             let stream = tokio::select! {
                 _ = self.stop_accepting.cancelled() => return,
                 accepted = listener.accept() => match accepted {
@@ -426,8 +459,15 @@ impl Connections {
             let _ = stream.set_nodelay(true);
             let service = service.clone();
             let (stop, abort) = (self.stop_accepting.clone(), self.abort.clone());
+            let header_read_timeout = self.limits.header_read_timeout;
             self.tracker.spawn(async move {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _slot = slot;
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_read_timeout);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
                 tokio::select! {

@@ -92,6 +92,12 @@ pub struct ServeArgs {
     /// How long in-flight calls may run after SIGTERM, in milliseconds.
     #[arg(long, env = "METER_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<String>,
+    /// Most open client connections on the proxy listener.
+    #[arg(long, env = "METER_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Time a client has to send a request head, in milliseconds (slow-client protection).
+    #[arg(long, env = "METER_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<String>,
     /// Price-book file (TOML); the built-in book when absent.
     #[arg(long, env = "METER_PRICES")]
     pub prices: Option<PathBuf>,
@@ -164,6 +170,8 @@ pub struct FileConfig {
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
 }
 
 /// Where calls go.
@@ -191,6 +199,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
 }
 
 impl Settings {
@@ -209,9 +219,13 @@ impl Settings {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
             drain_timeout: Duration::from_secs(30),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The durable ledger: journal on local disk, shipped into Postgres.
 #[derive(Debug, Clone)]
@@ -344,6 +358,22 @@ pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Settings, ConfigErro
         file.drain_timeout_ms,
         30_000,
     )?;
+    let max_connections = number(
+        "--max-connections",
+        "METER_MAX_CONNECTIONS",
+        "max_connections",
+        args.max_connections,
+        file.max_connections,
+        DEFAULT_MAX_CONNECTIONS as u64,
+    )? as usize;
+    let header_read_timeout = ms(
+        "--header-read-timeout-ms",
+        "METER_HEADER_READ_TIMEOUT_MS",
+        "header_read_timeout_ms",
+        args.header_read_timeout_ms,
+        file.header_read_timeout_ms,
+        10_000,
+    )?;
     let database_url = args
         .database_url
         .or(file.database_url)
@@ -426,6 +456,8 @@ pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Settings, ConfigErro
         connect_timeout,
         idle_timeout,
         drain_timeout,
+        max_connections,
+        header_read_timeout,
     })
 }
 

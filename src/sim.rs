@@ -86,6 +86,7 @@ impl SimServer {
             stop_accepting: CancellationToken::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            limits: crate::app::ConnectionLimits::new(100_000, std::time::Duration::from_secs(30)),
         };
         let service = hyper_util::service::TowerToHyperService::new(router(options));
         conns.tracker.spawn(conns.clone().serve(listener, service));

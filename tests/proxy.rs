@@ -663,3 +663,50 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_at_the_header_timeout_and_the_connection_cap_holds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestApp::start_with(Upstream::Sim, |s| {
+        s.max_connections = 2;
+        s.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Two slowloris clients take both slots: half a request head, then nothing.
+    let mut closed_at = Vec::new();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(t.app.proxy_addr)
+            .await
+            .unwrap();
+        s.write_all(b"POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await; // the server closes it
+            std::time::Instant::now()
+        }));
+    }
+    // A third client can only be accepted once the server has cut a slow one.
+    let resp = post(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let served_at = std::time::Instant::now();
+    for s in slow {
+        closed_at.push(
+            tokio::time::timeout(Duration::from_secs(10), s)
+                .await
+                .expect("slow client cut")
+                .unwrap(),
+        );
+    }
+    assert!(
+        closed_at.iter().min().unwrap() <= &served_at,
+        "served only after a slot freed"
+    );
+}
