@@ -493,3 +493,92 @@ async fn a_second_sidecar_on_the_same_journal_directory_is_refused() {
     let again = LedgerApp::start_on(&t.db, t.journal.path(), Upstream::Sim, |_| {}).await;
     again.shutdown().await;
 }
+
+/// A role of its own, dropped after the test's database (declare it first: it is dropped last).
+struct TestRole(String);
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
+                    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only() {
+    let role = TestRole(format!("dm_writer_{}", uuid::Uuid::now_v7().simple()));
+    let owner = LedgerApp::start(Upstream::Sim, |_| {}).await;
+    owner.app.flush_ledger().await; // migrated
+    let pool = owner.db.pool().await;
+    // The README's SQL for the sidecar's role.
+    for sql in [
+        format!("CREATE ROLE {} LOGIN", role.0),
+        format!(
+            "GRANT CONNECT ON DATABASE \"{}\" TO {}",
+            owner.db.name, role.0
+        ),
+        format!("GRANT USAGE ON SCHEMA public TO {}", role.0),
+        format!("GRANT SELECT, INSERT ON usage_ledger TO {}", role.0),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    owner.app.shutdown().await;
+
+    let journal = tempfile::tempdir().unwrap();
+    let as_writer = format!("postgres://{}@127.0.0.1:5432/{}", role.0, owner.db.name);
+    let app = LedgerApp::start_on(&owner.db, journal.path(), Upstream::Sim, |s| {
+        let l = s.ledger.as_mut().unwrap();
+        l.database_url = as_writer.clone();
+        l.migrate = false;
+    })
+    .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = http
+        .post(format!("http://{}{COMPAT_PATH}", app.proxy_addr))
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let id = call_id(&resp);
+    resp.bytes().await.unwrap();
+    app.flush_ledger().await;
+    let row = get_text(&http, &format!("http://{}/v1/calls/{id}", app.admin_addr)).await;
+    assert!(row.contains(&id), "{row}");
+    app.shutdown().await;
+
+    let writer = sqlx::PgPool::connect(&as_writer).await.unwrap();
+    for sql in [
+        "UPDATE usage_ledger SET cost_total = 0",
+        "DELETE FROM usage_ledger",
+        "TRUNCATE usage_ledger",
+    ] {
+        let err = sqlx::query(sql)
+            .execute(&writer)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("permission denied"), "{sql}: {err}");
+        // Even the owner cannot: the ledger is append-only.
+        let err = sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    writer.close().await;
+    pool.close().await;
+}
