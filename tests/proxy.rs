@@ -710,3 +710,89 @@ async fn slow_clients_are_cut_at_the_header_timeout_and_the_connection_cap_holds
         "served only after a slot freed"
     );
 }
+
+#[tokio::test]
+async fn hostile_upstream_bodies_reach_the_client_unchanged_and_never_fail_the_call() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    let five_mib = "x".repeat(5 << 20);
+    let cases: Vec<(&str, Script)> = vec![
+        // Invalid UTF-8 inside an event, then a valid usage chunk and [DONE].
+        ("invalid utf-8", {
+            let mut bad = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+            bad.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+            bad.extend_from_slice(b"\"}}]}\n\n");
+            let mut chunks = vec![bad];
+            chunks.extend(events(COMPAT_R1_SSE).into_iter().skip(5));
+            Script::sse(chunks)
+        }),
+        // One SSE line of 5 MiB (over the tap's 4 MiB event limit), then the usage chunk and [DONE].
+        ("5 MiB line", {
+            let mut chunks: Vec<Vec<u8>> = format!("data: {{\"pad\":\"{five_mib}\"}}\n\n")
+                .into_bytes()
+                .chunks(64 << 10)
+                .map(<[u8]>::to_vec)
+                .collect();
+            chunks.extend(events(COMPAT_R1_SSE).into_iter().skip(5));
+            Script::sse(chunks)
+        }),
+        // Truncated JSON body.
+        (
+            "truncated json",
+            Script::json(
+                200,
+                r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"#,
+            ),
+        ),
+        // A non-streaming body far bigger than usual (20 MiB, over the tap's 16 MiB limit).
+        ("20 MiB body", {
+            let mut s = Script::json(200, "");
+            s.chunks = format!(
+                "{{\"pad\":\"{}\",\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":1}}}}",
+                "y".repeat(20 << 20)
+            )
+            .into_bytes()
+            .chunks(256 << 10)
+            .map(<[u8]>::to_vec)
+            .collect();
+            s
+        }),
+    ];
+    for (name, script) in cases {
+        let sent = script.chunks.concat();
+        up.push(script);
+        let resp = post(
+            &t,
+            COMPAT_PATH,
+            r#"{"model":"deepseek-r1","stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .await;
+        let id = call_id(&resp);
+        assert_eq!(resp.status(), 200, "{name}");
+        assert!(
+            resp.bytes().await.unwrap() == sent,
+            "{name}: client bytes unchanged"
+        );
+        let r = t.record_of(&id).await;
+        match name {
+            // The damaged or oversized event is skipped; the stream's own usage still counts.
+            "invalid utf-8" | "5 MiB line" => {
+                assert_eq!(
+                    (r.status, r.usage_source, r.output_tokens),
+                    (CallStatus::Ok, UsageSource::Reported, 1436),
+                    "{name}"
+                )
+            }
+            _ => assert_eq!(
+                (r.status, r.usage_source),
+                (CallStatus::Ok, UsageSource::None),
+                "{name}"
+            ),
+        }
+    }
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("deepseek_meter_response_parse_errors_total 4"),
+        "{metrics}"
+    );
+}

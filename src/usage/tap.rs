@@ -262,7 +262,8 @@ impl ResponseTap {
         let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
         if first == Some(b'{') {
             match parse_wire(&body) {
-                Some(w) => {
+                Some((w, partial)) => {
+                    self.obs.parse_errors += u64::from(partial);
                     absorb(
                         &mut self.obs,
                         self.protocol,
@@ -396,7 +397,10 @@ fn on_event(
         return;
     }
     match parse_wire(data) {
-        Some(w) => absorb(obs, protocol, incremental, w, error_event, signal),
+        Some((w, partial)) => {
+            obs.parse_errors += u64::from(partial);
+            absorb(obs, protocol, incremental, w, error_event, signal);
+        }
         None => obs.parse_errors += 1,
     }
     if error_event && obs.error_code.is_none() {
@@ -537,18 +541,22 @@ impl WireUsage {
     }
 }
 
-fn parse_wire(data: &[u8]) -> Option<Wire<'_>> {
+/// Parses one JSON object of either protocol. When the full shape does not parse (a field of an unexpected
+/// type, invalid UTF-8 in a text), a minimal parse still salvages usage and errors; the second value says
+/// the object was only partly understood (counted as a parse error).
+fn parse_wire(data: &[u8]) -> Option<(Wire<'_>, bool)> {
     if let Ok(w) = serde_json::from_slice::<Wire<'_>>(data) {
-        return Some(w);
+        return Some((w, false));
     }
     let m: WireMinimal = serde_json::from_slice(data).ok()?;
-    Some(Wire {
+    let w = Wire {
         request_id: m.request_id.map(Cow::Owned),
         usage: m.usage,
         error: m.error,
         code: m.code,
         ..Wire::default()
-    })
+    };
+    Some((w, true))
 }
 
 fn error_code_of(error: &serde_json::Value) -> String {
