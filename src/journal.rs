@@ -42,7 +42,7 @@ pub enum Durability {
 pub enum OnFull {
     /// Refuse new calls with 503 while the journal is at its cap (an unmetered call is untracked money).
     Refuse,
-    /// Keep serving; calls that cannot be journaled are counted in `deepseek_meter_ledger_unrecorded_total`.
+    /// Keep serving; calls that cannot be journaled are counted in `deepseek_meter_ledger_unrecorded_calls`.
     Serve,
 }
 

@@ -116,7 +116,7 @@ impl Metrics {
             "Failed ledger inserts (retried; nothing is dropped).",
         )?;
         let ledger_unrecorded = prometheus::IntGauge::new(
-            "deepseek_meter_ledger_unrecorded_total",
+            "deepseek_meter_ledger_unrecorded_calls",
             "Calls served without a record (journal at its cap with --on-journal-full=serve, or unwritable at shutdown).",
         )?;
         let journal_full_refusals = IntCounter::new(

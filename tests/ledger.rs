@@ -432,7 +432,7 @@ async fn journal_cap_in_serve_mode_counts_unrecorded_calls() {
     t.app.flush_ledger().await;
     let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
     assert!(
-        metrics.contains("deepseek_meter_ledger_unrecorded_total 1"),
+        metrics.contains("deepseek_meter_ledger_unrecorded_calls 1"),
         "{metrics}"
     );
     audit(&t.db, 1).await;
