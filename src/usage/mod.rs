@@ -195,20 +195,66 @@ pub fn inspect_request(protocol: Protocol, body: &[u8], native_sse: bool) -> Ins
     }
 }
 
-/// The same JSON object with `stream_options.include_usage = true`; other keys keep their order.
+/// The same JSON object with `stream_options.include_usage = true`. Every other member is copied as its raw
+/// JSON text — numbers and strings byte for byte, order and duplicates kept — so nothing the client sent
+/// changes (a round trip through `f64` could alter a number). Only insignificant whitespace goes.
 fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
-    let mut value: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(body).ok()?;
-    let options = value
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    if !options.is_object() {
-        *options = serde_json::Value::Object(serde_json::Map::new());
+    let Members(members) = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(body.len() + 40);
+    out.push(b'{');
+    let mut seen = false;
+    for (key, value) in &members {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key).ok()?;
+        out.push(b':');
+        if key == "stream_options" && !seen {
+            seen = true;
+            let mut options = match serde_json::from_str::<serde_json::Value>(value.get()) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => serde_json::Map::new(),
+            };
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            serde_json::to_writer(&mut out, &options).ok()?;
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
     }
-    if let serde_json::Value::Object(o) = options {
-        o.insert("include_usage".into(), serde_json::Value::Bool(true));
+    if !seen {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
     }
-    serde_json::to_vec(&value).ok()
+    out.push(b'}');
+    Some(out)
+}
+
+/// A JSON object's members in order, values unparsed.
+struct Members(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Estimated prompt tokens of a request body (both protocols), for calls whose usage never arrived.
@@ -285,6 +331,18 @@ mod tests {
         assert_eq!(
             rewritten,
             r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"hi"}],"stream":true,"enable_thinking":true,"stream_options":{"include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn numbers_and_strings_pass_the_rewrite_byte_for_byte() {
+        // Found by the request_rewrite fuzzer: a round trip through f64 changed 50e0035 by one ULP.
+        let body = br#"{"meam":true,"stream_onq":{"includi":50e0035},"inputodel":"m","stream":true,"t":0.1000000000000000055511151231257827,"s":"\u00e9\n","big":123456789012345678901234567890}"#;
+        let r = inspect_request(Protocol::OpenAi, body, false);
+        let out = String::from_utf8(r.rewritten_body.unwrap()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"meam":true,"stream_onq":{"includi":50e0035},"inputodel":"m","stream":true,"t":0.1000000000000000055511151231257827,"s":"\u00e9\n","big":123456789012345678901234567890,"stream_options":{"include_usage":true}}"#
         );
     }
 
