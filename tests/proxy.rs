@@ -384,6 +384,23 @@ async fn headers_routing_and_attribution() {
     );
     assert_eq!(t.record_of(&id).await.key_hint.as_deref(), Some("sk-…9999"));
 
+    // An Authorization the proxy cannot read is still the client's: passed through, nothing injected.
+    up.push(Script::json(200, COMPAT_R1_JSON));
+    let odd = reqwest::header::HeaderValue::from_bytes(b"Bearer sk-\xff\xfe").unwrap();
+    let resp = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .header("authorization", odd)
+        .body(r#"{"model":"deepseek-r1"}"#)
+        .send()
+        .await
+        .unwrap();
+    resp.bytes().await.unwrap();
+    assert_ne!(
+        up.last_seen().header("authorization"),
+        Some("Bearer sk-injected-9999")
+    );
+
     // Query strings are kept; unmetered paths are forwarded and not recorded.
     up.push(Script::json(200, r#"{"object":"list","data":[]}"#));
     let before = t.records.records().len();

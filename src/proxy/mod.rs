@@ -188,8 +188,8 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let injected = client_auth
-        .is_none()
+    // Injected only when the client sent no Authorization at all (not merely an unreadable one).
+    let injected = (!parts.headers.contains_key(header::AUTHORIZATION))
         .then(|| state.api_key_header.clone())
         .flatten();
     let identity = client_auth
