@@ -499,21 +499,7 @@ struct TestRole(String);
 
 impl Drop for TestRole {
     fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
-                    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                        .execute(&pool)
-                        .await;
-                }
-            });
-        })
-        .join();
+        admin_sql(format!("DROP ROLE IF EXISTS {}", self.0));
     }
 }
 

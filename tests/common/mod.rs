@@ -159,24 +159,28 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop needs its own runtime: the test's may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&pool)
-                            .await;
-                }
-            });
-        })
-        .join();
+        admin_sql(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ));
     }
+}
+
+/// Runs one statement on the `postgres` database, best effort, from a `Drop`: on a thread with its own
+/// runtime, because the test's runtime may be shutting down.
+pub fn admin_sql(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
+                let _ = sqlx::query(&sql).execute(&pool).await;
+            }
+        });
+    })
+    .join();
 }
 
 pub fn call_id(resp: &reqwest::Response) -> String {
