@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_deepseek-meter");
+use common::bin::{Bin, BIN, SERVE_ON_SIM};
+use std::process::Command;
 
 fn stderr_of(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(BIN)
@@ -88,25 +88,8 @@ fn prices_prints_the_builtin_book() {
 
 #[test]
 fn serve_on_the_simulator_logs_calls_without_the_key_and_stops_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--upstream",
-            "sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .env_remove("DASHSCOPE_API_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let proxy = started["proxy_addr"].as_str().unwrap().to_owned();
+    let mut bin = Bin::start(&SERVE_ON_SIM, &[], &["proxy_addr"]);
+    let proxy = bin.addrs[0].clone();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
@@ -126,13 +109,13 @@ fn serve_on_the_simulator_logs_calls_without_the_key_and_stops_on_sigterm() {
             .unwrap()
     });
     assert!(status.ends_with("data: [DONE]\n\n"));
-    let call: serde_json::Value = loop {
-        let line = lines.next().unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["message"] == "call" {
-            break v;
-        }
-    };
+    assert!(bin.sigterm().success(), "exit 0 after SIGTERM");
+    let log = bin.log();
+    let call: serde_json::Value = log
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "call")
+        .expect("a call log line");
     assert_eq!(call["status"], "ok");
     assert_eq!(call["model"], "deepseek-r1");
     assert_eq!(call["project"], "cli-test");
@@ -142,13 +125,5 @@ fn serve_on_the_simulator_logs_calls_without_the_key_and_stops_on_sigterm() {
         !call.to_string().contains("canary-secret"),
         "no key in the log: {call}"
     );
-
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM");
-    assert!(rest.iter().all(|l| !l.contains("canary-secret")));
+    assert!(log.iter().all(|l| !l.contains("canary-secret")));
 }

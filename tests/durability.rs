@@ -8,45 +8,17 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_deepseek-meter");
-
-/// A child process that is killed if the test ends without stopping it (a panicking test must not leave
-/// servers behind).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::bin::{Bin, BIN};
 
 /// Starts the binary; returns it and the address it logged for `field` (`proxy_addr`, `addr`).
-fn spawn(args: &[&str], field: &str) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .arg("--log-format")
-        .arg("json")
-        .args(args)
-        .env_remove("DASHSCOPE_API_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the binary logs its address").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(a) = v[field].as_str() {
-            break a.to_owned();
-        }
-    };
-    // Keep draining the log so the pipe never blocks the process.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
+fn spawn(args: &[&str], field: &str) -> (Bin, String) {
+    let bin = Bin::start(args, &[], &[field]);
+    let addr = bin.addrs[0].clone();
+    (bin, addr)
 }
 
 fn serve_args<'a>(
@@ -70,15 +42,6 @@ fn serve_args<'a>(
     ];
     a.extend_from_slice(extra);
     a
-}
-
-fn sigterm(child: &mut Proc) -> std::process::ExitStatus {
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    child.0.wait().unwrap()
 }
 
 /// Runs load until SIGKILL, restarts, drains with SIGTERM; returns (completed calls, missing, of which
@@ -123,9 +86,8 @@ async fn kill_under_load(strict: bool) -> (usize, Vec<(String, Duration)>) {
     // Let load build, then kill at an arbitrary moment: after 40–119 completed calls.
     let target = 40 + (uuid::Uuid::now_v7().as_u128() % 80) as usize;
     count.wait_for(|n| *n >= target).await.unwrap();
-    child.0.kill().unwrap(); // SIGKILL
+    child.kill(); // SIGKILL
     let killed_at = Instant::now();
-    child.0.wait().unwrap();
     for w in workers {
         let _ = w.await;
     }
@@ -138,7 +100,7 @@ async fn kill_under_load(strict: bool) -> (usize, Vec<(String, Duration)>) {
 
     // Restart on the same journal: it replays what was not shipped; SIGTERM drains and ships.
     let (mut child, _) = spawn(&serve_args(&db, &jdir, "sim", extra), "proxy_addr");
-    assert!(sigterm(&mut child).success());
+    assert!(child.sigterm().success());
     let stored = db.audit().await;
     let missing = completed
         .iter()
@@ -202,7 +164,7 @@ async fn sigterm_with_open_streams_lets_them_finish_and_records_each() {
             .unwrap();
         streams.push(tokio::spawn(async move { resp.text().await.unwrap() }));
     }
-    let status = tokio::task::spawn_blocking(move || sigterm(&mut child))
+    let status = tokio::task::spawn_blocking(move || child.sigterm())
         .await
         .unwrap();
     for s in streams {
@@ -220,7 +182,7 @@ async fn sigterm_with_open_streams_lets_them_finish_and_records_each() {
     .await
     .unwrap();
     assert_eq!(ok, 20, "every stream has its row, shipped before exit");
-    sigterm(&mut sim);
+    sim.sigterm();
 }
 
 #[tokio::test]

@@ -6,12 +6,8 @@
 
 mod common;
 
+use common::bin::{Bin, SERVE_ON_SIM};
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-
-const BIN: &str = env!("CARGO_BIN_EXE_deepseek-meter");
 const CANARY: &str = "sk-canary-7f3a9c1e5b2d4e6f";
 const INJECTED: &str = "sk-injected-canary-0a1b2c3d";
 
@@ -19,53 +15,24 @@ const INJECTED: &str = "sk-injected-canary-0a1b2c3d";
 async fn a_canary_key_appears_nowhere() {
     let db = TestDb::new().await;
     let journal = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--upstream",
-            "sim",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &db.url,
-            "--idle-timeout-ms",
-            "300",
-        ])
-        .args([
-            "--max-body-bytes",
-            "4096",
-            "--journal-dir",
-            journal.path().to_str().unwrap(),
-        ])
-        .env("METER_LOG", "trace")
-        .env("DASHSCOPE_API_KEY", INJECTED)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log: Arc<Mutex<String>> = Arc::default();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
-        let line = lines.next().unwrap().unwrap();
-        log.lock().unwrap().push_str(&line);
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let (Some(p), Some(a)) = (v["proxy_addr"].as_str(), v["admin_addr"].as_str()) {
-            break (p.to_owned(), a.to_owned());
-        }
-    };
-    let reader = {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                log.lock().unwrap().push_str(&line);
-            }
-        })
-    };
+    let journal_dir = journal.path().to_str().unwrap().to_owned();
+    let mut bin = Bin::start(
+        &SERVE_ON_SIM
+            .into_iter()
+            .chain([
+                "--database-url",
+                &db.url,
+                "--idle-timeout-ms",
+                "300",
+                "--max-body-bytes",
+                "4096",
+            ])
+            .chain(["--journal-dir", &journal_dir])
+            .collect::<Vec<_>>(),
+        &[("METER_LOG", "trace"), ("DASHSCOPE_API_KEY", INJECTED)],
+        &["proxy_addr", "admin_addr"],
+    );
+    let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let compat = |stream: bool, usage: bool| {
@@ -137,13 +104,7 @@ async fn a_canary_key_appears_nowhere() {
     let mut exposed = get_text(&http, &format!("http://{admin}/metrics")).await;
     exposed.push_str(&get_text(&http, &format!("http://{admin}/readyz")).await);
 
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success());
-    reader.join().unwrap();
+    assert!(bin.sigterm().success());
 
     // The ledger (through the admin API of a second instance would need it running; read it directly).
     let pool = db.pool().await;
@@ -160,7 +121,7 @@ async fn a_canary_key_appears_nowhere() {
     for e in std::fs::read_dir(journal.path()).unwrap() {
         journal_bytes.extend(std::fs::read(e.unwrap().path()).unwrap_or_default());
     }
-    let log = log.lock().unwrap().clone();
+    let log = bin.log().join("\n");
     assert!(
         log.len() > 10_000,
         "trace logging ran ({} bytes)",

@@ -1,6 +1,7 @@
 //! Test harness: the real app on port 0, a scripted upstream over raw TCP, and real HTTP clients.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod captures;
 
 use deepseek_meter::app::App;
