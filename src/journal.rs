@@ -11,10 +11,11 @@
 //! `checkpoint` holds the position up to which records are in Postgres (written by rename; losing it only
 //! means re-shipping, which is idempotent). Fully shipped segments are deleted.
 //!
-//! Durability: one writer thread owns the files. It writes each batch as soon as it arrives (so a process
-//! kill loses only what is still in the in-memory queue), and fsyncs at most every `group_commit`
-//! (default 10 ms) — the window a machine crash can lose. In `strict` mode a record's caller gets an ack
-//! only after the fsync that covers it; the proxy holds the call's last byte until then.
+//! Durability: one writer thread owns the files and writes each batch as soon as it arrives; a separate
+//! syncer thread fsyncs at most every `group_commit` (default 10 ms), so a slow fsync never holds up writes.
+//! A process kill loses only what is still queued in memory for the writer; a machine crash also loses what
+//! was written but not yet fsynced. In `strict` mode a record's caller gets an ack only after the fsync that
+//! covers it; the proxy holds the call's last byte until then.
 
 use crate::record::CallRecord;
 use std::fs::{self, File, OpenOptions};
@@ -22,7 +23,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
@@ -158,6 +159,19 @@ impl Journal {
             offset: 0,
         });
         let (tx, rx) = mpsc::channel();
+        let sync = Arc::new(SyncShared {
+            state: Mutex::new(SyncState {
+                file: Some(file.try_clone()?),
+                ..SyncState::default()
+            }),
+            wake: Condvar::new(),
+        });
+        let syncer = {
+            let (sync, stats, window) = (sync.clone(), stats.clone(), config.group_commit);
+            std::thread::Builder::new()
+                .name("journal-syncer".into())
+                .spawn(move || sync_loop(&sync, window, &stats))?
+        };
         let writer = Writer {
             config: config.clone(),
             stats: stats.clone(),
@@ -165,8 +179,8 @@ impl Journal {
             seq,
             offset: 0,
             end: end_tx,
-            unsynced: false,
-            last_sync: Instant::now(),
+            sync,
+            syncer: Some(syncer),
             retry: Vec::new(),
             parked: 0,
             acks: Vec::new(),
@@ -257,12 +271,14 @@ struct Writer {
     seq: u64,
     offset: u64,
     end: watch::Sender<Position>,
-    unsynced: bool,
-    last_sync: Instant,
+    /// Handed to the syncer thread, which fsyncs so the writer never waits on the disk.
+    sync: Arc<SyncShared>,
+    syncer: Option<std::thread::JoinHandle<()>>,
     /// Encoded frames whose write failed, retried before anything newer.
     retry: Vec<u8>,
     /// Records in `retry`.
     parked: u64,
+    /// Strict acks of records not yet written (they go to the syncer with the write that covers them).
     acks: Vec<oneshot::Sender<()>>,
     /// Held for the writer's lifetime.
     _lock: File,
@@ -278,17 +294,7 @@ impl Writer {
             if closed {
                 last_tries -= 1;
             }
-            let wait = if !self.retry.is_empty() {
-                Some(Duration::from_millis(100))
-            } else if self.unsynced {
-                Some(
-                    self.config
-                        .group_commit
-                        .saturating_sub(self.last_sync.elapsed()),
-                )
-            } else {
-                None
-            };
+            let wait = (!self.retry.is_empty()).then_some(Duration::from_millis(100));
             let first = if closed {
                 std::thread::sleep(wait.unwrap_or_default());
                 None
@@ -328,13 +334,12 @@ impl Writer {
             for b in barriers {
                 let _ = b.send(*self.end.borrow());
             }
-            let due = self.last_sync.elapsed() >= self.config.group_commit;
-            if self.unsynced && (due || !self.acks.is_empty() || closed) {
-                self.sync();
-            }
         }
-        if self.unsynced {
-            self.sync();
+        // The syncer's last fsync covers everything written.
+        lock(&self.sync.state).closed = true;
+        self.sync.wake.notify_one();
+        if let Some(h) = self.syncer.take() {
+            let _ = h.join();
         }
         if self.parked > 0 {
             self.stats
@@ -359,8 +364,12 @@ impl Writer {
                     .pending
                     .fetch_add(std::mem::take(&mut self.parked), Ordering::Relaxed);
                 self.retry.clear();
-                self.unsynced = true;
                 self.stats.failing.store(false, Ordering::Relaxed);
+                let mut st = lock(&self.sync.state);
+                st.dirty = true;
+                st.acks.append(&mut self.acks);
+                drop(st);
+                self.sync.wake.notify_one();
                 self.end.send_replace(Position {
                     segment: self.seq,
                     offset: self.offset,
@@ -381,30 +390,16 @@ impl Writer {
         self.rotate();
     }
 
-    fn sync(&mut self) {
-        match self.file.sync_data() {
-            Ok(()) => {
-                self.unsynced = false;
-                self.last_sync = Instant::now();
-                for ack in self.acks.drain(..) {
-                    let _ = ack.send(());
-                }
-            }
-            Err(e) => {
-                self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "journal fsync failed");
-                self.last_sync = Instant::now();
-            }
-        }
-    }
-
     fn rotate(&mut self) {
-        if self.unsynced {
-            self.sync();
+        // The closing segment is synced here; the syncer takes over the new one.
+        if let Err(e) = self.file.sync_data() {
+            self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "journal fsync failed");
         }
         let next = self.seq + 1;
         match create_segment(&self.config.dir, next) {
             Ok(f) => {
+                lock(&self.sync.state).file = f.try_clone().ok();
                 self.file = f;
                 self.seq = next;
                 self.offset = 0;
@@ -414,6 +409,74 @@ impl Writer {
                 });
             }
             Err(e) => tracing::error!(error = %e, "journal cannot open a new segment"),
+        }
+    }
+}
+
+/// What the writer hands the syncer: the current segment, whether it has writes not yet fsynced, and the
+/// strict acks those writes carry.
+#[derive(Default)]
+struct SyncState {
+    file: Option<File>,
+    dirty: bool,
+    acks: Vec<oneshot::Sender<()>>,
+    closed: bool,
+}
+
+struct SyncShared {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+}
+
+fn lock(m: &Mutex<SyncState>) -> std::sync::MutexGuard<'_, SyncState> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The syncer thread: fsyncs written data at most every `window` — at once when a strict ack waits — and
+/// releases the acks its fsync covers. It runs beside the writer so that a slow fsync never stops records
+/// from being written (a process kill then loses only what is still queued in memory).
+fn sync_loop(shared: &SyncShared, window: Duration, stats: &JournalStats) {
+    let mut last = Instant::now();
+    loop {
+        let (file, acks) = {
+            let mut st = lock(&shared.state);
+            loop {
+                if st.dirty && (st.closed || !st.acks.is_empty() || last.elapsed() >= window) {
+                    break;
+                }
+                if st.closed {
+                    return;
+                }
+                let wait = if st.dirty {
+                    window.saturating_sub(last.elapsed())
+                } else {
+                    Duration::from_secs(60)
+                };
+                st = match shared.wake.wait_timeout(st, wait) {
+                    Ok((g, _)) => g,
+                    Err(e) => e.into_inner().0,
+                };
+            }
+            st.dirty = false;
+            (
+                st.file.as_ref().and_then(|f| f.try_clone().ok()),
+                std::mem::take(&mut st.acks),
+            )
+        };
+        let synced = file.is_some_and(|f| f.sync_data().is_ok());
+        last = Instant::now();
+        if synced {
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        } else {
+            stats.write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("journal fsync failed; retrying");
+            let mut st = lock(&shared.state);
+            st.dirty = true;
+            st.acks.extend(acks);
+            drop(st);
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
