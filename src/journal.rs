@@ -386,8 +386,14 @@ impl Writer {
         self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
         self.stats.failing.store(true, Ordering::Relaxed);
         tracing::error!(error = %e, what, held_bytes = self.retry.len(), "journal write failed; holding records and retrying");
-        // A partial write may have left a torn frame: continue in a fresh segment so it stays at a tail.
-        self.rotate();
+        // A partial write may have left whole frames and a torn one past `offset`. They are all in `retry`
+        // and will be written again, so cut the segment back to the last frame we counted: no frame is ever
+        // in the journal twice, and a long outage of the disk retries in place instead of opening a new
+        // segment every 100 ms. Only if the cut fails, leave the debris at a segment's tail (readers skip a
+        // torn tail) and continue in a fresh one.
+        if self.file.set_len(self.offset).is_err() {
+            self.rotate();
+        }
     }
 
     fn rotate(&mut self) {

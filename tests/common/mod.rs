@@ -494,3 +494,12 @@ impl TestDb {
             .collect()
     }
 }
+
+/// `ci` in a normal run; `soak` when `METER_SOAK` is set (`bench/soak.sh` runs the fault suite that way).
+pub fn scale(ci: usize, soak: usize) -> usize {
+    if std::env::var_os("METER_SOAK").is_some() {
+        soak
+    } else {
+        ci
+    }
+}
