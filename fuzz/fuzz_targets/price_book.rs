@@ -1,15 +1,8 @@
-//! The price-book parser: any text either parses into a valid book (no negative price) or errors.
+//! cargo-fuzz target `price_book`: the oracle is `checks::price_book` (shared with `tests/fuzz_regressions.rs`).
 #![no_main]
 
-use deepseek_meter::pricing::{PriceBook, DEFAULT_TIMEZONE};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks.rs"]
+#[allow(dead_code)]
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(book) = PriceBook::parse(text, DEFAULT_TIMEZONE) {
-        for p in book.entries() {
-            assert!(!p.input.is_sign_negative() || p.input.is_zero());
-            assert!(!p.output.is_sign_negative() || p.output.is_zero());
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::price_book(data));

@@ -1,0 +1,153 @@
+//! The fuzz oracles, one function per target. The cargo-fuzz targets call them on generated inputs, and
+//! `tests/fuzz_regressions.rs` calls them on every committed input in `fuzz/regressions/<target>/` (the
+//! minimized corpora and the inputs that once found a bug), so CI replays what the fuzzers found.
+//! Each panics when its property fails.
+
+use deepseek_meter::pricing::{PriceBook, DEFAULT_TIMEZONE};
+use deepseek_meter::usage::tap::StreamEnd;
+use deepseek_meter::usage::{
+    estimate_prompt_tokens, inspect_request, Protocol, RequestInfo, ResponseTap,
+};
+use serde_json::value::RawValue;
+
+/// Both SSE taps (compat and native): any bytes, split anywhere, never panic, keep the token invariants,
+/// and give the same report as the unsplit stream. Byte 0 picks protocol and output mode, byte 1 the split.
+pub fn tap_sse(data: &[u8]) {
+    if data.len() < 3 {
+        return;
+    }
+    let protocol = if data[0] & 1 == 0 {
+        Protocol::OpenAi
+    } else {
+        Protocol::DashScope
+    };
+    let info = RequestInfo {
+        incremental_output: data[0] & 2 == 0,
+        ..RequestInfo::default()
+    };
+    let step = usize::from(data[1]).max(1);
+    let body = &data[2..];
+    let run = |chunks: &mut dyn Iterator<Item = &[u8]>| {
+        let mut tap = ResponseTap::new(protocol, &info, 200, Some("text/event-stream"), None);
+        for c in chunks {
+            tap.feed(c);
+        }
+        tap.finish(StreamEnd::Complete, || 3)
+    };
+    let whole = run(&mut std::iter::once(body));
+    let split = run(&mut body.chunks(step));
+    assert_eq!(whole, split);
+    assert!(whole.tokens.cached <= whole.tokens.input);
+    assert!(whole.tokens.reasoning <= whole.tokens.output);
+}
+
+/// The non-streaming tap (JSON bodies, SSE-framed error bodies, gzip): never panics, keeps invariants.
+pub fn tap_json(data: &[u8]) {
+    let Some((&flags, body)) = data.split_first() else {
+        return;
+    };
+    let protocol = if flags & 1 == 0 {
+        Protocol::OpenAi
+    } else {
+        Protocol::DashScope
+    };
+    let status = if flags & 2 == 0 { 200 } else { 400 };
+    let encoding = if flags & 4 == 0 { None } else { Some("gzip") };
+    let mut tap = ResponseTap::new(
+        protocol,
+        &RequestInfo::default(),
+        status,
+        Some("application/json"),
+        encoding,
+    );
+    for c in body.chunks(usize::from(flags >> 3).max(1)) {
+        tap.feed(c);
+    }
+    let r = tap.finish(StreamEnd::Complete, || 0);
+    assert!(r.tokens.cached <= r.tokens.input);
+    assert!(r.tokens.reasoning <= r.tokens.output);
+}
+
+/// The request inspector and include_usage rewriter: never panics; a rewritten body is a JSON object whose
+/// `stream_options.include_usage` is true and whose every other member is the original's, as the same raw
+/// JSON text in the same order (numbers and strings byte for byte: nothing the client sent may change).
+pub fn request_rewrite(data: &[u8]) {
+    for protocol in [Protocol::OpenAi, Protocol::DashScope] {
+        let r = inspect_request(protocol, data, true);
+        let _ = estimate_prompt_tokens(protocol, data);
+        if let Some(body) = r.rewritten_body {
+            let others = |m: Vec<(String, String)>| {
+                m.into_iter()
+                    .filter(|(k, _)| k != "stream_options")
+                    .collect::<Vec<_>>()
+            };
+            let original = members(data);
+            let rewritten = members(&body);
+            assert_eq!(others(original), others(rewritten.clone()));
+            let options = rewritten
+                .iter()
+                .find(|(k, _)| k == "stream_options")
+                .unwrap();
+            let options: serde_json::Value = serde_json::from_str(&options.1).unwrap();
+            assert_eq!(options["include_usage"], true);
+        }
+    }
+}
+
+/// The price-book parser: any text either parses into a valid book (no negative price) or errors.
+pub fn price_book(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(book) = PriceBook::parse(text, DEFAULT_TIMEZONE) {
+        for p in book.entries() {
+            assert!(!p.input.is_sign_negative() || p.input.is_zero());
+            assert!(!p.output.is_sign_negative() || p.output.is_zero());
+        }
+    }
+}
+
+/// A fuzz oracle: panics when its property fails.
+pub type Oracle = fn(&[u8]);
+
+/// Every oracle by target name.
+pub const TARGETS: [(&str, Oracle); 4] = [
+    ("tap_sse", tap_sse),
+    ("tap_json", tap_json),
+    ("request_rewrite", request_rewrite),
+    ("price_book", price_book),
+];
+
+/// The members of a JSON object as raw text, in order (duplicates kept).
+fn members(json: &[u8]) -> Vec<(String, String)> {
+    let map: Members = serde_json::from_slice(json).unwrap();
+    map.0
+        .into_iter()
+        .map(|(k, v)| (k, v.get().to_owned()))
+        .collect()
+}
+
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = m.next_entry()? {
+                    out.push(e);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
