@@ -365,11 +365,17 @@ impl Writer {
                     .fetch_add(std::mem::take(&mut self.parked), Ordering::Relaxed);
                 self.retry.clear();
                 self.stats.failing.store(false, Ordering::Relaxed);
+                // Wake the syncer only when its wait changes: clean → dirty (it starts the window), or a
+                // strict ack waiting. Already dirty, it is waiting out the window and wakes on time; a
+                // wake per write would cost a futex call and a context switch per batch for nothing.
                 let mut st = lock(&self.sync.state);
+                let wake = !st.dirty || !self.acks.is_empty();
                 st.dirty = true;
                 st.acks.append(&mut self.acks);
                 drop(st);
-                self.sync.wake.notify_one();
+                if wake {
+                    self.sync.wake.notify_one();
+                }
                 self.end.send_replace(Position {
                     segment: self.seq,
                     offset: self.offset,
