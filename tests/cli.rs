@@ -1,5 +1,6 @@
 //! The real binary: settings errors stop startup with one line naming the setting; `serve --upstream sim`
-//! serves with no API key; the call log line carries the metering fields and never the key; SIGTERM exits 0.
+//! serves with no API key; the call log line carries the metering fields and never the key (failed calls at info, every
+//! call at debug); SIGTERM exits 0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -86,44 +87,66 @@ fn prices_prints_the_builtin_book() {
     assert_eq!(text.lines().count(), 12, "header + 11 models");
 }
 
-#[test]
-fn serve_on_the_simulator_logs_calls_without_the_key_and_stops_on_sigterm() {
-    let mut bin = Bin::start(&SERVE_ON_SIM, &[], &["proxy_addr"]);
+/// Runs `serve` on the simulator with `env`, makes an ok call and a failed one (x-sim-fault: 429), stops it
+/// with SIGTERM, and returns the JSON call log lines.
+fn call_log_lines(env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let mut bin = Bin::start(&SERVE_ON_SIM, env, &["proxy_addr"]);
     let proxy = bin.addrs[0].clone();
-
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let status = rt.block_on(async {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .post(format!("http://{proxy}/compatible-mode/v1/chat/completions"))
-            .bearer_auth("sk-canary-secret-7777")
-            .header("x-meter-project", "cli-test")
-            .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}],"stream":true}"#)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+    rt.block_on(async {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        for fault in [None, Some("429")] {
+            let mut rb = http
+                .post(format!("http://{proxy}/compatible-mode/v1/chat/completions"))
+                .bearer_auth("sk-canary-secret-7777")
+                .header("x-meter-project", "cli-test")
+                .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}],"stream":true}"#);
+            if let Some(f) = fault {
+                rb = rb.header("x-sim-fault", f);
+            }
+            let text = rb.send().await.unwrap().text().await.unwrap();
+            assert_eq!(fault.is_none(), text.ends_with("data: [DONE]\n\n"));
+        }
     });
-    assert!(status.ends_with("data: [DONE]\n\n"));
     assert!(bin.sigterm().success(), "exit 0 after SIGTERM");
     let log = bin.log();
-    let call: serde_json::Value = log
-        .iter()
+    assert!(
+        log.iter().all(|l| !l.contains("canary-secret")),
+        "no key in the log"
+    );
+    log.iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["message"] == "call")
-        .expect("a call log line");
-    assert_eq!(call["status"], "ok");
+        .filter(|v| v["message"] == "call")
+        .collect()
+}
+
+#[test]
+fn serve_logs_failed_calls_at_info_without_the_key_and_stops_on_sigterm() {
+    let calls = call_log_lines(&[]);
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the failed call at the default level: {calls:?}"
+    );
+    let call = &calls[0];
+    assert_eq!(call["level"], "INFO");
+    assert_eq!(call["status"], "upstream_error");
+    assert_eq!(call["error_code"], "limit_requests");
     assert_eq!(call["model"], "deepseek-r1");
     assert_eq!(call["project"], "cli-test");
-    assert_eq!(call["usage_source"], "reported");
-    assert_eq!(call["output_tokens"], 32);
-    assert!(
-        !call.to_string().contains("canary-secret"),
-        "no key in the log: {call}"
-    );
-    assert!(log.iter().all(|l| !l.contains("canary-secret")));
+}
+
+#[test]
+fn every_call_is_logged_when_the_call_target_is_at_debug() {
+    let calls = call_log_lines(&[("METER_LOG", "info,deepseek_meter::call=debug")]);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let ok = calls
+        .iter()
+        .find(|c| c["status"] == "ok")
+        .expect("the ok call");
+    assert_eq!(ok["level"], "DEBUG");
+    assert_eq!(ok["model"], "deepseek-r1");
+    assert_eq!(ok["project"], "cli-test");
+    assert_eq!(ok["usage_source"], "reported");
+    assert_eq!(ok["output_tokens"], 32);
 }

@@ -255,6 +255,16 @@ async fn journal_disk_full_refuses_new_calls_and_loses_none() {
     let r = ready(&http, app.admin_addr).await;
     assert_eq!(r["journal_writes_failing"], true, "{r}");
     assert_eq!(r["accepting_calls"], false, "{r}");
+    let readyz = http
+        .get(format!("http://{}/readyz", app.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        readyz.status(),
+        503,
+        "out of rotation while the journal cannot write"
+    );
     let segments = std::fs::read_dir(&jdir)
         .unwrap()
         .filter(|e| {
