@@ -139,9 +139,12 @@ impl AppState {
             self.metrics.unpriced.with_label_values(&[label]).inc();
         }
         // The ledger row is the durable record of every call; the log line is for people. Calls that went
-        // wrong (or cannot be billed) are logged at info; the rest at debug, which costs nothing when off
-        // (enable with METER_LOG=info,deepseek_meter::call=debug).
-        if record.status == crate::usage::CallStatus::Ok && record.priced {
+        // wrong or cannot be billed exactly (unpriced, usage not reported) are logged at info; the rest at
+        // debug, which costs nothing when off (enable with METER_LOG=info,deepseek_meter::call=debug).
+        if record.status == crate::usage::CallStatus::Ok
+            && record.priced
+            && record.usage_source == crate::usage::UsageSource::Reported
+        {
             call_log!(tracing::Level::DEBUG, record);
         } else {
             call_log!(tracing::Level::INFO, record);

@@ -7,6 +7,7 @@
 mod common;
 
 use common::bin::{Bin, BIN, SERVE_ON_SIM};
+use common::TestDb;
 use std::process::Command;
 
 fn stderr_of(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
@@ -90,9 +91,17 @@ fn prices_prints_the_builtin_book() {
 /// Runs `serve` on the simulator with `env`, makes an ok call and a failed one (x-sim-fault: 429), stops it
 /// with SIGTERM, and returns the JSON call log lines.
 fn call_log_lines(env: &[(&str, &str)]) -> Vec<serde_json::Value> {
-    let mut bin = Bin::start(&SERVE_ON_SIM, env, &["proxy_addr"]);
-    let proxy = bin.addrs[0].clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // A journal directory and a database of its own: tests run in parallel.
+    let db = rt.block_on(TestDb::new());
+    let journal = tempfile::tempdir().unwrap();
+    let journal = journal.path().to_str().unwrap();
+    let args: Vec<&str> = SERVE_ON_SIM
+        .into_iter()
+        .chain(["--database-url", &db.url, "--journal-dir", journal])
+        .collect();
+    let mut bin = Bin::start(&args, env, &["proxy_addr"]);
+    let proxy = bin.addrs[0].clone();
     rt.block_on(async {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         for fault in [None, Some("429")] {

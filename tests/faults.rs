@@ -490,7 +490,6 @@ async fn odd_client_requests_are_forwarded_or_answered_and_metered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_slow_clients_are_cut_and_real_calls_still_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let slow_clients = scale(1_000, 5_000);
     let t = LedgerApp::start(Upstream::Sim, |s| {
         s.header_read_timeout = Duration::from_millis(1_000);
@@ -498,16 +497,7 @@ async fn thousands_of_slow_clients_are_cut_and_real_calls_still_served() {
     .await;
     let mut slow = Vec::new();
     for _ in 0..slow_clients {
-        let mut s = tokio::net::TcpStream::connect(t.app.proxy_addr)
-            .await
-            .unwrap();
-        s.write_all(b"POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-            .await
-            .unwrap();
-        slow.push(tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await; // the server closes it
-        }));
+        slow.push(slow_client(t.app.proxy_addr).await);
     }
     // Real calls go through while every slow client holds its connection.
     let mut ids = HashSet::new();

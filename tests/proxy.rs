@@ -683,7 +683,6 @@ proptest! {
 
 #[tokio::test]
 async fn slow_clients_are_cut_at_the_header_timeout_and_the_connection_cap_holds() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let t = TestApp::start_with(Upstream::Sim, |s| {
         s.max_connections = 2;
         s.header_read_timeout = Duration::from_millis(300);
@@ -693,17 +692,7 @@ async fn slow_clients_are_cut_at_the_header_timeout_and_the_connection_cap_holds
     let mut closed_at = Vec::new();
     let mut slow = Vec::new();
     for _ in 0..2 {
-        let mut s = tokio::net::TcpStream::connect(t.app.proxy_addr)
-            .await
-            .unwrap();
-        s.write_all(b"POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-            .await
-            .unwrap();
-        slow.push(tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await; // the server closes it
-            std::time::Instant::now()
-        }));
+        slow.push(slow_client(t.app.proxy_addr).await);
     }
     // A third client can only be accepted once the server has cut a slow one.
     let resp = post(

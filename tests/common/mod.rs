@@ -503,3 +503,17 @@ pub fn scale(ci: usize, soak: usize) -> usize {
         ci
     }
 }
+
+/// A slowloris client: connects, sends half a request head, then nothing. The handle resolves, with the
+/// moment, when the server closes the connection.
+pub async fn slow_client(addr: SocketAddr) -> tokio::task::JoinHandle<std::time::Instant> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        std::time::Instant::now()
+    })
+}
