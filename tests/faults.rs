@@ -321,20 +321,9 @@ async fn every_upstream_fault_gives_one_row_and_the_client_an_answer() {
         s.idle_timeout = Duration::from_millis(400);
     })
     .await;
-    // (fault, native, stream) → the row's status.
-    let faults = [
-        "401",
-        "429",
-        "500",
-        "sse-error",
-        "moderation",
-        "reset",
-        "stall",
-        "garbage",
-    ];
     let mut ids = HashSet::new();
     let mut expected = Vec::new();
-    for fault in faults {
+    for fault in SIM_FAULTS {
         for (native, stream) in [(false, false), (false, true), (true, false), (true, true)] {
             let (path, body) = if native {
                 (

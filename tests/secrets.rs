@@ -65,16 +65,7 @@ async fn a_canary_key_appears_nowhere() {
         ("/admin/keys".into(), "{}".into(), vec![]),
         ("/compatible-mode/v1/models".into(), String::new(), vec![]),
     ];
-    for fault in [
-        "401",
-        "429",
-        "500",
-        "sse-error",
-        "moderation",
-        "reset",
-        "stall",
-        "garbage",
-    ] {
+    for fault in SIM_FAULTS {
         calls.push((
             COMPAT_PATH.into(),
             compat(true, false),

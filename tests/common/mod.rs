@@ -517,3 +517,15 @@ pub async fn slow_client(addr: SocketAddr) -> tokio::task::JoinHandle<std::time:
         std::time::Instant::now()
     })
 }
+
+/// Every fault the simulator can play (`x-sim-fault`).
+pub const SIM_FAULTS: [&str; 8] = [
+    "401",
+    "429",
+    "500",
+    "sse-error",
+    "moderation",
+    "reset",
+    "stall",
+    "garbage",
+];
