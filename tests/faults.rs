@@ -161,6 +161,11 @@ async fn postgres_outage_under_steady_load_loses_and_duplicates_nothing() {
         0,
         "zero client errors"
     );
+    let metrics = get_text(&http, &format!("http://{}/metrics", app.admin_addr)).await;
+    assert!(
+        metrics.contains("deepseek_meter_ledger_pending_records 0"),
+        "the backlog gauge is back to zero: {metrics}"
+    );
     println!(
         "RESULT postgres outage {}s: calls={} (during outage {during}) rows={} lost=0 duplicated=0 backlog={backlog} drain_ms={}",
         outage.as_secs(),

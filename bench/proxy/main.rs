@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -72,8 +72,6 @@ fn role(serve: impl FnOnce(tokio::net::TcpListener) -> Serve) {
     });
     rt.block_on(serve(listener));
 }
-
-use std::io::Read as _;
 
 struct Proc {
     child: Child,
@@ -603,7 +601,7 @@ async fn streams(
         })
     });
     let mut tasks = Vec::new();
-    for k in 0..n {
+    for _ in 0..n {
         tasks.push(tokio::spawn(one_stream(
             client.clone(),
             addr,
@@ -614,7 +612,6 @@ async fn streams(
         if !ramp.is_zero() {
             tokio::time::sleep(ramp / n as u32).await;
         }
-        let _ = k;
     }
     for t in tasks {
         let _ = t.await;
