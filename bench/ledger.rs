@@ -1,6 +1,6 @@
 //! Ledger throughput: how many call records per second reach Postgres.
 //!
-//! 1. `insert`: `Ledger::insert` alone, batches of `ledger::BATCH`, one connection.
+//! 1. `insert`: `Ledger::insert` alone, batches of `shipper::BATCH`, one connection.
 //! 2. `journal → ledger`: records appended to a real journal (batched durability, fsync every 10 ms) by
 //!    4 producer tasks, shipped by the real shipper; the clock stops when the last record is in Postgres.
 //!
@@ -13,10 +13,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
 
 use chrono::Utc;
-use deepseek_meter::journal::{Durability, Journal, JournalConfig, OnFull, Position};
-use deepseek_meter::ledger::{self, Ledger, Shipper};
+use deepseek_meter::journal::{Durability, Journal, JournalConfig, OnFull};
+use deepseek_meter::ledger::{self, Ledger};
 use deepseek_meter::metrics::Metrics;
 use deepseek_meter::record::CallRecord;
+use deepseek_meter::shipper::{self, Shipper};
 use deepseek_meter::usage::{CallStatus, Protocol, UsageSource};
 use std::time::{Duration, Instant};
 
@@ -74,7 +75,7 @@ async fn main() {
     // 1. Insert alone.
     let records: Vec<CallRecord> = (0..rows).map(record).collect();
     let t = Instant::now();
-    for chunk in records.chunks(ledger::BATCH) {
+    for chunk in records.chunks(shipper::BATCH) {
         l.insert(chunk).await.unwrap();
     }
     let insert_secs = t.elapsed().as_secs_f64();
@@ -91,18 +92,10 @@ async fn main() {
         on_full: OnFull::Refuse,
     };
     let (journal, writer) = Journal::open(config).unwrap();
-    let (shipped_tx, mut shipped) = tokio::sync::watch::channel(Position::default());
+    let cursor = journal.cursor();
+    let mut shipped = cursor.committed();
     let stop = tokio_util::sync::CancellationToken::new();
-    let shipper = Shipper {
-        ledger: l.clone(),
-        dir: dir.path().to_owned(),
-        stats: journal.stats.clone(),
-        end: journal.end(),
-        metrics: Metrics::new().unwrap(),
-        migrate: false,
-        create_database: None,
-        shipped: shipped_tx,
-    };
+    let shipper = Shipper::new(l.clone(), cursor, Metrics::new().unwrap().instance, None);
     let task = tokio::spawn(shipper.run(stop.clone(), stop.clone()));
     let t = Instant::now();
     let producers: Vec<_> = (0..4u64)
@@ -172,12 +165,7 @@ async fn main() {
         app_journal.append(record(i));
     }
     app_journal.barrier().await.unwrap();
-    let pending = || {
-        app_journal
-            .stats
-            .pending
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let pending = || app_journal.backlog().pending_records;
     let pending_before = pending();
     let (busy_p50, busy_p99) = measure(http.clone(), target.clone()).await;
     let pending_after = pending();
@@ -210,7 +198,7 @@ async fn main() {
     println!("| --- | ---: | ---: | ---: |");
     println!(
         "| Ledger::insert (UNNEST, {} per batch) | {rows} | {insert_secs:.2} | {insert_rate:.0} |",
-        ledger::BATCH
+        shipper::BATCH
     );
     println!("| journal append (4 producers) | {rows} | {append_secs:.2} | {append_rate:.0} |");
     println!(

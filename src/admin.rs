@@ -1,9 +1,10 @@
 //! The admin listener: metrics, health, and reads of the ledger (DESIGN §6).
 //!
 //! Loopback by default. When `--admin-token` is set, every route but `/healthz` requires
-//! `Authorization: Bearer <token>`, compared in constant time.
+//! `Authorization: Bearer <token>`, compared in constant time. Errors are [`ApiError`]s in the admin shape.
 
-use crate::app::AppState;
+use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -12,6 +13,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// A scrape never waits longer than this for the database-derived gauges; they keep their last values.
+const SERVICE_METRICS_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router(state: AppState) -> Router {
     let guarded = Router::new()
@@ -27,19 +32,26 @@ pub fn router(state: AppState) -> Router {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(j) = &state.journal {
-        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        state
-            .metrics
-            .ledger_pending
-            .set(as_i64(j.stats.pending.load(Ordering::Relaxed)));
-        state
-            .metrics
-            .journal_bytes
-            .set(as_i64(j.stats.bytes.load(Ordering::Relaxed)));
-        state
-            .metrics
-            .ledger_unrecorded
-            .set(as_i64(j.stats.unrecorded.load(Ordering::Relaxed)));
+        state.metrics.instance.publish_backlog(&j.backlog());
+    }
+    // Only while the database answers: a scrape during an outage must not wait on it.
+    if let Some(ledger) = state
+        .ledger
+        .as_ref()
+        .filter(|l| l.reachable.load(Ordering::Relaxed))
+    {
+        let hour = ledger.hour_cost_by_model(state.meter.open_hour());
+        match tokio::time::timeout(SERVICE_METRICS_TIMEOUT, hour).await {
+            Ok(Ok(rows)) => {
+                let labelled: Vec<_> = rows
+                    .iter()
+                    .map(|(model, cost)| (state.meter.model_label(model), *cost))
+                    .collect();
+                state.metrics.service.publish_open_hour(&labelled);
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "open-hour cost not read"),
+            Err(_) => tracing::debug!("open-hour cost query timed out"),
+        }
     }
     (
         [(
@@ -53,16 +65,19 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// Ready means the proxy takes calls: 503 only when the journal cannot record them. A database outage
 /// does not make the sidecar unready (calls are journaled and shipped later); the body says so.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let accepting = state.accepting();
+    let accepting = state.meter.accepting();
     let body = match (&state.journal, &state.ledger) {
-        (Some(j), Some(l)) => json!({
-            "accepting_calls": accepting,
-            "database_reachable": l.reachable.load(Ordering::Relaxed),
-            "journal_pending_records": j.stats.pending.load(Ordering::Relaxed),
-            "journal_bytes": j.stats.bytes.load(Ordering::Relaxed),
-            "journal_max_bytes": j.config().max_bytes,
-            "journal_writes_failing": j.stats.failing.load(Ordering::Relaxed),
-        }),
+        (Some(j), Some(l)) => {
+            let b = j.backlog();
+            json!({
+                "accepting_calls": accepting,
+                "database_reachable": l.reachable.load(Ordering::Relaxed),
+                "journal_pending_records": b.pending_records,
+                "journal_bytes": b.bytes,
+                "journal_max_bytes": b.max_bytes,
+                "journal_writes_failing": b.writes_failing,
+            })
+        }
         _ => json!({"accepting_calls": accepting, "ledger": "in-memory"}),
     };
     let status = if accepting {
@@ -73,31 +88,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn call(State(state): State<AppState>, Path(call_id): Path<String>) -> Response {
-    let Ok(id) = call_id.parse::<uuid::Uuid>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "call_id is not a UUID"})),
-        )
-            .into_response();
-    };
-    let Some(ledger) = &state.ledger else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "no ledger configured"})),
-        )
-            .into_response();
-    };
+async fn call(
+    State(state): State<AppState>,
+    Path(call_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = call_id
+        .parse::<uuid::Uuid>()
+        .map_err(|_| ApiError::BadCallId)?;
+    let ledger = state.ledger.as_ref().ok_or(ApiError::NoLedger)?;
     match ledger.call(id).await {
-        Ok(Some(row)) => Json(row).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "no such call in the ledger (a call finished moments ago may still be in the journal)"})),
-        )
-            .into_response(),
+        Ok(Some(row)) => Ok(Json(row)),
+        Ok(None) => Err(ApiError::CallNotFound),
         Err(e) => {
             tracing::warn!(error = %e, "ledger read failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "ledger database unavailable"}))).into_response()
+            Err(ApiError::LedgerUnavailable)
         }
     }
 }
@@ -111,12 +115,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "admin token required\n",
-            )
-                .into_response();
+            return ApiError::Unauthorized.into_response();
         }
     }
     next.run(req).await

@@ -1,18 +1,34 @@
 //! deepseek-meter: a metering and cost-accounting sidecar for DeepSeek models on Alibaba Cloud Model Studio.
 //!
-//! The data path: [`proxy`] (HTTP in and out) → [`usage`] (pure parsing of both protocols) →
-//! [`record`] (one record per call, priced by [`pricing`]) → [`journal`] (durable local log) → [`ledger`]
-//! (Postgres). [`sim`] is the built-in DashScope
-//! simulator; [`app`] is the composition root and owns shutdown; [`config`] the settings.
+//! Where a streamed byte goes: the proxy listener's accept loop ([`server`]) hands each request to
+//! [`proxy::Proxy::handle`], which forwards it to the one configured upstream ([`proxy::upstream`]). Each
+//! upstream read goes to the client unchanged in [`proxy::body::MeteredBody`], which also feeds it to the
+//! usage tap ([`usage`]: pure parsing of both protocols, no I/O). When the body ends (or the client leaves),
+//! the tap's report becomes the call's facts, and [`meter::Meter::finish`] — the one exit of every metered
+//! call — reads the [`clock`] once and computes the billing hour and the money ([`pricing`]: pure, exact
+//! decimals), counts it in [`metrics`], logs it, and hands the complete [`record::CallRecord`] to the
+//! [`journal`] (durable local log). The [`shipper`] reads the journal back through its cursor and inserts
+//! into Postgres ([`ledger`]: all SQL).
+//!
+//! Around that path: [`state`] (the handles every request shares), [`error`] (our own answers, in the
+//! caller's shape), [`admin`] (metrics, health, ledger reads), [`config`] (every setting declared once),
+//! [`sim`] (the built-in DashScope simulator), and [`app`], the composition root that wires it all,
+//! is imported by nothing (only by `main.rs`, the doorway), and owns the shutdown order.
 
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
+pub mod error;
 pub mod journal;
 pub mod ledger;
+pub mod meter;
 pub mod metrics;
 pub mod pricing;
 pub mod proxy;
 pub mod record;
+pub mod server;
+pub mod shipper;
 pub mod sim;
+pub mod state;
 pub mod usage;

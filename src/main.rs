@@ -1,8 +1,8 @@
 //! The doorway: parse settings, start logging, run the chosen command until a signal.
 
 use clap::Parser;
-use deepseek_meter::config::{self, Cli, Command, LogFormat};
-use deepseek_meter::{app, ledger, sim};
+use deepseek_meter::config::{self, Cli, Command, LogFormat, Settings};
+use deepseek_meter::{app::App, ledger::Ledger, sim};
 use std::process::ExitCode;
 
 /// jemalloc with its background purge thread: memory freed after a burst goes back to the OS within
@@ -32,35 +32,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(mut args) => {
             args.dashscope_api_key = std::env::var("DASHSCOPE_API_KEY").ok();
             let file = config::load_file(cli.config.as_deref())?;
-            let settings = config::resolve(*args, file)?;
-            let app = app::App::start(settings).await?;
+            let app = App::start(Settings::resolve(*args, file)?).await?;
             app.run_until(signal).await;
-            Ok(())
         }
-        Command::Sim(args) => sim::run(args, signal).await,
+        Command::Sim(args) => sim::run(args, signal).await?,
         Command::Migrate(args) => {
-            let url = args
-                .database_url
-                .unwrap_or_else(|| config::DEFAULT_DATABASE_URL.into());
-            ledger::create_database_if_missing(&url).await?;
-            ledger::Ledger::connect_lazy(&url)?.migrate().await?;
+            Ledger::create_and_migrate(&args.database_url).await?;
             eprintln!("deepseek-meter: database migrated");
-            Ok(())
         }
-        Command::Prices(args) => {
-            print!(
-                "{}",
-                config::load_prices(args.prices.as_deref())?.render_table()
-            );
-            Ok(())
-        }
+        Command::Prices(args) => print!("{}", args.price_book()?.render_table()),
     }
+    Ok(())
 }
 
 /// Log lines (one per call at `info`) are written to stderr by a thread of their own, so no request waits
 /// on a write syscall. Not lossy: if stderr stalls long enough to fill the queue, logging waits. The guard
-/// flushes the queue when dropped.
+/// flushes the queue when dropped. Colour only when stderr is a terminal: a redirected log stays plain.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("METER_LOG").unwrap_or_else(|_| "info".into());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -69,6 +58,7 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -214,7 +214,12 @@ impl PriceBook {
     pub fn builtin() -> PriceBook {
         // The built-in text is a constant checked by tests; failing here is a build defect, not input.
         #[allow(clippy::expect_used)]
-        PriceBook::parse(BUILTIN_BOOK, DEFAULT_TIMEZONE).expect("built-in price book is valid")
+        PriceBook::builtin_in(DEFAULT_TIMEZONE).expect("built-in price book is valid")
+    }
+
+    /// The built-in book with its dates read in `tz` (a date may not exist at midnight in some zones).
+    pub fn builtin_in(tz: Tz) -> Result<PriceBook, PriceBookError> {
+        PriceBook::parse(BUILTIN_BOOK, tz)
     }
 
     /// Parses and validates a book: no unknown fields, no negative price, no two entries of one model on

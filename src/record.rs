@@ -1,7 +1,8 @@
 //! The call record: one per call that reached the proxy, handed to a [`Recorder`].
 //!
-//! A record is built exactly once, when the call ends (see `proxy::MeteredBody`), and is the unit the
-//! ledger stores. It never contains the API key or message content: only `key_fingerprint` (first 12 hex
+//! The proxy measures a call into [`CallFacts`] when it ends; the meter step (`crate::meter`) completes
+//! them, once, into a [`CallRecord`] with its finish time, billing hour and price. The record is the unit
+//! the journal and the ledger store. It never contains the API key or message content: only `key_fingerprint` (first 12 hex
 //! chars of SHA-256 of the key) and `key_hint` (`sk-…` + last 4).
 
 use crate::usage::{CallStatus, Protocol, Tokens, UsageSource};
@@ -48,7 +49,73 @@ pub struct CallRecord {
     pub end_user: Option<String>,
 }
 
+/// What the proxy measured of one call: everything but the wall-clock finish and the money, which the meter
+/// step adds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallFacts {
+    pub call_id: Uuid,
+    pub upstream_request_id: Option<String>,
+    pub protocol: Protocol,
+    pub model: String,
+    pub stream: bool,
+    pub status: CallStatus,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ttft_ms: Option<f64>,
+    pub duration_ms: f64,
+    pub tokens: Tokens,
+    pub usage_source: UsageSource,
+    pub key_fingerprint: Option<String>,
+    pub key_hint: Option<String>,
+    pub project: Option<String>,
+    pub end_user: Option<String>,
+}
+
+/// What the meter step adds to the facts: when the call finished, and what it costs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Billing {
+    pub finished_at: DateTime<Utc>,
+    pub billing_hour: DateTime<Utc>,
+    /// `None`: the model had no price when the call finished.
+    pub price_version: Option<String>,
+    pub cost_total: Option<Decimal>,
+}
+
 impl CallRecord {
+    /// The complete record.
+    pub fn new(facts: CallFacts, billing: Billing) -> CallRecord {
+        let t = facts.tokens;
+        CallRecord {
+            call_id: facts.call_id,
+            upstream_request_id: facts.upstream_request_id,
+            protocol: facts.protocol,
+            model: facts.model,
+            stream: facts.stream,
+            status: facts.status,
+            http_status: facts.http_status,
+            error_code: facts.error_code,
+            started_at: facts.started_at,
+            finished_at: billing.finished_at,
+            billing_hour: billing.billing_hour,
+            ttft_ms: facts.ttft_ms,
+            duration_ms: facts.duration_ms,
+            input_tokens: t.input,
+            cached_tokens: t.cached,
+            output_tokens: t.output,
+            reasoning_tokens: t.reasoning,
+            answer_tokens: t.answer(),
+            usage_source: facts.usage_source,
+            priced: billing.price_version.is_some(),
+            price_version: billing.price_version,
+            cost_total: billing.cost_total,
+            key_fingerprint: facts.key_fingerprint,
+            key_hint: facts.key_hint,
+            project: facts.project,
+            end_user: facts.end_user,
+        }
+    }
+
     pub fn tokens(&self) -> Tokens {
         Tokens {
             input: self.input_tokens,
@@ -68,16 +135,6 @@ pub trait Recorder: Send + Sync + 'static {
     /// Whether new calls may start (a full journal in `refuse` mode says no).
     fn accepting(&self) -> bool {
         true
-    }
-}
-
-impl Recorder for crate::journal::Journal {
-    fn record(&self, record: CallRecord) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        self.append(record)
-    }
-
-    fn accepting(&self) -> bool {
-        crate::journal::Journal::accepting(self)
     }
 }
 

@@ -9,11 +9,11 @@
 //! upstream error or idle timeout, or `Drop` (the client went away, or the server aborted the connection at
 //! the drain deadline). Dropping the body drops the upstream response too, which cancels the upstream call.
 
-use super::CallContext;
-use crate::app::AppState;
+use super::call::CallContext;
+use super::Proxy;
 use crate::usage::sse::EventSplitter;
-use crate::usage::tap::{StreamEnd, UsageReport};
-use crate::usage::{self, CallStatus, ResponseTap, UsageSource};
+use crate::usage::tap::StreamEnd;
+use crate::usage::{self, ResponseTap};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
@@ -32,7 +32,7 @@ pub struct MeteredBody<B> {
     inner: B,
     /// `Some` until the call is finished.
     call: Option<(ResponseTap, CallContext)>,
-    state: AppState,
+    proxy: Proxy,
     splitter: Option<EventSplitter>,
     idle: Pin<Box<tokio::time::Sleep>>,
     first_token: Option<Instant>,
@@ -49,14 +49,14 @@ impl<B> MeteredBody<B> {
         inner: B,
         tap: ResponseTap,
         ctx: CallContext,
-        state: AppState,
+        proxy: Proxy,
         strip_usage_chunk: bool,
     ) -> Self {
-        let idle = Box::pin(tokio::time::sleep(state.idle_timeout));
+        let idle = Box::pin(tokio::time::sleep(proxy.idle_timeout()));
         MeteredBody {
             inner,
             call: Some((tap, ctx)),
-            state,
+            proxy,
             splitter: strip_usage_chunk.then(EventSplitter::default),
             idle,
             first_token: None,
@@ -71,15 +71,12 @@ impl<B> MeteredBody<B> {
             let body = ctx.request_body.clone();
             let protocol = ctx.protocol;
             let report = tap.finish(end, || usage::estimate_prompt_tokens(protocol, &body));
-            if report.parse_errors > 0 {
-                self.state.metrics.parse_errors.inc_by(report.parse_errors);
-            }
-            if report.usage_clamped {
-                self.state.metrics.usage_clamped.inc();
-            }
-            self.ack = self
-                .state
-                .finish_call(ctx.into_record(report, self.first_token));
+            let state = self.proxy.state();
+            state
+                .metrics
+                .instance
+                .tap_trouble(report.parse_errors, report.usage_clamped);
+            self.ack = state.meter.finish(ctx.into_facts(report, self.first_token));
         }
     }
 
@@ -151,7 +148,7 @@ where
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + this.state.idle_timeout;
+                    let deadline = tokio::time::Instant::now() + this.proxy.idle_timeout();
                     this.idle.as_mut().reset(deadline);
                     let out = match frame.into_data() {
                         Ok(data) => this.on_data(data).map(Frame::data),
@@ -190,7 +187,7 @@ where
                         this.finish(StreamEnd::UpstreamFailed);
                         this.ended = true;
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout(
-                            this.state.idle_timeout,
+                            this.proxy.idle_timeout(),
                         )))));
                     }
                     return Poll::Pending;
@@ -216,31 +213,4 @@ impl<B> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         self.finish(StreamEnd::ClientGone);
     }
-}
-
-/// The record of a call whose request may have reached the upstream but which got no response head (the
-/// upstream reset or timed out before answering). Usage is estimated from the prompt: the upstream may have
-/// started work it bills for.
-pub fn cut_before_response(
-    ctx: CallContext,
-    http_status: u16,
-    code: &str,
-) -> crate::record::CallRecord {
-    let input = usage::estimate_prompt_tokens(ctx.protocol, &ctx.request_body);
-    let report = UsageReport {
-        status: CallStatus::UpstreamAborted,
-        http_status,
-        error_code: Some(code.to_owned()),
-        upstream_request_id: None,
-        response_model: None,
-        stream: false,
-        tokens: usage::Tokens {
-            input,
-            ..Default::default()
-        },
-        usage_source: UsageSource::Estimated,
-        parse_errors: 0,
-        usage_clamped: false,
-    };
-    ctx.into_record(report, None)
 }

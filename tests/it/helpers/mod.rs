@@ -1,10 +1,9 @@
 //! Test harness: the real app on port 0, a scripted upstream over raw TCP, and real HTTP clients.
-#![allow(dead_code)]
 
 pub mod bin;
 pub mod captures;
 
-use deepseek_meter::app::App;
+use deepseek_meter::app::{App, Injected};
 use deepseek_meter::config::{Settings, Upstream};
 use deepseek_meter::record::{CallRecord, MemoryRecorder};
 use std::collections::VecDeque;
@@ -31,7 +30,11 @@ impl TestApp {
         settings.upstream = upstream;
         tweak(&mut settings);
         let records = MemoryRecorder::default();
-        let app = App::start_with_recorder(settings, Some(Arc::new(records.clone())))
+        let injected = Injected {
+            recorder: Some(Arc::new(records.clone())),
+            clock: None,
+        };
+        let app = App::start_with(settings, injected)
             .await
             .expect("app starts");
         let http = reqwest::Client::builder()
@@ -116,23 +119,22 @@ impl LedgerApp {
     }
 }
 
+/// The ledger settings `serve` would resolve for this database and journal directory (every other value its
+/// default), with a short shutdown ship deadline.
 pub fn ledger_settings(
     url: &str,
     journal: &std::path::Path,
 ) -> deepseek_meter::config::LedgerSettings {
-    use deepseek_meter::journal::{Durability, JournalConfig, OnFull};
+    use deepseek_meter::config::{FileConfig, ServeArgs};
+    let args = ServeArgs {
+        database_url: Some(url.to_owned()),
+        journal_dir: Some(journal.display().to_string()),
+        ..ServeArgs::default()
+    };
+    let settings = Settings::resolve(args, FileConfig::default()).expect("valid settings");
     deepseek_meter::config::LedgerSettings {
-        database_url: url.to_owned(),
-        journal: JournalConfig {
-            dir: journal.to_owned(),
-            durability: Durability::Batched,
-            group_commit: Duration::from_millis(10),
-            segment_bytes: 64 << 20,
-            max_bytes: 1 << 30,
-            on_full: OnFull::Refuse,
-        },
-        migrate: true,
         ship_deadline: Duration::from_secs(2),
+        ..settings.ledger.expect("serve has a ledger")
     }
 }
 
@@ -142,13 +144,29 @@ pub struct TestDb {
     pub url: String,
 }
 
-pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+/// The Postgres server the tests create their databases on: `DATABASE_URL` without its database name,
+/// else the local server.
+pub fn pg() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
+        None => url,
+    }
+}
+
+/// `host:port` of that server.
+pub fn pg_addr() -> String {
+    let server = pg();
+    let authority = server.rsplit('@').next().unwrap_or(&server);
+    authority.trim_start_matches("postgres://").to_owned()
+}
 
 impl TestDb {
     pub async fn new() -> TestDb {
         let name = format!("dm_test_{}", uuid::Uuid::now_v7().simple());
         TestDb {
-            url: format!("{PG}/{name}"),
+            url: format!("{}/{name}", pg()),
             name,
         }
     }
@@ -176,7 +194,7 @@ pub fn admin_sql(sql: String) {
             .build()
             .unwrap();
         rt.block_on(async {
-            if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
+            if let Ok(pool) = sqlx::PgPool::connect(&format!("{}/postgres", pg())).await {
                 let _ = sqlx::query(&sql).execute(&pool).await;
             }
         });
@@ -419,7 +437,8 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    pub async fn start(target: SocketAddr) -> FaultProxy {
+    /// A proxy to `target` (`host:port`).
+    pub async fn start(target: String) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -430,6 +449,7 @@ impl FaultProxy {
                     continue;
                 }
                 let mut down = rx.clone();
+                let target = target.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
@@ -453,7 +473,7 @@ impl FaultProxy {
 
     /// `url` with its host and port replaced by this proxy's.
     pub fn url_for(&self, url: &str) -> String {
-        url.replace("127.0.0.1:5432", &self.addr.to_string())
+        url.replace(&pg_addr(), &self.addr.to_string())
     }
 }
 

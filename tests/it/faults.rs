@@ -4,11 +4,7 @@
 //! CI runs the short versions. `METER_SOAK=1` (see `bench/soak.sh`) runs the same code at soak scale: a
 //! 60 s Postgres outage, thousands of slow clients. Each scenario prints one `RESULT` line with its figures.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use deepseek_meter::config::Upstream;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -78,7 +74,7 @@ fn varied_call(i: usize) -> (&'static str, String, Vec<(&'static str, &'static s
 async fn postgres_outage_under_steady_load_loses_and_duplicates_nothing() {
     let outage = Duration::from_secs(scale(3, 60) as u64);
     let db = TestDb::new().await;
-    let pg = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let pg = FaultProxy::start(pg_addr()).await;
     let journal = tempfile::tempdir().unwrap();
     let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |s| {
         s.ledger.as_mut().unwrap().database_url = pg.url_for(&db.url);
@@ -571,7 +567,7 @@ async fn a_write_cut_short_by_a_full_disk_leaves_no_frame_twice() {
         journal.append(r);
     }
     let failing_since = Instant::now();
-    while journal.stats.write_failures.load(Ordering::Relaxed) == 0 {
+    while journal.backlog().write_failures == 0 {
         assert!(
             failing_since.elapsed() < Duration::from_secs(5),
             "the disk refuses a write"
@@ -584,12 +580,11 @@ async fn a_write_cut_short_by_a_full_disk_leaves_no_frame_twice() {
     drop(journal);
     writer.join().await;
 
-    let mut frames = Vec::new();
-    for seq in journal::list_segments(&dir).unwrap() {
-        let (records, _, _) =
-            journal::read_frames(&journal::segment_path(&dir, seq), 0, None, usize::MAX).unwrap();
-        frames.extend(records.into_iter().map(|r| r.call_id));
-    }
+    let frames: Vec<_> = journal::records_on_disk(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.call_id)
+        .collect();
     let distinct: HashSet<_> = frames.iter().copied().collect();
     assert_eq!(distinct, ids, "every record journaled");
     assert_eq!(frames.len(), n, "no record journaled twice");

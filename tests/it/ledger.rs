@@ -1,12 +1,8 @@
 //! The durable ledger through the front door: real app, real Postgres (a database per test), real HTTP.
 //! Every test ends with the ledger audited: rows = calls, no duplicates, exact values.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::captures::*;
-use common::*;
+use crate::helpers::captures::*;
+use crate::helpers::*;
 use deepseek_meter::config::Upstream;
 use deepseek_meter::journal::OnFull;
 use serde_json::Value;
@@ -466,7 +462,7 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
     owner.app.shutdown().await;
 
     let journal = tempfile::tempdir().unwrap();
-    let as_writer = format!("postgres://{}@127.0.0.1:5432/{}", role.0, owner.db.name);
+    let as_writer = format!("postgres://{}@{}/{}", role.0, pg_addr(), owner.db.name);
     let app = LedgerApp::start_on(&owner.db, journal.path(), Upstream::Sim, |s| {
         let l = s.ledger.as_mut().unwrap();
         l.database_url = as_writer.clone();

@@ -1,15 +1,12 @@
 //! The usage tap against the reference's captured payloads (reference §1–§2), verbatim where the reference
 //! is verbatim. Each test states the record the capture must produce.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
 use deepseek_meter::usage::tap::{StreamEnd, UsageReport};
 use deepseek_meter::usage::{CallStatus, Protocol, RequestInfo, ResponseTap, Tokens, UsageSource};
 use proptest::prelude::*;
 
-mod common;
-use common::captures::*;
-use common::split;
+use crate::helpers::captures::*;
+use crate::helpers::split;
 
 const SSE: Option<&str> = Some("text/event-stream;charset=UTF-8");
 const JSON: Option<&str> = Some("application/json");

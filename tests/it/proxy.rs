@@ -1,12 +1,8 @@
 //! The proxy through its front door: the real app on port 0, real HTTP, a scripted upstream replaying the
 //! reference's captures (or the simulator), checking both the bytes the client got and the record.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::captures::*;
-use common::*;
+use crate::helpers::captures::*;
+use crate::helpers::*;
 use deepseek_meter::config::Upstream;
 use deepseek_meter::usage::{CallStatus, Protocol, UsageSource};
 use futures_util::StreamExt;

@@ -3,16 +3,12 @@
 //! `--durability strict`); SIGTERM with open streams gives every stream its row; `migrate` creates the
 //! database.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::bin::{Bin, BIN};
+use crate::helpers::bin::{Bin, BIN};
 
 /// Starts the binary; returns it and the address it logged for `field` (`proxy_addr`, `addr`).
 fn spawn(args: &[&str], field: &str) -> (Bin, String) {

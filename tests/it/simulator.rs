@@ -1,10 +1,6 @@
 //! The simulator through the proxy: model semantics, both protocols, every scripted fault, determinism.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use deepseek_meter::config::Upstream;
 use deepseek_meter::sim::{SimOptions, SimServer};
 use deepseek_meter::usage::{CallStatus, UsageSource};

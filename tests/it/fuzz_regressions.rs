@@ -2,10 +2,7 @@
 //! corpus, plus the inputs that once found a bug) goes through the same oracle the fuzz target uses
 //! (`fuzz/checks.rs`). Refresh with `fuzz/run.sh` and `fuzz/minimize.sh`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-#[path = "../fuzz/checks.rs"]
-mod checks;
+use crate::fuzz_checks as checks;
 
 #[test]
 fn every_committed_fuzz_input_passes_its_oracle() {

@@ -2,12 +2,8 @@
 //! serves with no API key; the call log line carries the metering fields and never the key (failed calls at info, every
 //! call at debug); SIGTERM exits 0.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::bin::{Bin, BIN, SERVE_ON_SIM};
-use common::TestDb;
+use crate::helpers::bin::{Bin, BIN, SERVE_ON_SIM};
+use crate::helpers::TestDb;
 use std::process::Command;
 
 fn stderr_of(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {

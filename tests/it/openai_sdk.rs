@@ -2,11 +2,7 @@
 //! simulator: same reasoning and answer text, same usage, and a stream without `include_usage` stays
 //! without a usage chunk even though the proxy asked for one upstream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use deepseek_meter::config::Upstream;
 use deepseek_meter::sim::{SimOptions, SimServer};
 use deepseek_meter::usage::UsageSource;

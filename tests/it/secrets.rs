@@ -2,12 +2,8 @@
 //! second canary injected from `DASHSCOPE_API_KEY`, are searched for in the logs (every level), the ledger,
 //! the journal files, `/metrics` and `/v1/calls`. Zero hits.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-
-use common::bin::{Bin, SERVE_ON_SIM};
-use common::*;
+use crate::helpers::bin::{Bin, SERVE_ON_SIM};
+use crate::helpers::*;
 const CANARY: &str = "sk-canary-7f3a9c1e5b2d4e6f";
 const INJECTED: &str = "sk-injected-canary-0a1b2c3d";
 

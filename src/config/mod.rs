@@ -1,0 +1,473 @@
+//! Command line and settings.
+//!
+//! Every setting of `serve` is declared once, in the table below ([`table`] generates the flags, the file
+//! keys and the resolution from it). Every setting resolves in one order: flag, else environment variable,
+//! else the TOML config file (`--config`), else the default. Resolution and validation happen once, at
+//! startup; a bad value stops the process with one line that names the setting (flag, variable and file
+//! key), never a panic or a stack of errors. The names here are part of the contract (DESIGN §2):
+//! dashboards, deploy scripts and users type them.
+
+#[macro_use]
+pub mod table;
+
+use crate::journal::{Durability, JournalConfig, OnFull};
+use crate::pricing::PriceBook;
+use chrono_tz::Tz;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deepseek-meter",
+    version,
+    about = "Metering and cost-accounting sidecar for DeepSeek on DashScope"
+)]
+pub struct Cli {
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, global = true, env = "METER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, global = true, env = "METER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: proxy listener and admin listener.
+    Serve(Box<ServeArgs>),
+    /// Run the DashScope simulator alone (benchmarks, demos).
+    Sim(SimArgs),
+    /// Print the effective price book.
+    Prices(PricesArgs),
+    /// Create the database if missing and apply the migrations.
+    Migrate(MigrateArgs),
+}
+
+/// Flags of `migrate`.
+#[derive(Debug, Default, Args)]
+pub struct MigrateArgs {
+    /// Postgres URL of the ledger.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+/// Flags of `prices`.
+#[derive(Debug, Default, Args)]
+pub struct PricesArgs {
+    /// Price-book file (TOML); the built-in book when absent.
+    #[arg(long, env = "METER_PRICES")]
+    pub prices: Option<PathBuf>,
+    /// Billing time zone (IANA name), in which the book's effective dates start at midnight.
+    #[arg(long, env = "METER_BILLING_TIMEZONE", default_value = "Asia/Shanghai")]
+    pub billing_timezone: String,
+}
+
+impl PricesArgs {
+    /// The book as `serve` would read it with the same flags.
+    pub fn price_book(&self) -> Result<PriceBook, SettingError> {
+        let tz = timezone(Some(&self.billing_timezone))
+            .map_err(|p| SettingError::new("billing_timezone", "METER_BILLING_TIMEZONE", p))?;
+        load_prices(self.prices.as_deref(), tz)
+    }
+}
+
+/// Flags of `sim`.
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    #[arg(long, env = "SIM_LISTEN", default_value = "127.0.0.1:8788")]
+    pub listen: SocketAddr,
+    /// Delay before the first event of a stream (or before a non-streaming answer).
+    #[arg(long, default_value_t = 0)]
+    pub ttft_ms: u64,
+    /// Delay between stream events.
+    #[arg(long, default_value_t = 0)]
+    pub chunk_interval_ms: u64,
+    /// Seed for the generated text; the same seed and request give the same response.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Default number of text chunks per answer (and per chain of thought when thinking).
+    #[arg(long, default_value_t = 16)]
+    pub chunks: u32,
+}
+
+serve_settings! {
+    /// Proxy listen address.
+    listen: SocketAddr = Some("127.0.0.1:8787"), env "METER_LISTEN", parse address;
+    /// Admin listen address (metrics, health, reports).
+    admin_listen: SocketAddr = Some("127.0.0.1:9787"), env "METER_ADMIN_LISTEN", parse address;
+    /// Upstream base URL, or `sim` for the built-in simulator.
+    upstream: Upstream = Some("https://dashscope.aliyuncs.com"), env "METER_UPSTREAM", parse upstream;
+    /// Bearer token required on the admin listener.
+    admin_token: Option<String> = None, env "METER_ADMIN_TOKEN", parse secret,
+        clap(hide_env_values = true);
+    /// Largest request body accepted, in bytes.
+    max_body_bytes: u64 = Some("8388608"), env "METER_MAX_BODY_BYTES", parse positive;
+    /// Upstream connect timeout, in milliseconds.
+    connect_timeout_ms: Duration = Some("5000"), env "METER_CONNECT_TIMEOUT_MS", parse millis;
+    /// Longest silence allowed from the upstream (before the headers or between body chunks), in milliseconds.
+    idle_timeout_ms: Duration = Some("300000"), env "METER_IDLE_TIMEOUT_MS", parse millis;
+    /// How long in-flight calls may run after SIGTERM, in milliseconds.
+    drain_timeout_ms: Duration = Some("30000"), env "METER_DRAIN_TIMEOUT_MS", parse millis;
+    /// Most open client connections on the proxy listener.
+    max_connections: u64 = Some("10000"), env "METER_MAX_CONNECTIONS", parse positive;
+    /// Time a client has to send a request head, in milliseconds (slow-client protection).
+    header_read_timeout_ms: Duration = Some("10000"), env "METER_HEADER_READ_TIMEOUT_MS", parse millis;
+    /// Price-book file (TOML); the built-in book when absent.
+    prices: Option<PathBuf> = None, env "METER_PRICES", parse optional_path;
+    /// Postgres URL of the ledger.
+    database_url: String = Some(DEFAULT_DATABASE_URL), env "DATABASE_URL", parse postgres_url;
+    /// Directory of the local journal.
+    journal_dir: PathBuf = Some("./data/journal"), env "METER_JOURNAL_DIR", parse path;
+    /// `batched` (fsync every group-commit window) or `strict` (fsync before a call's last byte).
+    durability: Durability = Some("batched"), env "METER_DURABILITY", parse choice;
+    /// Group-commit window of the journal, in milliseconds.
+    group_commit_ms: Duration = Some("10"), env "METER_GROUP_COMMIT_MS", parse millis;
+    /// Size cap of the journal, in bytes.
+    journal_max_bytes: u64 = Some("1073741824"), env "METER_JOURNAL_MAX_BYTES", parse positive;
+    /// At the journal's cap: `refuse` new calls (503) or `serve` them unrecorded (counted).
+    on_journal_full: OnFull = Some("refuse"), env "METER_ON_JOURNAL_FULL", parse choice;
+    /// Billing time zone (IANA name); billing hours are its clock hours.
+    billing_timezone: Tz = Some("Asia/Shanghai"), env "METER_BILLING_TIMEZONE", parse timezone;
+    /// Do not create or migrate the database at startup.
+    no_migrate: bool = Some("false"), env "METER_NO_MIGRATE", parse flag,
+        clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
+}
+
+/// Where calls go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// The built-in simulator, started in-process on a loopback port.
+    Sim,
+    /// A base URL: scheme and authority only (`https://dashscope.aliyuncs.com`).
+    Url(http::Uri),
+}
+
+/// Validated settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: Upstream,
+    pub admin_token: Option<String>,
+    pub dashscope_api_key: Option<String>,
+    /// Read with its `effective_from` dates at midnight in the billing time zone.
+    pub prices: PriceBook,
+    /// `None`: records stay in memory (tests, embedding).
+    pub ledger: Option<LedgerSettings>,
+    pub billing_timezone: Tz,
+    pub max_body_bytes: usize,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Settings {
+    /// Resolves the flags (and environment) of `serve` over the config file and the defaults.
+    pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Settings, SettingError> {
+        let v = ServeValues::resolve(&args, &file)?;
+        let prices = load_prices(v.prices.as_deref(), v.billing_timezone)?;
+        Ok(Settings {
+            ledger: Some(LedgerSettings {
+                database_url: v.database_url,
+                journal: JournalConfig {
+                    dir: v.journal_dir,
+                    durability: v.durability,
+                    group_commit: v.group_commit_ms,
+                    segment_bytes: JOURNAL_SEGMENT_BYTES,
+                    max_bytes: v.journal_max_bytes,
+                    on_full: v.on_journal_full,
+                },
+                migrate: !v.no_migrate,
+                ship_deadline: SHIP_DEADLINE,
+            }),
+            billing_timezone: v.billing_timezone,
+            listen: v.listen,
+            admin_listen: v.admin_listen,
+            upstream: v.upstream,
+            admin_token: v.admin_token,
+            dashscope_api_key: args.dashscope_api_key.filter(|k| !k.is_empty()),
+            prices,
+            max_body_bytes: usize::try_from(v.max_body_bytes).unwrap_or(usize::MAX),
+            connect_timeout: v.connect_timeout_ms,
+            idle_timeout: v.idle_timeout_ms,
+            drain_timeout: v.drain_timeout_ms,
+            max_connections: usize::try_from(v.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: v.header_read_timeout_ms,
+        })
+    }
+
+    /// The defaults, for tests and embedding: both listeners on ephemeral loopback ports, the simulator
+    /// upstream, records in memory.
+    pub fn for_tests() -> Settings {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            upstream: Some("sim".into()),
+            ..ServeArgs::default()
+        };
+        match Settings::resolve(args, FileConfig::default()) {
+            Ok(s) => Settings { ledger: None, ..s },
+            Err(e) => unreachable!("the defaults are valid: {e}"),
+        }
+    }
+}
+
+/// The durable ledger: journal on local disk, shipped into Postgres.
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub database_url: String,
+    pub journal: JournalConfig,
+    /// Create the database and apply migrations before shipping (not with `--no-migrate`).
+    pub migrate: bool,
+    /// How long shutdown keeps shipping the journal into Postgres.
+    pub ship_deadline: Duration,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://localhost/deepseek_meter";
+/// A journal segment is closed past this size (and deleted once shipped).
+pub const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
+/// How long shutdown keeps shipping (step 5 of the shutdown order).
+pub const SHIP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A setting that cannot be used. Displays as one line naming the flag, variable and file key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting --{} ({env}, config key `{key}`): {problem}", key.replace('_', "-"))]
+pub struct SettingError {
+    pub key: &'static str,
+    pub env: &'static str,
+    pub problem: String,
+}
+
+impl SettingError {
+    pub fn new(key: &'static str, env: &'static str, problem: String) -> SettingError {
+        SettingError { key, env, problem }
+    }
+}
+
+/// The config file could not be read or has an unknown key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config file {path}: {problem}")]
+pub struct ConfigFileError {
+    pub path: String,
+    pub problem: String,
+}
+
+pub fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigFileError> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigFileError {
+        path: path.display().to_string(),
+        // toml's message spans lines (it quotes the source); the first line names the key.
+        problem: e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("parse error")
+            .to_owned(),
+    })
+}
+
+/// The price book from `--prices`, or the built-in one, with effective dates at midnight in `timezone`.
+/// Errors name the setting and the entry.
+pub fn load_prices(path: Option<&Path>, timezone: Tz) -> Result<PriceBook, SettingError> {
+    let fail = |problem: String| SettingError::new("prices", "METER_PRICES", problem);
+    let Some(path) = path else {
+        return PriceBook::builtin_in(timezone).map_err(|e| fail(e.to_string()));
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    PriceBook::parse(&text, timezone).map_err(|e| fail(format!("{}: {e}", path.display())))
+}
+
+// ---- parsers: a setting's text (None: not given and no default) to its value, or the problem ----------
+
+fn given(raw: Option<&str>) -> Result<&str, String> {
+    raw.ok_or_else(|| "is required".to_owned())
+}
+
+fn address(raw: Option<&str>) -> Result<SocketAddr, String> {
+    let raw = given(raw)?;
+    raw.parse()
+        .map_err(|_| format!("{raw:?} is not an address like 127.0.0.1:8787"))
+}
+
+fn secret(raw: Option<&str>) -> Result<Option<String>, String> {
+    Ok(raw.filter(|t| !t.is_empty()).map(str::to_owned))
+}
+
+fn positive(raw: Option<&str>) -> Result<u64, String> {
+    let raw = given(raw)?;
+    match raw.trim().parse::<u64>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("{raw:?} is not a whole non-negative number")),
+    }
+}
+
+fn millis(raw: Option<&str>) -> Result<Duration, String> {
+    positive(raw).map(Duration::from_millis)
+}
+
+fn optional_path(raw: Option<&str>) -> Result<Option<PathBuf>, String> {
+    Ok(raw.filter(|p| !p.is_empty()).map(PathBuf::from))
+}
+
+fn path(raw: Option<&str>) -> Result<PathBuf, String> {
+    given(raw).map(PathBuf::from)
+}
+
+fn postgres_url(raw: Option<&str>) -> Result<String, String> {
+    let raw = given(raw)?;
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be a postgres:// URL".into())
+    }
+}
+
+fn timezone(raw: Option<&str>) -> Result<Tz, String> {
+    let raw = given(raw)?;
+    raw.parse()
+        .map_err(|_| format!("{raw:?} is not an IANA time zone like Asia/Shanghai"))
+}
+
+/// The words clap accepts for a boolean flag's environment variable.
+fn flag(raw: Option<&str>) -> Result<bool, String> {
+    match given(raw)?.trim().to_ascii_lowercase().as_str() {
+        "" | "y" | "yes" | "t" | "true" | "on" | "1" => Ok(true),
+        "n" | "no" | "f" | "false" | "off" | "0" => Ok(false),
+        other => Err(format!("{other:?} is not true or false")),
+    }
+}
+
+fn choice<T: ValueEnum>(raw: Option<&str>) -> Result<T, String> {
+    let raw = given(raw)?;
+    T::from_str(raw, true).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_owned())
+            .collect();
+        format!("{raw:?} is not one of {}", names.join(", "))
+    })
+}
+
+fn upstream(raw: Option<&str>) -> Result<Upstream, String> {
+    let raw = given(raw)?;
+    if raw == "sim" {
+        return Ok(Upstream::Sim);
+    }
+    let uri: http::Uri = raw.parse().map_err(|_| format!("{raw:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "{raw:?} must start with http:// or https://, or be `sim`"
+            ))
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{raw:?} has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{raw:?} must be a base URL without a path (paths come from the calls)"
+        ));
+    }
+    Ok(Upstream::Url(uri))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file = FileConfig {
+            listen: Some("127.0.0.1:1".into()),
+            admin_listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(args, file).unwrap();
+        assert_eq!(s.listen.port(), 3);
+        assert_eq!(s.admin_listen.port(), 2);
+        assert_eq!(
+            s.upstream,
+            Upstream::Url("https://dashscope.aliyuncs.com".parse().unwrap())
+        );
+        assert_eq!(s.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_in_one_line() {
+        let err = Settings::resolve(
+            ServeArgs {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid setting --listen (METER_LISTEN, config key `listen`): \"nope\" is not an address like 127.0.0.1:8787"
+        );
+        let err = Settings::resolve(
+            ServeArgs {
+                upstream: Some("ftp://x".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("invalid setting --upstream (METER_UPSTREAM"),
+            "{err}"
+        );
+        let err = Settings::resolve(
+            ServeArgs {
+                idle_timeout_ms: Some("-5".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--idle-timeout-ms") && !err.contains('\n'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meter.toml");
+        std::fs::write(&path, "listn = \"127.0.0.1:1\"\n").unwrap();
+        let err = load_file(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("listn") && !err.contains('\n'), "{err}");
+    }
+}

@@ -1,0 +1,138 @@
+//! The metering step that ends every call: finish time, billing hour, price, metrics, log line, record.
+//!
+//! Every metered call, answered or refused, passes through [`Meter::finish`] exactly once. It reads the
+//! wall clock once (the call's `finished_at`), and from that one reading takes the billing hour (the clock
+//! hour in the billing time zone) and the price entry in force, so the three always agree. The record is
+//! built here, complete; nothing downstream changes it.
+
+use crate::clock::Clock;
+use crate::metrics::InstanceMetrics;
+use crate::pricing::{self, PriceBook};
+use crate::record::{Billing, CallFacts, CallRecord, Recorder};
+use crate::usage::{CallStatus, UsageSource};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use std::sync::Arc;
+
+/// The call log line (target `deepseek_meter::call`) at a given level: one field list for both levels.
+macro_rules! call_log {
+    ($level:expr, $r:expr) => {
+        tracing::event!(
+            target: "deepseek_meter::call",
+            $level,
+            call_id = %$r.call_id,
+            protocol = $r.protocol.as_str(),
+            model = %$r.model,
+            stream = $r.stream,
+            status = $r.status.as_str(),
+            http_status = $r.http_status,
+            error_code = $r.error_code.as_deref(),
+            upstream_request_id = $r.upstream_request_id.as_deref(),
+            input_tokens = $r.input_tokens,
+            cached_tokens = $r.cached_tokens,
+            output_tokens = $r.output_tokens,
+            reasoning_tokens = $r.reasoning_tokens,
+            answer_tokens = $r.answer_tokens,
+            usage_source = $r.usage_source.as_str(),
+            ttft_ms = $r.ttft_ms,
+            duration_ms = $r.duration_ms,
+            key_fingerprint = $r.key_fingerprint.as_deref(),
+            project = $r.project.as_deref(),
+            end_user = $r.end_user.as_deref(),
+            cost_total = $r.cost_total.map(|c| c.to_string()),
+            "call"
+        )
+    };
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Meter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    prices: PriceBook,
+    timezone: Tz,
+    clock: Clock,
+    metrics: InstanceMetrics,
+    recorder: Arc<dyn Recorder>,
+}
+
+impl Meter {
+    pub fn new(
+        prices: PriceBook,
+        timezone: Tz,
+        clock: Clock,
+        metrics: InstanceMetrics,
+        recorder: Arc<dyn Recorder>,
+    ) -> Meter {
+        Meter {
+            inner: Arc::new(Inner {
+                prices,
+                timezone,
+                clock,
+                metrics,
+                recorder,
+            }),
+        }
+    }
+
+    /// Wall time as billing sees it (a call's start is read here too).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// The billing hour that is open now.
+    pub fn open_hour(&self) -> DateTime<Utc> {
+        pricing::billing_hour(self.now(), self.inner.timezone)
+    }
+
+    /// The bounded metric label of a model: itself if the price book knows it, else `other`.
+    pub fn model_label<'a>(&'a self, model: &str) -> &'a str {
+        self.inner.prices.model_label(model)
+    }
+
+    /// Whether a new metered call may start (the recorder can take its record).
+    pub fn accepting(&self) -> bool {
+        self.inner.recorder.accepting()
+    }
+
+    /// Completes the call's record, counts it, logs it and records it. Returns the strict-durability ack,
+    /// if the recorder gives one.
+    pub fn finish(&self, facts: CallFacts) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let me = &self.inner;
+        let label = me.prices.model_label(&facts.model);
+        let (record, by_class) = self.complete(facts);
+        me.metrics.observe_call(&record, label, by_class.as_ref());
+        // The ledger row is the durable record of every call; the log line is for people. Calls that went
+        // wrong or cannot be billed exactly (unpriced, usage not reported) are logged at info; the rest at
+        // debug, which costs nothing when off (enable with METER_LOG=info,deepseek_meter::call=debug).
+        if record.status == CallStatus::Ok
+            && record.priced
+            && record.usage_source == UsageSource::Reported
+        {
+            call_log!(tracing::Level::DEBUG, record);
+        } else {
+            call_log!(tracing::Level::INFO, record);
+        }
+        me.recorder.record(record)
+    }
+
+    /// The record of `facts` finishing now, and its cost by token class (`None`: unpriced).
+    fn complete(&self, facts: CallFacts) -> (CallRecord, Option<[(&'static str, Decimal); 4]>) {
+        let me = &self.inner;
+        // A wall clock stepped back mid-call must not finish a call before it started.
+        let finished_at = me.clock.now().max(facts.started_at);
+        let price = me.prices.price_at(&facts.model, finished_at);
+        let by_class = price.map(|p| p.cost_by_class(&facts.tokens));
+        let billing = Billing {
+            finished_at,
+            billing_hour: pricing::billing_hour(finished_at, me.timezone),
+            price_version: price.map(pricing::Price::version),
+            cost_total: by_class.map(|c| c.iter().map(|(_, v)| *v).sum::<Decimal>().normalize()),
+        };
+        (CallRecord::new(facts, billing), by_class)
+    }
+}

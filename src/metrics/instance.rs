@@ -1,0 +1,150 @@
+//! What this process measures. Every update goes through a method here, called by the code that sees the
+//! event: the meter step for calls, the proxy for refusals, the shipper for ledger writes, the admin
+//! listener (at scrape time) for the journal's backlog.
+
+use crate::journal::Backlog;
+use crate::record::CallRecord;
+use crate::usage::CallStatus;
+use prometheus::{CounterVec, HistogramVec, IntCounter, IntCounterVec, IntGauge};
+use rust_decimal::Decimal;
+
+metrics! {
+    /// Per-process counters, histograms and gauges.
+    pub struct InstanceMetrics {
+        /// Metered calls by protocol, model and outcome.
+        requests: IntCounterVec = "deepseek_meter_requests_total" ["protocol", "model", "status"],
+        /// Tokens by class: input (uncached), cached_input, reasoning, answer; the four add up to all tokens.
+        tokens: IntCounterVec = "deepseek_meter_tokens_total" ["model", "type"],
+        /// Cost in CNY by token class (metrics only; the ledger is exact).
+        cost: CounterVec = "deepseek_meter_cost_yuan_total" ["model", "type"],
+        /// Call duration as the client saw it.
+        duration: HistogramVec = "deepseek_meter_request_duration_seconds" ["protocol", "model"],
+        /// Time to the first generated token.
+        ttft: HistogramVec = "deepseek_meter_time_to_first_token_seconds" ["model"],
+        /// Calls the upstream answered with an error (status upstream_error), by error code.
+        upstream_errors: IntCounterVec = "deepseek_meter_upstream_errors_total" ["model", "code"],
+        /// Calls to models without a price.
+        unpriced: IntCounterVec = "deepseek_meter_unpriced_requests_total" ["model"],
+        /// Response events or bodies the usage tap could not read (the client still got them).
+        parse_errors: IntCounter = "deepseek_meter_response_parse_errors_total" [],
+        /// Forwarded calls to paths that are not metered (counted only).
+        forwarded_unmetered: IntCounter = "deepseek_meter_forwarded_unmetered_total" [],
+        /// Upstream usage objects with cached > input or reasoning > output (clamped).
+        usage_clamped: IntCounter = "deepseek_meter_usage_inconsistent_total" [],
+        /// Calls journaled and not yet in Postgres.
+        ledger_pending: IntGauge = "deepseek_meter_ledger_pending_records" [],
+        /// Bytes of journal segments on disk.
+        journal_bytes: IntGauge = "deepseek_meter_journal_bytes" [],
+        /// Rows inserted into the ledger.
+        ledger_written: IntCounter = "deepseek_meter_ledger_written_total" [],
+        /// Failed ledger inserts (retried; nothing is dropped).
+        ledger_write_failures: IntCounter = "deepseek_meter_ledger_write_failures_total" [],
+        /// Calls served without a record (journal at its cap with --on-journal-full=serve, or unwritable at shutdown).
+        ledger_unrecorded: IntGauge = "deepseek_meter_ledger_unrecorded_calls" [],
+        /// Calls refused with 503 because the journal could not take their record.
+        journal_full_refusals: IntCounter = "deepseek_meter_journal_full_refusals_total" [],
+    }
+}
+
+impl InstanceMetrics {
+    /// Counts one finished call. `model_label` is the bounded label (a price-book model or `other`);
+    /// `cost_by_class` is `None` for an unpriced call.
+    pub fn observe_call(
+        &self,
+        record: &CallRecord,
+        model_label: &str,
+        cost_by_class: Option<&[(&'static str, Decimal); 4]>,
+    ) {
+        use rust_decimal::prelude::ToPrimitive;
+        for (class, cost) in cost_by_class.into_iter().flatten() {
+            if !cost.is_zero() {
+                self.cost
+                    .with_label_values(&[model_label, class])
+                    .inc_by(cost.to_f64().unwrap_or(0.0));
+            }
+        }
+        if cost_by_class.is_none() {
+            self.unpriced.with_label_values(&[model_label]).inc();
+        }
+        let protocol = record.protocol.as_str();
+        self.requests
+            .with_label_values(&[protocol, model_label, record.status.as_str()])
+            .inc();
+        let t = record.tokens();
+        for (class, n) in [
+            ("input", t.uncached_input()),
+            ("cached_input", t.cached),
+            ("reasoning", t.reasoning),
+            ("answer", t.answer()),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[model_label, class])
+                    .inc_by(n);
+            }
+        }
+        self.duration
+            .with_label_values(&[protocol, model_label])
+            .observe(record.duration_ms / 1000.0);
+        if let Some(ttft) = record.ttft_ms {
+            self.ttft
+                .with_label_values(&[model_label])
+                .observe(ttft / 1000.0);
+        }
+        // Only the upstream's own errors: our refusals (413, 503) and cut connections have codes too, but
+        // they are not the upstream's, and a dashboard of upstream health must not count them.
+        if record.status == CallStatus::UpstreamError {
+            let code = record.error_code.as_deref().map_or("unknown", bounded_code);
+            self.upstream_errors
+                .with_label_values(&[model_label, code])
+                .inc();
+        }
+    }
+
+    /// What the tap could not read in one response.
+    pub fn tap_trouble(&self, parse_errors: u64, usage_clamped: bool) {
+        if parse_errors > 0 {
+            self.parse_errors.inc_by(parse_errors);
+        }
+        if usage_clamped {
+            self.usage_clamped.inc();
+        }
+    }
+
+    pub fn forwarded_unmetered(&self) {
+        self.forwarded_unmetered.inc();
+    }
+
+    pub fn journal_full_refusal(&self) {
+        self.journal_full_refusals.inc();
+    }
+
+    pub fn ledger_rows_written(&self, rows: u64) {
+        self.ledger_written.inc_by(rows);
+    }
+
+    pub fn ledger_write_failed(&self) {
+        self.ledger_write_failures.inc();
+    }
+
+    /// The journal's gauges, as of a scrape.
+    pub fn publish_backlog(&self, backlog: &Backlog) {
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.ledger_pending.set(as_i64(backlog.pending_records));
+        self.journal_bytes.set(as_i64(backlog.bytes));
+        self.ledger_unrecorded.set(as_i64(backlog.unrecorded_calls));
+    }
+}
+
+/// Error codes come from the upstream; keep the label set bounded and printable.
+fn bounded_code(code: &str) -> &str {
+    if code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        code
+    } else {
+        "other"
+    }
+}

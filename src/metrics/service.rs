@@ -1,0 +1,31 @@
+//! What the service derives from the database: the same value on every sidecar that shares it. The owner
+//! of the data computes it (the ledger's SQL); this module only publishes it, at scrape time.
+
+use prometheus::GaugeVec;
+use rust_decimal::Decimal;
+
+metrics! {
+    /// Gauges derived from the shared database.
+    pub struct ServiceMetrics {
+        /// Cost in CNY of the open billing hour so far, by model, over every sidecar on the database.
+        billing_hour_cost: GaugeVec = "deepseek_meter_billing_hour_cost_yuan" ["model"],
+    }
+}
+
+impl ServiceMetrics {
+    /// The open hour's cost by model label (labels already bounded; repeated labels are added up). Models
+    /// without calls in this hour drop out, so a new hour starts from nothing rather than from the last one.
+    pub fn publish_open_hour(&self, by_model: &[(&str, Decimal)]) {
+        use rust_decimal::prelude::ToPrimitive;
+        let mut sums: std::collections::BTreeMap<&str, Decimal> = Default::default();
+        for (label, cost) in by_model {
+            *sums.entry(label).or_default() += cost;
+        }
+        self.billing_hour_cost.reset();
+        for (label, cost) in sums {
+            self.billing_hour_cost
+                .with_label_values(&[label])
+                .set(cost.to_f64().unwrap_or(0.0));
+        }
+    }
+}

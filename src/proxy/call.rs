@@ -1,0 +1,94 @@
+//! One metered call between its request and its end: what is known before the response, and how that
+//! becomes the call's facts for the meter step.
+
+use crate::error::ApiError;
+use crate::record::CallFacts;
+use crate::usage::tap::UsageReport;
+use crate::usage::{self, CallStatus, Protocol, RequestInfo, UsageSource};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Everything known about a metered call before its response, kept until its facts are taken.
+pub struct CallContext {
+    pub call_id: Uuid,
+    pub protocol: Protocol,
+    pub info: RequestInfo,
+    /// The request body as the client sent it; only read again to estimate prompt tokens of a cut call.
+    pub request_body: Bytes,
+    pub started_at: DateTime<Utc>,
+    pub started: Instant,
+    pub key_fingerprint: Option<String>,
+    pub key_hint: Option<String>,
+    pub project: Option<String>,
+    pub end_user: Option<String>,
+}
+
+/// How a call that got no upstream response is metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoResponse {
+    /// Nothing reached the upstream, or nothing it would bill: no usage.
+    Unanswered(CallStatus),
+    /// The request may have reached the upstream, which reset or timed out before answering: the prompt
+    /// is estimated, since the upstream may have started work it bills for.
+    CutBeforeResponse,
+}
+
+impl CallContext {
+    /// The facts of this call, from what the tap concluded.
+    pub fn into_facts(self, report: UsageReport, first_token: Option<Instant>) -> CallFacts {
+        let now = Instant::now();
+        CallFacts {
+            call_id: self.call_id,
+            upstream_request_id: report.upstream_request_id,
+            protocol: self.protocol,
+            model: self
+                .info
+                .model
+                .or(report.response_model)
+                .unwrap_or_else(|| "unknown".into()),
+            stream: self.info.stream || report.stream,
+            status: report.status,
+            http_status: Some(report.http_status),
+            error_code: report.error_code,
+            started_at: self.started_at,
+            ttft_ms: first_token.map(|t| (t - self.started).as_secs_f64() * 1000.0),
+            duration_ms: (now - self.started).as_secs_f64() * 1000.0,
+            tokens: report.tokens,
+            usage_source: report.usage_source,
+            key_fingerprint: self.key_fingerprint,
+            key_hint: self.key_hint,
+            project: self.project,
+            end_user: self.end_user,
+        }
+    }
+
+    /// The facts of a call that got no upstream response, answered by us with `error`.
+    pub fn into_refused_facts(self, error: &ApiError, how: NoResponse) -> CallFacts {
+        let (status, tokens, usage_source) = match how {
+            NoResponse::Unanswered(status) => (status, usage::Tokens::default(), UsageSource::None),
+            NoResponse::CutBeforeResponse => (
+                CallStatus::UpstreamAborted,
+                usage::Tokens {
+                    input: usage::estimate_prompt_tokens(self.protocol, &self.request_body),
+                    ..Default::default()
+                },
+                UsageSource::Estimated,
+            ),
+        };
+        let report = UsageReport {
+            status,
+            http_status: error.status().as_u16(),
+            error_code: Some(error.code().to_owned()),
+            upstream_request_id: None,
+            response_model: None,
+            stream: false,
+            tokens,
+            usage_source,
+            parse_errors: 0,
+            usage_clamped: false,
+        };
+        self.into_facts(report, None)
+    }
+}

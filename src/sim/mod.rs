@@ -1,0 +1,202 @@
+//! The built-in DashScope simulator: both protocols, streaming and not, with the reference's shapes.
+//!
+//! Used by `deepseek-meter sim`, by `serve --upstream sim`, by the tests and by the benchmarks. It speaks
+//! exactly the captured wire formats (reference §1–§2): compat chunks with `usage: null` until the
+//! usage-only chunk (sent only when `stream_options.include_usage` is true) and `data: [DONE]`; native
+//! events with `id:`/`event:`/`:HTTP_STATUS/NNN`/`data:` (no space), cumulative usage and the string
+//! `"null"` as finish reason, incremental or full-text.
+//!
+//! Model semantics follow the platform: `deepseek-v3` never thinks; `deepseek-r1`, `-r1-0528` and the
+//! distills always do; `deepseek-v3.1` and `-v3.2-exp` think only with `enable_thinking`. Any other
+//! `deepseek-*` name is served like `deepseek-v3` (so unpriced models can be exercised); other names get the
+//! platform's model-not-found error.
+//!
+//! Usage is consistent by construction: one text piece is one token, `reasoning ⊂ output`, input tokens
+//! are the estimator's count of the prompt. Responses are a pure function of (seed, model, prompt, knobs).
+//!
+//! Per-request knobs, as request headers (they pass through the proxy like any other header):
+//! - `x-sim-fault`: `401`, `429`, `500`, `sse-error` (compat: SSE-framed 400; native: `event:error` with
+//!   HTTP 200), `moderation` (error event after half the stream), `reset` (connection cut after half),
+//!   `stall` (silence after half), `garbage` (non-JSON bytes in place of events).
+//! - `x-sim-chunks`: text pieces per channel; `x-sim-cached-tokens`: cached tokens to report;
+//!   `x-sim-gzip: 1`: gzip the body when the client accepts it.
+
+mod request;
+mod shape;
+mod wire;
+
+use crate::config::SimArgs;
+use crate::server::{ConnectionLimits, Connections};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use request::*;
+use serde_json::{json, Value};
+use shape::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wire::*;
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub ttft: Duration,
+    pub chunk_interval: Duration,
+    pub seed: u64,
+    pub chunks: u32,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            ttft: Duration::ZERO,
+            chunk_interval: Duration::ZERO,
+            seed: 0,
+            chunks: 16,
+        }
+    }
+}
+
+impl From<&SimArgs> for SimOptions {
+    fn from(a: &SimArgs) -> Self {
+        SimOptions {
+            ttft: Duration::from_millis(a.ttft_ms),
+            chunk_interval: Duration::from_millis(a.chunk_interval_ms),
+            seed: a.seed,
+            chunks: a.chunks,
+        }
+    }
+}
+
+/// A running simulator on its own listener.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    conns: Connections,
+}
+
+impl SimServer {
+    pub async fn start(options: SimOptions, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let conns = Connections {
+            stop_accepting: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            limits: ConnectionLimits::new(100_000, std::time::Duration::from_secs(30)),
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router(options));
+        conns.tracker.spawn(conns.clone().serve(listener, service));
+        Ok(SimServer { addr, conns })
+    }
+
+    /// Stops accepting and cuts open connections (a stalled stream would otherwise never end).
+    pub async fn shutdown(self) {
+        self.conns.stop_accepting.cancel();
+        self.conns.abort.cancel();
+        self.conns.tracker.close();
+        self.conns.tracker.wait().await;
+    }
+}
+
+pub fn router(options: SimOptions) -> Router {
+    Router::new()
+        .route("/compatible-mode/v1/chat/completions", post(compat))
+        .route(
+            "/api/v1/services/aigc/text-generation/generation",
+            post(native),
+        )
+        .route("/compatible-mode/v1/models", get(models))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"code":"NotFound","message":"Not Found"}"#,
+            )
+        })
+        .with_state(Arc::new(options))
+}
+
+/// `deepseek-meter sim`: serve until `signal`.
+pub async fn run(
+    args: SimArgs,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = SimServer::start(SimOptions::from(&args), args.listen).await?;
+    tracing::info!(addr = %server.addr, "DashScope simulator serving");
+    signal.await;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn models() -> impl IntoResponse {
+    let data: Vec<Value> = THINKING_RULES
+        .iter()
+        .map(|(m, _)| json!({"id": m, "object": "model", "owned_by": "system"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+// ---- handlers ---------------------------------------------------------------------------------------
+
+async fn compat(
+    State(options): State<Arc<SimOptions>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(Proto::Compat, &options, &headers, &body).await
+}
+
+async fn native(
+    State(options): State<Arc<SimOptions>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(Proto::Native, &options, &headers, &body).await
+}
+
+async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[u8]) -> Response {
+    let call = match parse_call(proto, headers, body, options) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let kind = match call.fault {
+        Some(Fault::Unauthorized) => Some((StatusCode::UNAUTHORIZED, ErrorKind::InvalidApiKey)),
+        Some(Fault::RateLimited) => Some((StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited)),
+        Some(Fault::Internal) => Some((StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal)),
+        Some(Fault::Moderation) if !call.stream => {
+            Some((StatusCode::BAD_REQUEST, ErrorKind::Moderation))
+        }
+        _ => None,
+    };
+    if let Some((status, kind)) = kind {
+        return error(
+            proto,
+            status,
+            kind,
+            call.request_id,
+            call.stream && proto == Proto::Native,
+        );
+    }
+    if call.fault == Some(Fault::SseError) && call.stream {
+        return sse_error(&call);
+    }
+    if !options.ttft.is_zero() && !call.stream {
+        tokio::time::sleep(options.ttft).await;
+    }
+    let script = Script::new(&call, options);
+    if call.stream {
+        stream_response(call, script, options)
+    } else {
+        let body = match proto {
+            Proto::Compat => compat_body(&call, &script),
+            Proto::Native => native_body(&call, &script),
+        };
+        whole_response(&call, body.to_string().into_bytes())
+    }
+}

@@ -1,0 +1,18 @@
+//! The state every request shares, on both listeners: cheap handles, cloned per request.
+
+use crate::journal::Journal;
+use crate::ledger::Ledger;
+use crate::meter::Meter;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    /// The step that ends every metered call.
+    pub meter: Meter,
+    pub metrics: Metrics,
+    /// `None` when records are kept elsewhere (in memory: tests, embedding).
+    pub journal: Option<Journal>,
+    pub ledger: Option<Ledger>,
+    /// Required on the admin listener (all but `/healthz`) when set.
+    pub admin_token: Option<String>,
+}
