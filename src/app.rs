@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The admin listener's own connection pool: a flood on the proxy must not lock operators out.
+/// The admin listener's own connection pool.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// What a test or an embedder may put in place of the defaults.
@@ -85,29 +85,11 @@ impl App {
     /// Binds both listeners (and the simulator for `--upstream sim`) and starts serving.
     pub async fn start_with(settings: Settings, injected: Injected) -> anyhow::Result<App> {
         let metrics = Metrics::new().context("registering metrics")?;
-        let clock = injected.clock.unwrap_or_else(Clock::system);
         let ledger_tasks = match (&injected.recorder, &settings.ledger) {
             (None, Some(ls)) => Some(start_ledger(ls, &metrics)?),
             _ => None,
         };
-        let recorder: Arc<dyn Recorder> = match (injected.recorder, &ledger_tasks) {
-            (Some(r), _) => r,
-            (None, Some(tasks)) => Arc::new(tasks.journal.clone()),
-            (None, None) => Arc::new(MemoryRecorder::default()),
-        };
-        let state = AppState {
-            meter: Meter::new(
-                settings.prices.clone(),
-                settings.billing_timezone,
-                clock,
-                metrics.instance.clone(),
-                recorder,
-            ),
-            metrics,
-            journal: ledger_tasks.as_ref().map(|t| t.journal.clone()),
-            ledger: ledger_tasks.as_ref().map(|t| t.ledger.clone()),
-            admin_token: settings.admin_token.clone(),
-        };
+        let state = app_state(&settings, injected, metrics, ledger_tasks.as_ref());
         let (sim, upstream_uri) = start_upstream(&settings.upstream).await?;
         let proxy = Proxy::new(
             Upstream::new(&upstream_uri, settings.connect_timeout)?,
@@ -118,40 +100,32 @@ impl App {
                 idle_timeout: settings.idle_timeout,
             },
         )?;
-
         let proxy_listener = bind(settings.listen, "--listen").await?;
         let admin_listener = bind(settings.admin_listen, "--admin-listen").await?;
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let stop_accepting = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let proxy_service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req.map(axum::body::Body::new)).await) }
-        });
-        let admin_service =
-            hyper_util::service::TowerToHyperService::new(admin::router(state.clone()));
         let conns = Connections {
-            stop_accepting: stop_accepting.clone(),
-            abort: abort.clone(),
-            tracker: tracker.clone(),
+            stop_accepting: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tracker: TaskTracker::new(),
             limits: ConnectionLimits::new(settings.max_connections, settings.header_read_timeout),
         };
-        let admin_conns = Connections {
-            limits: ConnectionLimits::new(ADMIN_MAX_CONNECTIONS, settings.header_read_timeout),
-            ..conns.clone()
-        };
-        tracker.spawn(conns.serve(proxy_listener, proxy_service));
-        tracker.spawn(admin_conns.serve(admin_listener, admin_service));
+        serve(
+            &conns,
+            &settings,
+            proxy_listener,
+            proxy,
+            admin_listener,
+            &state,
+        );
         tracing::info!(%proxy_addr, %admin_addr, upstream = %upstream_uri, "deepseek-meter serving");
         Ok(App {
             proxy_addr,
             admin_addr,
             state,
-            stop_accepting,
-            abort,
-            tracker,
+            stop_accepting: conns.stop_accepting,
+            abort: conns.abort,
+            tracker: conns.tracker,
             drain_timeout: settings.drain_timeout,
             sim,
             ledger_tasks,
@@ -218,6 +192,61 @@ impl App {
             sim.shutdown().await;
         }
     }
+}
+
+/// The shared state: the meter (with the injected or the journal's recorder, and clock), metrics, and the
+/// journal and ledger handles for the admin listener.
+fn app_state(
+    settings: &Settings,
+    injected: Injected,
+    metrics: Metrics,
+    ledger_tasks: Option<&LedgerTasks>,
+) -> AppState {
+    let recorder: Arc<dyn Recorder> = match (injected.recorder, ledger_tasks) {
+        (Some(r), _) => r,
+        (None, Some(tasks)) => Arc::new(tasks.journal.clone()),
+        (None, None) => Arc::new(MemoryRecorder::default()),
+    };
+    AppState {
+        meter: Meter::new(
+            settings.prices.clone(),
+            settings.billing_timezone,
+            injected.clock.unwrap_or_else(Clock::system),
+            metrics.instance.clone(),
+            recorder,
+        ),
+        metrics,
+        journal: ledger_tasks.map(|t| t.journal.clone()),
+        ledger: ledger_tasks.map(|t| t.ledger.clone()),
+        admin_token: settings.admin_token.clone(),
+    }
+}
+
+/// Spawns both accept loops as owned tasks. The admin listener gets its own small pool: a flood on the
+/// proxy must not lock operators out.
+fn serve(
+    conns: &Connections,
+    settings: &Settings,
+    proxy_listener: TcpListener,
+    proxy: Proxy,
+    admin_listener: TcpListener,
+    state: &AppState,
+) {
+    let proxy_service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req.map(axum::body::Body::new)).await) }
+    });
+    let admin_service = hyper_util::service::TowerToHyperService::new(admin::router(state.clone()));
+    let admin_conns = Connections {
+        limits: ConnectionLimits::new(ADMIN_MAX_CONNECTIONS, settings.header_read_timeout),
+        ..conns.clone()
+    };
+    conns
+        .tracker
+        .spawn(conns.clone().serve(proxy_listener, proxy_service));
+    conns
+        .tracker
+        .spawn(admin_conns.serve(admin_listener, admin_service));
 }
 
 /// Opens the journal and starts the shipper into a lazily connected ledger.

@@ -155,3 +155,26 @@ fn every_call_is_logged_when_the_call_target_is_at_debug() {
     assert_eq!(ok["usage_source"], "reported");
     assert_eq!(ok["output_tokens"], 32);
 }
+
+/// A text log written to a pipe or a file is plain: no ANSI colour codes (they are for terminals).
+#[test]
+fn a_text_log_to_a_pipe_has_no_colour_codes() {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "text"])
+        .args(SERVE_ON_SIM)
+        .env("METER_LOG", "debug")
+        .env_remove("DASHSCOPE_API_KEY")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let serving = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("deepseek-meter serving"))
+        .expect("the serving line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(serving.contains("INFO"), "a text line: {serving:?}");
+    assert!(!serving.contains('\u{1b}'), "no escape codes: {serving:?}");
+}

@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod billing_time;
 mod cli;
 mod durability;
 mod faults;

@@ -603,6 +603,54 @@ async fn metrics_count_calls_tokens_and_errors() {
     assert!(!text.contains("sk-canary"), "no key in metrics");
 }
 
+/// `deepseek_meter_upstream_errors_total` counts the upstream's errors only: our own refusal (413) is a
+/// metered call, not an upstream error.
+#[tokio::test]
+async fn our_own_refusals_are_not_counted_as_upstream_errors() {
+    let t = TestApp::start_with(Upstream::Sim, |s| s.max_body_bytes = 80).await;
+    let too_large = post(
+        &t,
+        COMPAT_PATH,
+        &format!(
+            r#"{{"model":"deepseek-v3","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "x".repeat(100)
+        ),
+    )
+    .await;
+    assert_eq!(too_large.status(), 413);
+    let refused = t.record_of(&call_id(&too_large)).await;
+    assert_eq!(refused.status, CallStatus::Rejected);
+    assert_eq!(refused.error_code.as_deref(), Some("RequestTooLarge"));
+    let upstream_429 = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .header("x-sim-fault", "429")
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upstream_429.status(), 429);
+    t.record_of(&call_id(&upstream_429)).await;
+    let text = get_text(&t.http, &t.admin_url("/metrics")).await;
+    let upstream_errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("deepseek_meter_upstream_errors_total{"))
+        .collect();
+    assert_eq!(
+        upstream_errors,
+        vec![
+            r#"deepseek_meter_upstream_errors_total{code="limit_requests",model="deepseek-v3"} 1"#
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"deepseek_meter_requests_total{model="other",protocol="openai",status="rejected"} 1"#
+        ),
+        "the refusal is still metered\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn admin_token_guards_metrics() {
     let t = TestApp::start_with(Upstream::Sim, |s| s.admin_token = Some("s3cret".into())).await;

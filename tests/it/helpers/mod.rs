@@ -4,6 +4,7 @@ pub mod bin;
 pub mod captures;
 
 use deepseek_meter::app::{App, Injected};
+use deepseek_meter::clock::Clock;
 use deepseek_meter::config::{Settings, Upstream};
 use deepseek_meter::record::{CallRecord, MemoryRecorder};
 use std::collections::VecDeque;
@@ -18,6 +19,8 @@ pub struct TestApp {
     pub app: App,
     pub records: MemoryRecorder,
     pub http: reqwest::Client,
+    /// The wall clock billing reads: the system clock unless the test set one.
+    pub clock: Clock,
 }
 
 impl TestApp {
@@ -29,10 +32,16 @@ impl TestApp {
         let mut settings = Settings::for_tests();
         settings.upstream = upstream;
         tweak(&mut settings);
+        Self::start_on(settings, Clock::system()).await
+    }
+
+    /// The app on `settings` (listeners, upstream and ledger as they say; records in memory), reading
+    /// `clock` for every call's finish time.
+    pub async fn start_on(settings: Settings, clock: Clock) -> TestApp {
         let records = MemoryRecorder::default();
         let injected = Injected {
             recorder: Some(Arc::new(records.clone())),
-            clock: None,
+            clock: Some(clock.clone()),
         };
         let app = App::start_with(settings, injected)
             .await
@@ -41,7 +50,32 @@ impl TestApp {
             .no_proxy()
             .build()
             .expect("client");
-        TestApp { app, records, http }
+        TestApp {
+            app,
+            records,
+            http,
+            clock,
+        }
+    }
+
+    /// Moves the app's wall clock (a manual clock only).
+    pub fn advance_clock(&self, by: chrono::Duration) {
+        self.clock.advance(by);
+    }
+
+    /// POSTs a body to a proxy path and returns the record of the call.
+    pub async fn post_for_record(&self, path: &str, body: &str) -> CallRecord {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let id = call_id(&resp);
+        resp.bytes().await.unwrap();
+        self.record_of(&id).await
     }
 
     pub fn url(&self, path: &str) -> String {
