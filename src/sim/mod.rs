@@ -33,16 +33,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use request::*;
+use request::{parse_call, Fault, Script, THINKING_RULES};
 use serde_json::{json, Value};
-use shape::*;
+use shape::{error, ErrorKind, Proto};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wire::*;
+use wire::{compat_body, native_body, sse_error, stream_response, whole_response};
 
 #[derive(Debug, Clone)]
 pub struct SimOptions {

@@ -1,7 +1,7 @@
 //! What the simulator reads from a request: protocol, model and its thinking rule, knobs and faults; and
 //! the text it will generate, a pure function of the seed, the model and the prompt.
 
-use super::shape::*;
+use super::shape::{error, ErrorKind, Proto};
 use super::SimOptions;
 use crate::usage::estimate::TextTally;
 use axum::http::{header, HeaderMap, StatusCode};

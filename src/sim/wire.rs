@@ -1,8 +1,8 @@
 //! What the simulator writes: the reference's response shapes for both protocols, whole or streamed, and
 //! the platform's error shapes.
 
-use super::request::*;
-use super::shape::*;
+use super::request::{Call, Fault, Script};
+use super::shape::Proto;
 use super::SimOptions;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -14,6 +14,7 @@
 pub mod estimate;
 pub mod sse;
 pub mod tap;
+mod wire;
 
 use serde::Deserialize;
 use std::borrow::Cow;

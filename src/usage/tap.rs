@@ -16,8 +16,8 @@
 
 use super::estimate::{TextTally, COMPLETION_OVERHEAD};
 use super::sse::{SseEvent, SseParser};
+use super::wire::{error_code_of, is_finished, parse_wire, Message, Wire, WireTokens, WireUsage};
 use super::{Protocol, RequestInfo, Tokens, UsageSource};
-use serde::Deserialize;
 use std::borrow::Cow;
 use std::io::Write;
 
@@ -111,14 +111,6 @@ struct Observed {
     answer: TextTally,
     saw_token: bool,
     parse_errors: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct WireTokens {
-    input: u64,
-    cached: u64,
-    output: u64,
-    reasoning: Option<u64>,
 }
 
 pub struct ResponseTap {
@@ -408,170 +400,6 @@ fn on_event(
     }
 }
 
-// ---- wire shapes -------------------------------------------------------------------------------------
-
-/// One JSON object of either protocol: a compat chunk or body, a native event or body, or an error.
-/// Fields are optional and unknown fields ignored, so every shape of the reference parses with this type.
-#[derive(Deserialize, Default)]
-struct Wire<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    request_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
-    #[serde(borrow, default)]
-    output: Option<NativeOutput<'a>>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
-    #[serde(default)]
-    code: Option<serde_json::Value>,
-}
-
-/// The fallback when a chunk's content has a shape [`Wire`] does not expect: keep what the record needs.
-#[derive(Deserialize, Default)]
-struct WireMinimal {
-    #[serde(default)]
-    request_id: Option<String>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
-    #[serde(default)]
-    code: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<Message<'a>>,
-    #[serde(borrow, default)]
-    message: Option<Message<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct NativeOutput<'a> {
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCall<'a> {
-    #[serde(borrow, default)]
-    function: Option<ToolFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ToolFunction<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    input_tokens: Option<u64>,
-    #[serde(default)]
-    output_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens_details: Option<OutputDetails>,
-    #[serde(default)]
-    output_tokens_details: Option<OutputDetails>,
-    #[serde(default)]
-    prompt_tokens_details: Option<PromptDetails>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-struct OutputDetails {
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-struct PromptDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-impl WireUsage {
-    fn tokens(&self) -> Option<WireTokens> {
-        let input = self.prompt_tokens.or(self.input_tokens);
-        let output = self.completion_tokens.or(self.output_tokens);
-        if input.is_none() && output.is_none() {
-            return None;
-        }
-        let details = self
-            .completion_tokens_details
-            .or(self.output_tokens_details);
-        Some(WireTokens {
-            input: input.unwrap_or(0),
-            cached: self
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            output: output.unwrap_or(0),
-            reasoning: details.and_then(|d| d.reasoning_tokens),
-        })
-    }
-}
-
-/// Parses one JSON object of either protocol. When the full shape does not parse (a field of an unexpected
-/// type, invalid UTF-8 in a text), a minimal parse still salvages usage and errors; the second value says
-/// the object was only partly understood (counted as a parse error).
-fn parse_wire(data: &[u8]) -> Option<(Wire<'_>, bool)> {
-    if let Ok(w) = serde_json::from_slice::<Wire<'_>>(data) {
-        return Some((w, false));
-    }
-    let m: WireMinimal = serde_json::from_slice(data).ok()?;
-    let w = Wire {
-        request_id: m.request_id.map(Cow::Owned),
-        usage: m.usage,
-        error: m.error,
-        code: m.code,
-        ..Wire::default()
-    };
-    Some((w, true))
-}
-
-fn error_code_of(error: &serde_json::Value) -> String {
-    let pick = |k: &str| {
-        error
-            .get(k)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    pick("code")
-        .or_else(|| pick("type"))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn absorb(
     obs: &mut Observed,
     protocol: Protocol,
@@ -643,11 +471,6 @@ fn absorb(
             obs.terminal = true;
         }
     }
-}
-
-/// Native streams send the string `"null"` until the last event.
-fn is_finished(reason: &str) -> bool {
-    !reason.is_empty() && reason != "null"
 }
 
 fn tally_message(obs: &mut Observed, message: Option<&Message<'_>>, accumulate: bool) {
