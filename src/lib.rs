@@ -31,4 +31,5 @@ pub mod server;
 pub mod shipper;
 pub mod sim;
 pub mod state;
+pub mod telemetry;
 pub mod usage;

@@ -47,38 +47,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run the DashScope simulator alone (benchmarks, demos).
     Sim(SimArgs),
-    /// Print the effective price book.
-    Prices(PricesArgs),
-    /// Create the database if missing and apply the migrations.
-    Migrate(MigrateArgs),
-}
-
-/// Flags of `migrate`.
-#[derive(Debug, Default, Args)]
-pub struct MigrateArgs {
-    /// Postgres URL of the ledger.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
-    pub database_url: String,
-}
-
-/// Flags of `prices`.
-#[derive(Debug, Default, Args)]
-pub struct PricesArgs {
-    /// Price-book file (TOML); the built-in book when absent.
-    #[arg(long, env = "METER_PRICES")]
-    pub prices: Option<PathBuf>,
-    /// Billing time zone (IANA name), in which the book's effective dates start at midnight.
-    #[arg(long, env = "METER_BILLING_TIMEZONE", default_value = "Asia/Shanghai")]
-    pub billing_timezone: String,
-}
-
-impl PricesArgs {
-    /// The book as `serve` would read it with the same flags.
-    pub fn price_book(&self) -> Result<PriceBook, SettingError> {
-        let tz = timezone(Some(&self.billing_timezone))
-            .map_err(|p| SettingError::new("billing_timezone", "METER_BILLING_TIMEZONE", p))?;
-        load_prices(self.prices.as_deref(), tz)
-    }
+    /// Print the effective price book (`--prices`, `--billing-timezone`, as `serve` would read them).
+    Prices(Box<ServeArgs>),
+    /// Create the database if missing and apply the migrations (`--database-url`, as `serve` would read it).
+    Migrate(Box<ServeArgs>),
 }
 
 /// Flags of `sim`.
@@ -469,5 +441,30 @@ mod tests {
         std::fs::write(&path, "listn = \"127.0.0.1:1\"\n").unwrap();
         let err = load_file(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("listn") && !err.contains('\n'), "{err}");
+    }
+
+    /// The README's configuration table is the user's manual: every setting of the table above has its
+    /// row there, with its flag, variable, config key and default.
+    #[test]
+    fn the_readme_lists_every_setting_with_its_default() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for s in SERVE_SETTINGS {
+            let flag = format!("`--{}`", s.key.replace('_', "-"));
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| {flag} |")))
+                .unwrap_or_else(|| panic!("README has no row for {flag}"));
+            assert!(row.contains(&format!("`{}`", s.env)), "{row}");
+            assert!(row.contains(&format!("`{}`", s.key)), "{row}");
+            match s.default {
+                Some("false") => assert!(row.contains("off"), "{row}"),
+                Some(d) => assert!(
+                    row.contains(&format!("`{d}`")),
+                    "{flag}: default {d}: {row}"
+                ),
+                None => {}
+            }
+        }
     }
 }
