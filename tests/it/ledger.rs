@@ -1,36 +1,12 @@
 //! The durable ledger through the front door: real app, real Postgres (a database per test), real HTTP.
-//! Every test ends with the ledger audited: rows = calls, no duplicates, exact values.
+//! Every test ends with the ledger audited: the rows are exactly the calls its clients saw (less those answered
+//! without a record), nothing dead-lettered; the rows' values are checked where the test is about them.
 
 use crate::helpers::captures::*;
 use crate::helpers::*;
 use deepseek_meter::config::Upstream;
 use deepseek_meter::journal::OnFull;
 use serde_json::Value;
-
-async fn call(
-    t: &LedgerApp,
-    path: &str,
-    body: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String, Vec<u8>) {
-    let mut rb = t
-        .http
-        .post(t.url(path))
-        .bearer_auth("sk-ledger-test-1234")
-        .body(body.to_owned());
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let id = call_id(&resp);
-    let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-    (status, id, bytes)
-}
-
-async fn audit(db: &TestDb, expected_calls: usize) {
-    assert_eq!(db.audit().await.len(), expected_calls, "rows = calls");
-}
 
 #[tokio::test]
 async fn every_shape_gives_its_exact_row() {
@@ -40,7 +16,9 @@ async fn every_shape_gives_its_exact_row() {
 
     // Mission example: v3.2-exp, 4 input, 140 output of which 79 reasoning → 4×2 + 79×3 + 61×3 = 428 / 10⁶.
     up.push(Script::sse(events(COMPAT_V32_SSE)));
-    let (_, id, _) = call(&t, COMPAT_PATH, stream_req, &[("x-meter-project", "alpha")]).await;
+    let (_, id, _) = t
+        .call(COMPAT_PATH, stream_req, &[("x-meter-project", "alpha")])
+        .await;
     let row = t.row(&id).await;
     assert_eq!(row["cost_total"], "0.000428");
     assert_eq!(row["price_version"], "deepseek-v3.2-exp@2025-09-29");
@@ -67,13 +45,13 @@ async fn every_shape_gives_its_exact_row() {
 
     // Native r1 JSON: 11 in, 302 out at 4 / 16 → 44 + 4832 = 4876 / 10⁶.
     up.push(Script::json(200, NATIVE_R1_JSON));
-    let (_, id, _) = call(
-        &t,
-        NATIVE_PATH,
-        r#"{"model":"deepseek-r1","input":{"messages":[]}}"#,
-        &[],
-    )
-    .await;
+    let (_, id, _) = t
+        .call(
+            NATIVE_PATH,
+            r#"{"model":"deepseek-r1","input":{"messages":[]}}"#,
+            &[],
+        )
+        .await;
     let row = t.row(&id).await;
     assert_eq!(
         (row["cost_total"].as_str(), row["protocol"].as_str()),
@@ -82,13 +60,13 @@ async fn every_shape_gives_its_exact_row() {
 
     // Cached input: v3.1, 3019 in of which 2048 cached, 104 out → 971×4 + 2048×0.8 + 104×12 = 6770.4 / 10⁶.
     up.push(Script::json(200, r#"{"choices":[{"message":{"content":"ok","role":"assistant"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":3019,"completion_tokens":104,"total_tokens":3123,"prompt_tokens_details":{"cached_tokens":2048}},"model":"deepseek-v3.1","id":"chatcmpl-c"}"#));
-    let (_, id, _) = call(
-        &t,
-        COMPAT_PATH,
-        r#"{"model":"deepseek-v3.1","messages":[]}"#,
-        &[],
-    )
-    .await;
+    let (_, id, _) = t
+        .call(
+            COMPAT_PATH,
+            r#"{"model":"deepseek-v3.1","messages":[]}"#,
+            &[],
+        )
+        .await;
     let row = t.row(&id).await;
     assert_eq!(
         (row["cost_total"].as_str(), row["cached_tokens"].as_i64()),
@@ -97,13 +75,9 @@ async fn every_shape_gives_its_exact_row() {
 
     // An upstream error: priced, costs nothing, keeps its code.
     up.push(Script::json(401, r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"},"request_id":"r"}"#));
-    let (_, id, _) = call(
-        &t,
-        COMPAT_PATH,
-        r#"{"model":"deepseek-v3","messages":[]}"#,
-        &[],
-    )
-    .await;
+    let (_, id, _) = t
+        .call(COMPAT_PATH, r#"{"model":"deepseek-v3","messages":[]}"#, &[])
+        .await;
     let row = t.row(&id).await;
     assert_eq!(
         (row["status"].as_str(), row["error_code"].as_str()),
@@ -117,13 +91,9 @@ async fn every_shape_gives_its_exact_row() {
 
     // An unknown model: kept, unpriced, no cost (never a zero cost).
     up.push(Script::json(200, r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5},"model":"deepseek-v9"}"#));
-    let (_, id, _) = call(
-        &t,
-        COMPAT_PATH,
-        r#"{"model":"deepseek-v9","messages":[]}"#,
-        &[],
-    )
-    .await;
+    let (_, id, _) = t
+        .call(COMPAT_PATH, r#"{"model":"deepseek-v9","messages":[]}"#, &[])
+        .await;
     let row = t.row(&id).await;
     assert_eq!(
         (row["priced"].as_bool(), row["cost_total"].is_null()),
@@ -135,7 +105,7 @@ async fn every_shape_gives_its_exact_row() {
     let mut script = Script::sse(events(COMPAT_V32_SSE).into_iter().take(2).collect());
     script.end = End::Reset;
     up.push(script);
-    let (_, id, _) = call(&t, COMPAT_PATH, stream_req, &[]).await;
+    let (_, id, _) = t.call(COMPAT_PATH, stream_req, &[]).await;
     let row = t.row(&id).await;
     assert_eq!(
         (row["status"].as_str(), row["usage_source"].as_str()),
@@ -147,13 +117,9 @@ async fn every_shape_gives_its_exact_row() {
     // Native SSE, cumulative usage: 11 in, 406 out at 4 / 16 → 44 + 6496 = 6540 / 10⁶.
     up.push(Script::sse(events(NATIVE_R1_SSE)));
     let native_req = r#"{"model":"deepseek-r1","input":{"messages":[]},"parameters":{"incremental_output":true}}"#;
-    let (_, id, _) = call(
-        &t,
-        NATIVE_PATH,
-        native_req,
-        &[("x-dashscope-sse", "enable")],
-    )
-    .await;
+    let (_, id, _) = t
+        .call(NATIVE_PATH, native_req, &[("x-dashscope-sse", "enable")])
+        .await;
     let row = t.row(&id).await;
     assert_eq!(
         (row["cost_total"].as_str(), row["stream"].as_bool()),
@@ -163,13 +129,9 @@ async fn every_shape_gives_its_exact_row() {
     // Native error event delivered with HTTP 200: an upstream error with the in-band status.
     let native_err = "id:1\nevent:error\n:HTTP_STATUS/400\ndata:{\"code\":\"InvalidParameter\",\"message\":\"Role must be user or assistant\",\"request_id\":\"7671ecd8\"}\n\n";
     up.push(Script::sse(vec![native_err.as_bytes().to_vec()]));
-    let (status, id, _) = call(
-        &t,
-        NATIVE_PATH,
-        native_req,
-        &[("x-dashscope-sse", "enable")],
-    )
-    .await;
+    let (status, id, _) = t
+        .call(NATIVE_PATH, native_req, &[("x-dashscope-sse", "enable")])
+        .await;
     assert_eq!(status, 200);
     let row = t.row(&id).await;
     assert_eq!(
@@ -186,7 +148,7 @@ async fn every_shape_gives_its_exact_row() {
     let mut sse400 = Script::sse(vec![b"data: {\"error\":{\"code\":\"invalid_parameter_error\",\"param\":null,\"message\":\"Range of top_logprobs should be [0, 5]\",\"type\":\"invalid_request_error\"},\"id\":\"chatcmpl-54036480\"}\n\n".to_vec()]);
     sse400.status = 400;
     up.push(sse400);
-    let (_, id, _) = call(&t, COMPAT_PATH, stream_req, &[]).await;
+    let (_, id, _) = t.call(COMPAT_PATH, stream_req, &[]).await;
     let row = t.row(&id).await;
     assert_eq!(
         (row["error_code"].as_str(), row["http_status"].as_i64()),
@@ -203,7 +165,7 @@ async fn every_shape_gives_its_exact_row() {
     .await
     .unwrap();
     assert_eq!(bad, 0);
-    audit(&t.db, 9).await;
+    t.audit(&[]).await;
     let unknown = t
         .http
         .get(t.admin_url(&format!("/v1/calls/{}", uuid::Uuid::now_v7())))
@@ -227,7 +189,7 @@ async fn simulator_calls_are_priced_from_the_book() {
         let body = format!(
             r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":true}}"#
         );
-        let (status, id, _) = call(&t, COMPAT_PATH, &body, &[("x-sim-chunks", "10")]).await;
+        let (status, id, _) = t.call(COMPAT_PATH, &body, &[("x-sim-chunks", "10")]).await;
         assert_eq!(status, 200);
         ids.push((model, id));
     }
@@ -250,7 +212,7 @@ async fn simulator_calls_are_priced_from_the_book() {
         assert_eq!(d(row["cost_total"].as_str().unwrap()), expected, "{model}");
         assert_eq!(row["priced"], true, "{model}: free models are priced at 0");
     }
-    audit(&t.db, 4).await;
+    t.audit(&[]).await;
     t.app.shutdown().await;
 }
 
@@ -267,7 +229,7 @@ async fn records_journaled_without_a_database_are_shipped_after_restart() {
     })
     .await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut ids = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for _ in 0..25 {
         let r = http
             .post(format!("http://{}{COMPAT_PATH}", app.proxy_addr))
@@ -275,7 +237,7 @@ async fn records_journaled_without_a_database_are_shipped_after_restart() {
             .send()
             .await
             .unwrap();
-        ids.push(call_id(&r));
+        ids.insert(call_id(&r));
         r.bytes().await.unwrap();
     }
     app.shutdown().await; // records stay in the journal
@@ -296,15 +258,7 @@ async fn records_journaled_without_a_database_are_shipped_after_restart() {
 
     let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |_| {}).await;
     app.flush_ledger().await;
-    audit(&db, 25).await;
-    let pool = db.pool().await;
-    let stored: Vec<String> = sqlx::query_scalar("SELECT call_id::text FROM usage_ledger")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    for id in &ids {
-        assert!(stored.contains(id), "{id} shipped");
-    }
+    db.audit(&ids, journal.path()).await;
     app.shutdown().await;
     // Shipped segments are gone; the checkpoint is at the end.
     let left = std::fs::read_dir(journal.path())
@@ -322,35 +276,39 @@ async fn records_journaled_without_a_database_are_shipped_after_restart() {
 
 #[tokio::test]
 async fn journal_cap_refuses_new_calls_by_default() {
-    let t = LedgerApp::start(Upstream::Sim, |s| {
+    let up = ScriptedUpstream::start().await;
+    let t = LedgerApp::start(up.upstream(), |s| {
         s.ledger.as_mut().unwrap().journal.max_bytes = 1
     })
     .await;
     t.app.flush_ledger().await;
     // The first call fits (the cap is checked before a call starts; the journal is empty).
-    let (s1, _, _) = call(
-        &t,
-        COMPAT_PATH,
-        r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#,
-        &[],
-    )
-    .await;
+    up.push(Script::json(200, COMPAT_R1_JSON));
+    let (s1, _, _) = t
+        .call(
+            COMPAT_PATH,
+            r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
     assert_eq!(s1, 200);
     // Until the shipper deletes its segment... the active segment stays: the cap holds.
     t.app.flush_ledger().await;
-    let (s2, _, body) = call(
-        &t,
-        NATIVE_PATH,
-        r#"{"model":"deepseek-v3","input":{"messages":[]}}"#,
-        &[],
-    )
-    .await;
+    let (s2, refused, body) = t
+        .call(
+            NATIVE_PATH,
+            r#"{"model":"deepseek-v3","input":{"messages":[]}}"#,
+            &[],
+        )
+        .await;
     assert_eq!(s2, 503);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["code"], "MeterJournalFull", "native error shape");
+    assert_eq!(v["request_id"], refused.as_str());
+    assert_eq!(up.seen.lock().unwrap().len(), 1, "nothing forwarded");
     let ready = t.http.get(t.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    audit(&t.db, 1).await;
+    t.audit(&[&refused]).await;
     t.app.shutdown().await;
 }
 
@@ -363,9 +321,9 @@ async fn journal_cap_in_serve_mode_counts_unrecorded_calls() {
     })
     .await;
     let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#;
-    let (s1, _, _) = call(&t, COMPAT_PATH, body, &[]).await;
+    let (s1, _, _) = t.call(COMPAT_PATH, body, &[]).await;
     t.app.flush_ledger().await;
-    let (s2, _, _) = call(&t, COMPAT_PATH, body, &[]).await;
+    let (s2, unrecorded, _) = t.call(COMPAT_PATH, body, &[]).await;
     assert_eq!((s1, s2), (200, 200));
     t.app.flush_ledger().await;
     let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
@@ -373,7 +331,7 @@ async fn journal_cap_in_serve_mode_counts_unrecorded_calls() {
         metrics.contains("deepseek_meter_ledger_unrecorded_calls 1"),
         "{metrics}"
     );
-    audit(&t.db, 1).await;
+    t.audit(&[&unrecorded]).await;
     t.app.shutdown().await;
 }
 
@@ -396,19 +354,27 @@ async fn sigterm_style_shutdown_records_every_open_stream() {
             .send()
             .await
             .unwrap();
+        t.saw(&call_id(&resp));
         let mut s = resp.bytes_stream();
         use futures_util::StreamExt;
         s.next().await.unwrap().unwrap();
         streams.push(s);
     }
-    let db_url = t.db.url.clone();
+    let ids = t.seen_ids();
     t.app.shutdown().await;
-    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
-    let aborted: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_ledger WHERE status = 'client_aborted' AND usage_source = 'estimated'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(aborted, 5, "every open stream has its row");
+    let statuses = t.db.audit(&ids, t.journal.path()).await;
+    assert_eq!(ids.len(), 5);
+    for id in &ids {
+        assert_eq!(statuses[id], "client_aborted", "{id}");
+    }
+    let pool = t.db.pool().await;
+    let estimated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM usage_ledger WHERE usage_source = 'estimated' AND input_tokens > 0",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(estimated, 5, "each cut stream's usage is estimated");
     drop(streams);
 }
 
@@ -427,9 +393,20 @@ async fn a_second_sidecar_on_the_same_journal_directory_is_refused() {
         "{text}"
     );
     t.app.shutdown().await;
-    // Once the first is gone, the directory is free again.
+    // Once the first is gone, the directory is free again, and a call through it lands.
     let again = LedgerApp::start_on(&t.db, t.journal.path(), Upstream::Sim, |_| {}).await;
+    let resp = t
+        .http
+        .post(format!("http://{}{COMPAT_PATH}", again.proxy_addr))
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let ids = [call_id(&resp)].into_iter().collect();
+    resp.bytes().await.unwrap();
+    again.flush_ledger().await;
     again.shutdown().await;
+    t.db.audit(&ids, t.journal.path()).await;
 }
 
 /// A role of its own, dropped after the test's database (declare it first: it is dropped last).
@@ -482,6 +459,10 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
     let row = get_text(&http, &format!("http://{}/v1/calls/{id}", app.admin_addr)).await;
     assert!(row.contains(&id), "{row}");
     app.shutdown().await;
+    owner
+        .db
+        .audit(&[id].into_iter().collect(), journal.path())
+        .await;
 
     let writer = sqlx::PgPool::connect(&as_writer).await.unwrap();
     for sql in [

@@ -1,6 +1,6 @@
 //! Keys never leave the door: a canary API key sent through every kind of call, error and fault, and a
 //! second canary injected from `DASHSCOPE_API_KEY`, are searched for in the logs (every level), the ledger,
-//! the journal files, `/metrics` and `/v1/calls`. Zero hits.
+//! the journal files, `/metrics`, `/readyz` and every call's `/v1/calls/{id}`. Zero hits.
 
 use crate::helpers::bin::{Bin, SERVE_ON_SIM};
 use crate::helpers::*;
@@ -40,7 +40,7 @@ async fn a_canary_key_appears_nowhere() {
         v.to_string()
     };
     let native = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"hi"}]},"parameters":{"incremental_output":true}}"#;
-    let mut ids = Vec::new();
+    let mut metered = std::collections::HashSet::new();
     type Call<'a> = (String, String, Vec<(&'a str, &'a str)>);
     let mut calls: Vec<Call> = vec![
         (COMPAT_PATH.into(), compat(false, false), vec![]),
@@ -85,25 +85,42 @@ async fn a_canary_key_appears_nowhere() {
             rb = rb.header(*k, *v);
         }
         let resp = rb.send().await.unwrap();
-        ids.push(call_id(&resp));
+        if path == COMPAT_PATH || path == NATIVE_PATH {
+            metered.insert(call_id(&resp));
+        }
         let _ = resp.bytes().await;
     }
     let mut exposed = get_text(&http, &format!("http://{admin}/metrics")).await;
     exposed.push_str(&get_text(&http, &format!("http://{admin}/readyz")).await);
+    // Every metered call's row through the admin API, once the shipper has it in Postgres.
+    for id in &metered {
+        let url = format!("http://{admin}/v1/calls/{id}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let row = loop {
+            let resp = http.get(&url).send().await.unwrap();
+            if resp.status() == 200 {
+                break resp.text().await.unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} reaches /v1/calls"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(row.contains(id.as_str()), "{row}");
+        exposed.push_str(&row);
+    }
 
     assert!(bin.sigterm().success());
 
     // The ledger (through the admin API of a second instance would need it running; read it directly).
+    assert_eq!(metered.len(), 23, "25 calls, 2 of them to unmetered paths");
+    db.audit(&metered, journal.path()).await;
     let pool = db.pool().await;
     let rows: Vec<String> = sqlx::query_scalar("SELECT row_to_json(l)::text FROM usage_ledger l")
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert!(
-        rows.len() >= 20,
-        "the calls were recorded ({} rows)",
-        rows.len()
-    );
     let mut journal_bytes = Vec::new();
     for e in std::fs::read_dir(journal.path()).unwrap() {
         journal_bytes.extend(std::fs::read(e.unwrap().path()).unwrap_or_default());
@@ -124,7 +141,10 @@ async fn a_canary_key_appears_nowhere() {
             !String::from_utf8_lossy(&journal_bytes).contains(secret),
             "key in the journal"
         );
-        assert!(!exposed.contains(secret), "key in metrics or readiness");
+        assert!(
+            !exposed.contains(secret),
+            "key in metrics, readiness or /v1/calls"
+        );
     }
     // The fingerprints are there instead.
     assert!(

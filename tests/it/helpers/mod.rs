@@ -7,7 +7,7 @@ use deepseek_meter::app::{App, Injected};
 use deepseek_meter::clock::Clock;
 use deepseek_meter::config::{Settings, Upstream};
 use deepseek_meter::record::{CallRecord, MemoryRecorder};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,6 +101,8 @@ pub struct LedgerApp {
     pub db: TestDb,
     pub journal: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// Every call id a client of this test saw, for the audit.
+    seen: Mutex<HashSet<String>>,
 }
 
 impl LedgerApp {
@@ -114,7 +116,49 @@ impl LedgerApp {
             db,
             journal,
             http,
+            seen: Mutex::default(),
         }
+    }
+
+    /// POSTs a body through the proxy; returns status, call id and body. The id is kept for the audit.
+    pub async fn call(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, Vec<u8>) {
+        let mut rb = self.http.post(self.url(path)).body(body.to_owned());
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let id = call_id(&resp);
+        self.saw(&id);
+        let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        (status, id, bytes)
+    }
+
+    /// The call ids this test's clients saw.
+    pub fn seen_ids(&self) -> HashSet<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// A call id a client saw, outside [`LedgerApp::call`].
+    pub fn saw(&self, id: &str) {
+        self.seen.lock().unwrap().insert(id.to_owned());
+    }
+
+    /// The audit every ledger test ends with: the ledger holds a row for exactly the calls this test's
+    /// clients saw, minus `refused` (calls answered without a record, e.g. 503 at the journal cap), and
+    /// nothing was dead-lettered. Returns each row's status by call id.
+    pub async fn audit(&self, refused: &[&str]) -> HashMap<String, String> {
+        self.app.flush_ledger().await;
+        let mut expected = self.seen.lock().unwrap().clone();
+        for id in refused {
+            assert!(expected.remove(*id), "{id} was seen by a client");
+        }
+        self.db.audit(&expected, self.journal.path()).await
     }
 
     /// Another sidecar on the same database and journal directory (a restart).
@@ -302,6 +346,8 @@ impl Script {
 pub struct Seen {
     pub request_line: String,
     pub headers: Vec<(String, String)>,
+    /// The request head as received, byte for byte (header values need not be UTF-8).
+    pub raw_head: Vec<u8>,
     pub body: Vec<u8>,
 }
 
@@ -450,6 +496,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<Seen> {
     Some(Seen {
         request_line,
         headers,
+        raw_head: buf[..head_end].to_vec(),
         body,
     })
 }
@@ -531,22 +578,54 @@ pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
 }
 
 impl TestDb {
-    /// The ledger audit every ledger test ends with: no duplicate rows; returns the call ids stored.
-    pub async fn audit(&self) -> std::collections::HashSet<String> {
+    /// The call ids stored in the ledger.
+    pub async fn call_ids(&self) -> HashSet<String> {
         let pool = self.pool().await;
-        let (rows, distinct): (i64, i64) =
-            sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM usage_ledger")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        assert_eq!(rows, distinct, "no duplicates");
-        sqlx::query_scalar::<_, String>("SELECT call_id::text FROM usage_ledger")
+        let ids = sqlx::query_scalar::<_, String>("SELECT call_id::text FROM usage_ledger")
             .fetch_all(&pool)
             .await
-            .unwrap()
-            .into_iter()
-            .collect()
+            .unwrap();
+        pool.close().await;
+        ids.into_iter().collect()
     }
+
+    /// The ledger audit: the rows are exactly the calls in `ids` (no call without its row, no row without
+    /// its call) and the shipper dead-lettered nothing in `journal` (a rejected insert is not a stored row).
+    /// Returns each row's status by call id.
+    pub async fn audit(
+        &self,
+        ids: &HashSet<String>,
+        journal: &std::path::Path,
+    ) -> HashMap<String, String> {
+        assert_no_dead_letters(journal);
+        let stored = self.call_ids().await;
+        let lost: Vec<_> = ids.difference(&stored).collect();
+        let extra: Vec<_> = stored.difference(ids).collect();
+        assert!(
+            lost.is_empty(),
+            "{} calls have no row: {lost:?}",
+            lost.len()
+        );
+        assert!(
+            extra.is_empty(),
+            "{} rows belong to no call: {extra:?}",
+            extra.len()
+        );
+        let pool = self.pool().await;
+        let statuses =
+            sqlx::query_as::<_, (String, String)>("SELECT call_id::text, status FROM usage_ledger")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        statuses.into_iter().collect()
+    }
+}
+
+/// The shipper wrote no record to `dead-letter.jsonl` in this journal directory.
+pub fn assert_no_dead_letters(journal: &std::path::Path) {
+    let dead = std::fs::read_to_string(journal.join("dead-letter.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "records were dead-lettered: {dead}");
 }
 
 /// `ci` in a normal run; `soak` when `METER_SOAK` is set (`bench/soak.sh` runs the fault suite that way).
@@ -558,18 +637,41 @@ pub fn scale(ci: usize, soak: usize) -> usize {
     }
 }
 
-/// A slowloris client: connects, sends half a request head, then nothing. The handle resolves, with the
-/// moment, when the server closes the connection.
-pub async fn slow_client(addr: SocketAddr) -> tokio::task::JoinHandle<std::time::Instant> {
+/// A slowloris client: connects, sends half a request head, then nothing.
+pub struct SlowClient {
+    /// Taken before connecting: the server's header timer starts after this.
+    pub connected_before: std::time::Instant,
+    /// Resolves, with the moment, when the server closes the connection.
+    pub closed: tokio::task::JoinHandle<std::time::Instant>,
+}
+
+impl SlowClient {
+    /// Waits (at most `bound`) for the server to cut this client; returns how long it held on after
+    /// connecting (at least the server's header timeout, if the server waited for it).
+    pub async fn held_for(self, bound: Duration) -> Duration {
+        let closed_at = tokio::time::timeout(bound, self.closed)
+            .await
+            .expect("the slow client is cut")
+            .unwrap();
+        closed_at - self.connected_before
+    }
+}
+
+pub async fn slow_client(addr: SocketAddr) -> SlowClient {
+    let connected_before = std::time::Instant::now();
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"POST /compatible-mode/v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
-    tokio::spawn(async move {
+    let closed = tokio::spawn(async move {
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf).await;
         std::time::Instant::now()
-    })
+    });
+    SlowClient {
+        connected_before,
+        closed,
+    }
 }
 
 /// Every fault the simulator can play (`x-sim-fault`).
@@ -583,3 +685,16 @@ pub const SIM_FAULTS: [&str; 8] = [
     "stall",
     "garbage",
 ];
+
+/// Sends `request` as raw bytes on a fresh connection and returns what the server answers before it closes.
+pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
