@@ -120,14 +120,19 @@ impl LedgerApp {
         }
     }
 
-    /// POSTs a body through the proxy; returns status, call id and body. The id is kept for the audit.
+    /// POSTs a body through the proxy with the key `sk-ledger-test-1234`; returns status, call id and body.
+    /// The id is kept for the audit.
     pub async fn call(
         &self,
         path: &str,
         body: &str,
         headers: &[(&str, &str)],
     ) -> (u16, String, Vec<u8>) {
-        let mut rb = self.http.post(self.url(path)).body(body.to_owned());
+        let mut rb = self
+            .http
+            .post(self.url(path))
+            .bearer_auth("sk-ledger-test-1234")
+            .body(body.to_owned());
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
