@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pg_isready -h 127.0.0.1 -p 5432 -q || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
 mkdir -p bench/results
-METER_SOAK=1 cargo nextest run --locked --release --test faults --test durability --no-fail-fast \
-  --test-threads 1 --success-output immediate 2>&1 | tee bench/results/soak.log | grep -E "RESULT|PASS|FAIL|Summary"
+METER_SOAK=1 cargo nextest run --locked --release --profile soak --test it -E 'test(/^(faults|durability)::/)' \
+  --no-fail-fast --test-threads 1 --success-output immediate 2>&1 | tee bench/results/soak.log | grep -E "RESULT|PASS|FAIL|Summary"

@@ -83,7 +83,10 @@ async fn kill_under_load(strict: bool, rounds: usize) -> (usize, Vec<(String, Du
         }
         // Let load build, then kill at an arbitrary moment: after 40–119 completed calls.
         let target = 40 + (uuid::Uuid::now_v7().as_u128() % 80) as usize;
-        count.wait_for(|n| *n >= target).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), count.wait_for(|n| *n >= target))
+            .await
+            .expect("the load runs")
+            .unwrap();
         // The moment of the signal, taken before it is sent (not after the process is reaped).
         let killed_at = Instant::now();
         child.kill(); // SIGKILL

@@ -88,8 +88,20 @@ async fn postgres_outage_under_steady_load_loses_and_duplicates_nothing() {
         }));
     }
     let calls_now = || seen.lock().unwrap().len();
+    // Waits until `n` more calls have completed (the load is running), or fails.
+    let more_calls = |n: usize| {
+        let target = calls_now() + n;
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while seen.lock().unwrap().len() < target {
+                assert!(Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    more_calls(50).await; // load has built up
     pg.set_down(true);
     let before_outage = calls_now();
     tokio::time::sleep(outage).await;
@@ -113,7 +125,7 @@ async fn postgres_outage_under_steady_load_loses_and_duplicates_nothing() {
         .await
         .expect("backlog drains after the database returns");
     let drain = back.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    more_calls(50).await; // and goes on after the drain
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
@@ -398,9 +410,7 @@ async fn every_upstream_fault_gives_one_row_and_the_client_an_answer() {
     }
     // Connection refused: a second sidecar whose upstream port is bound but not listening (held for the
     // whole test, so no other test can take it).
-    let closed = tokio::net::TcpSocket::new_v4().unwrap();
-    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let closed_addr = closed.local_addr().unwrap();
+    let (closed, closed_addr) = refusing_port();
     let refused_journal = tempfile::tempdir().unwrap();
     let refused_app = LedgerApp::start_on(
         &t.db,
@@ -423,8 +433,8 @@ async fn every_upstream_fault_gives_one_row_and_the_client_an_answer() {
     assert_eq!(body["request_id"], id.as_str());
     expected.push((id.clone(), "connection refused".into(), "upstream_aborted"));
     ids.insert(id);
-    refused_app.flush_ledger().await;
-    t.app.flush_ledger().await;
+    flush(&refused_app).await;
+    flush(&t.app).await;
     assert_no_dead_letters(refused_journal.path());
 
     let statuses = t.db.audit(&ids, t.journal.path()).await;
@@ -502,7 +512,7 @@ async fn odd_client_requests_are_forwarded_or_answered_and_metered() {
         assert!(resp.headers().contains_key("x-meter-call-id"), "{method}");
         resp.bytes().await.unwrap();
     }
-    t.app.flush_ledger().await;
+    flush(&t.app).await;
     let statuses = t.db.audit(&ids, t.journal.path()).await;
     let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
     assert!(
@@ -551,7 +561,7 @@ async fn thousands_of_slow_clients_are_cut_and_real_calls_still_served() {
         );
     }
     let all_cut_in = started.elapsed();
-    t.app.flush_ledger().await;
+    flush(&t.app).await;
     let statuses = t.db.audit(&ids, t.journal.path()).await;
     println!(
         "RESULT {slow_clients} slow clients: 20 real calls served in {} ms meanwhile, rows={}, all slow clients cut after {} ms",
@@ -560,20 +570,6 @@ async fn thousands_of_slow_clients_are_cut_and_real_calls_still_served() {
         all_cut_in.as_millis()
     );
     t.app.shutdown().await;
-}
-
-fn a_record(i: usize) -> deepseek_meter::record::CallRecord {
-    serde_json::from_value(serde_json::json!({
-        "call_id": uuid::Uuid::now_v7(), "upstream_request_id": format!("req-{i}"), "protocol": "openai",
-        "model": "deepseek-v3.2-exp", "stream": true, "status": "ok", "http_status": 200, "error_code": null,
-        "started_at": "2026-11-25T10:00:00Z", "finished_at": "2026-11-25T10:00:01Z",
-        "billing_hour": "2026-11-25T10:00:00Z", "ttft_ms": 120.0, "duration_ms": 1000.0,
-        "input_tokens": 1200, "cached_tokens": 256, "output_tokens": 640, "reasoning_tokens": 400,
-        "answer_tokens": 240, "usage_source": "reported", "priced": true,
-        "price_version": "deepseek-v3.2-exp@2025-09-29", "cost_total": "0.0040144",
-        "key_fingerprint": "0123456789ab", "key_hint": "sk-…abcd", "project": format!("p{i}"), "end_user": null,
-    }))
-    .unwrap()
 }
 
 /// A write that the disk cuts short leaves whole frames and a torn one behind; they are written again when
@@ -614,7 +610,15 @@ async fn a_write_cut_short_by_a_full_disk_leaves_no_frame_twice() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // a few retries against the full disk
+    // A few retries against the full disk (the writer retries every 100 ms).
+    let retrying_since = Instant::now();
+    while journal.backlog().write_failures < 3 {
+        assert!(
+            retrying_since.elapsed() < Duration::from_secs(5),
+            "the writer retries"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     std::fs::remove_file(&filler).unwrap();
     journal.close();
     drop(journal);

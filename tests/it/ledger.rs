@@ -11,7 +11,13 @@ use serde_json::Value;
 #[tokio::test]
 async fn every_shape_gives_its_exact_row() {
     let up = ScriptedUpstream::start().await;
-    let t = LedgerApp::start(up.upstream(), |_| {}).await;
+    // Billed in Kolkata (UTC+05:30): its clock hours are not UTC's, so the hour check below can fail.
+    let kolkata = chrono_tz::Asia::Kolkata;
+    let t = LedgerApp::start(up.upstream(), |s| {
+        s.billing_timezone = kolkata;
+        s.prices = deepseek_meter::pricing::PriceBook::builtin_in(kolkata).unwrap();
+    })
+    .await;
     let stream_req = r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"你是谁"}],"stream":true,"enable_thinking":true}"#;
 
     // Mission example: v3.2-exp, 4 input, 140 output of which 79 reasoning → 4×2 + 79×3 + 61×3 = 428 / 10⁶.
@@ -156,15 +162,18 @@ async fn every_shape_gives_its_exact_row() {
     );
     assert_eq!(row["upstream_request_id"], "54036480");
 
-    // The billing hour is the Shanghai clock hour the call finished in.
+    // The billing hour is the billing zone's clock hour the call finished in (Postgres computes it here).
     let pool = t.db.pool().await;
-    let bad: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM usage_ledger WHERE billing_hour <> date_trunc('hour', finished_at AT TIME ZONE 'Asia/Shanghai') AT TIME ZONE 'Asia/Shanghai'",
+    let (rows, bad, on_utc_hours): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE billing_hour <> date_trunc('hour', finished_at AT TIME ZONE 'Asia/Kolkata') AT TIME ZONE 'Asia/Kolkata'),
+                count(*) FILTER (WHERE billing_hour = date_trunc('hour', finished_at))
+         FROM usage_ledger",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(bad, 0);
+    assert_eq!((rows, bad, on_utc_hours), (9, 0, 0));
     t.audit(&[]).await;
     let unknown = t
         .http
@@ -220,10 +229,7 @@ async fn simulator_calls_are_priced_from_the_book() {
 async fn records_journaled_without_a_database_are_shipped_after_restart() {
     let db = TestDb::new().await;
     let journal = tempfile::tempdir().unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_port();
     let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |s| {
         s.ledger.as_mut().unwrap().database_url = format!("postgres://postgres@{dead}/{}", db.name);
     })
@@ -257,7 +263,7 @@ async fn records_journaled_without_a_database_are_shipped_after_restart() {
         .unwrap();
 
     let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |_| {}).await;
-    app.flush_ledger().await;
+    flush(&app).await;
     db.audit(&ids, journal.path()).await;
     app.shutdown().await;
     // Shipped segments are gone; the checkpoint is at the end.
@@ -274,6 +280,31 @@ async fn records_journaled_without_a_database_are_shipped_after_restart() {
     assert!(left <= 2, "shipped segments deleted ({left} left)");
 }
 
+/// Replays never duplicate: a journal whose checkpoint is lost (a crash between an insert and the checkpoint
+/// write, or a restored backup) ships its records again, and the ledger still holds each call once.
+#[tokio::test]
+async fn a_journal_replayed_from_its_start_duplicates_nothing() {
+    let t = LedgerApp::start(Upstream::Sim, |_| {}).await;
+    for i in 0..5 {
+        let body =
+            format!(r#"{{"model":"deepseek-v3","messages":[{{"role":"user","content":"r{i}"}}]}}"#);
+        assert_eq!(t.call(COMPAT_PATH, &body, &[]).await.0, 200);
+    }
+    flush(&t.app).await;
+    let ids = t.seen_ids();
+    t.app.shutdown().await;
+    std::fs::remove_file(t.journal.path().join("checkpoint")).unwrap();
+    let again = LedgerApp::start_on(&t.db, t.journal.path(), Upstream::Sim, |_| {}).await;
+    flush(&again).await;
+    let metrics = get_text(&t.http, &format!("http://{}/metrics", again.admin_addr)).await;
+    assert!(
+        metrics.contains("deepseek_meter_ledger_written_total 0"),
+        "the replayed rows were already there\n{metrics}"
+    );
+    again.shutdown().await;
+    t.db.audit(&ids, t.journal.path()).await;
+}
+
 #[tokio::test]
 async fn journal_cap_refuses_new_calls_by_default() {
     let up = ScriptedUpstream::start().await;
@@ -281,7 +312,7 @@ async fn journal_cap_refuses_new_calls_by_default() {
         s.ledger.as_mut().unwrap().journal.max_bytes = 1
     })
     .await;
-    t.app.flush_ledger().await;
+    flush(&t.app).await;
     // The first call fits (the cap is checked before a call starts; the journal is empty).
     up.push(Script::json(200, COMPAT_R1_JSON));
     let (s1, _, _) = t
@@ -293,7 +324,7 @@ async fn journal_cap_refuses_new_calls_by_default() {
         .await;
     assert_eq!(s1, 200);
     // Until the shipper deletes its segment... the active segment stays: the cap holds.
-    t.app.flush_ledger().await;
+    flush(&t.app).await;
     let (s2, refused, body) = t
         .call(
             NATIVE_PATH,
@@ -322,10 +353,10 @@ async fn journal_cap_in_serve_mode_counts_unrecorded_calls() {
     .await;
     let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#;
     let (s1, _, _) = t.call(COMPAT_PATH, body, &[]).await;
-    t.app.flush_ledger().await;
+    flush(&t.app).await;
     let (s2, unrecorded, _) = t.call(COMPAT_PATH, body, &[]).await;
     assert_eq!((s1, s2), (200, 200));
-    t.app.flush_ledger().await;
+    flush(&t.app).await;
     let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
     assert!(
         metrics.contains("deepseek_meter_ledger_unrecorded_calls 1"),
@@ -404,7 +435,7 @@ async fn a_second_sidecar_on_the_same_journal_directory_is_refused() {
         .unwrap();
     let ids = [call_id(&resp)].into_iter().collect();
     resp.bytes().await.unwrap();
-    again.flush_ledger().await;
+    flush(&again).await;
     again.shutdown().await;
     t.db.audit(&ids, t.journal.path()).await;
 }
@@ -422,7 +453,7 @@ impl Drop for TestRole {
 async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only() {
     let role = TestRole(format!("dm_writer_{}", uuid::Uuid::now_v7().simple()));
     let owner = LedgerApp::start(Upstream::Sim, |_| {}).await;
-    owner.app.flush_ledger().await; // migrated
+    flush(&owner.app).await; // migrated
     let pool = owner.db.pool().await;
     // The README's SQL for the sidecar's role.
     for sql in [
@@ -455,7 +486,7 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
         .unwrap();
     let id = call_id(&resp);
     resp.bytes().await.unwrap();
-    app.flush_ledger().await;
+    flush(&app).await;
     let row = get_text(&http, &format!("http://{}/v1/calls/{id}", app.admin_addr)).await;
     assert!(row.contains(&id), "{row}");
     app.shutdown().await;
@@ -486,4 +517,65 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
     }
     writer.close().await;
     pool.close().await;
+}
+
+/// A batch Postgres rejects (one row violates a check constraint) is split row by row: the good rows land,
+/// the bad one goes to `dead-letter.jsonl` with Postgres's reason, and shipping goes on.
+#[tokio::test]
+async fn a_row_postgres_rejects_goes_to_the_dead_letter_file_and_the_rest_of_its_batch_lands() {
+    use deepseek_meter::journal::Journal;
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    // Ten records journaled before any sidecar runs, so they ship as one batch; the fifth is invalid (its
+    // answer is not output − reasoning, which the ledger checks).
+    let mut good = std::collections::HashSet::new();
+    let mut bad = None;
+    {
+        let config = ledger_settings(&db.url, journal.path()).journal;
+        let (j, writer) = Journal::open(config).unwrap();
+        for i in 0..10 {
+            let mut r = a_record(i);
+            if i == 4 {
+                r.answer_tokens = 999;
+                bad = Some(r.call_id.to_string());
+            } else {
+                good.insert(r.call_id.to_string());
+            }
+            j.append(r);
+        }
+        j.close();
+        drop(j);
+        writer.join().await;
+    }
+    let bad = bad.unwrap();
+    let app = LedgerApp::start_on(&db, journal.path(), Upstream::Sim, |_| {}).await;
+    flush(&app).await;
+    assert_eq!(db.call_ids().await, good, "the rest of the batch landed");
+    let dead = std::fs::read_to_string(journal.path().join("dead-letter.jsonl")).unwrap();
+    let lines: Vec<Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{dead}");
+    assert_eq!(lines[0]["record"]["call_id"], bad.as_str());
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("violates check constraint"),
+        "{dead}"
+    );
+    let metrics = get_text(
+        &reqwest::Client::new(),
+        &format!("http://{}/metrics", app.admin_addr),
+    )
+    .await;
+    for line in [
+        "deepseek_meter_ledger_written_total 9",
+        "deepseek_meter_ledger_write_failures_total 1",
+        "deepseek_meter_ledger_pending_records 0",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+    app.shutdown().await;
 }

@@ -56,7 +56,9 @@ async fn openai_sdk_sees_the_same_text_through_the_proxy() {
         }
     }
     // Every proxied call has a record with reported usage, streams without include_usage included.
-    let records = t.records.wait_for(9).await;
+    let records = tokio::time::timeout(std::time::Duration::from_secs(10), t.records.wait_for(9))
+        .await
+        .expect("nine records");
     assert_eq!(records.len(), 9);
     assert!(records
         .iter()

@@ -27,8 +27,21 @@ async fn compat_stream_without_include_usage_gets_exact_usage_and_identical_byte
     let up = ScriptedUpstream::start().await;
     let t = TestApp::start(up.upstream()).await;
     up.push(Script::sse(events(COMPAT_V32_SSE)));
-    let resp = post(&t, COMPAT_PATH, STREAM_REQ).await;
+    // The client accepts gzip; the proxy must read the stream to strip a chunk, so it asks for identity.
+    let resp = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .header("accept-encoding", "gzip, deflate")
+        .body(STREAM_REQ)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(
+        up.last_seen().header("accept-encoding"),
+        Some("identity"),
+        "identity forced upstream"
+    );
     let id = call_id(&resp);
     let got = resp.bytes().await.unwrap();
     // The client gets the stream minus the usage-only chunk it never asked for.
@@ -89,8 +102,38 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
         http: u16,
         code: Option<&'static str>,
         tokens: (u64, u64),
+        /// Reasoning tokens, from the capture's own numbers or texts.
+        reasoning: u64,
         source: UsageSource,
     }
+    // Expected splits, computed from the captures' texts (none of them reports reasoning_tokens).
+    let message = |json: &str, pointer: &str| {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let m = v.pointer(pointer).unwrap().clone();
+        (
+            m["reasoning_content"].as_str().unwrap().to_owned(),
+            m["content"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (r, a) = message(COMPAT_R1_JSON, "/choices/0/message");
+    let compat_r1_reasoning = split_by_text(797, &r, &a);
+    let (r, a) = message(NATIVE_R1_JSON, "/output/choices/0/message");
+    let native_r1_reasoning = split_by_text(302, &r, &a);
+    let (mut r, mut a) = (String::new(), String::new());
+    for event in NATIVE_R1_SSE.split("\n\n") {
+        if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) {
+            let (er, ea) = message(data, "/output/choices/0/message");
+            r.push_str(&er);
+            a.push_str(&ea);
+        }
+    }
+    let native_sse_reasoning = split_by_text(406, &r, &a);
+    // A stream cut before its usage: estimated from the texts seen ("唔" thought, "DeepSeek" answered, plus
+    // the hidden tokens every completion has).
+    use deepseek_meter::usage::estimate::{TextTally, COMPLETION_OVERHEAD};
+    let moderated_reasoning = TextTally::of("唔").tokens();
+    let moderated_output =
+        moderated_reasoning + TextTally::of("DeepSeek").tokens() + COMPLETION_OVERHEAD;
     let native_req = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"1+1"}]},"parameters":{"incremental_output":true}}"#;
     let compat_req =
         r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"9.9和9.11谁大"}]}"#;
@@ -111,6 +154,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 200,
             code: None,
             tokens: (19, 797),
+            reasoning: compat_r1_reasoning,
             source: UsageSource::Reported,
         },
         Case {
@@ -121,6 +165,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 200,
             code: None,
             tokens: (11, 302),
+            reasoning: native_r1_reasoning,
             source: UsageSource::Reported,
         },
         Case {
@@ -131,6 +176,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 200,
             code: None,
             tokens: (11, 406),
+            reasoning: native_sse_reasoning,
             source: UsageSource::Reported,
         },
         Case {
@@ -141,6 +187,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 400,
             code: Some("InvalidParameter"),
             tokens: (0, 0),
+            reasoning: 0,
             source: UsageSource::None,
         },
         Case {
@@ -151,6 +198,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 200,
             code: Some("invalid_model_error"),
             tokens: (0, 0),
+            reasoning: 0,
             source: UsageSource::None,
         },
         Case {
@@ -161,6 +209,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 400,
             code: Some("invalid_parameter_error"),
             tokens: (0, 0),
+            reasoning: 0,
             source: UsageSource::None,
         },
         Case {
@@ -170,7 +219,8 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             status: CallStatus::UpstreamError,
             http: 200,
             code: Some("data_inspection_failed"),
-            tokens: (5, 8),
+            tokens: (5, moderated_output),
+            reasoning: moderated_reasoning,
             source: UsageSource::Estimated,
         },
         Case {
@@ -184,6 +234,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 401,
             code: Some("invalid_api_key"),
             tokens: (0, 0),
+            reasoning: 0,
             source: UsageSource::None,
         },
         Case {
@@ -197,6 +248,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             http: 429,
             code: Some("Throttling.RateQuota"),
             tokens: (0, 0),
+            reasoning: 0,
             source: UsageSource::None,
         },
     ];
@@ -215,8 +267,8 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
         assert_eq!((r.input_tokens, r.output_tokens), case.tokens, "case {i}");
         assert_eq!(r.usage_source, case.source, "case {i}");
         assert_eq!(
-            r.answer_tokens,
-            r.output_tokens - r.reasoning_tokens,
+            (r.reasoning_tokens, r.answer_tokens),
+            (case.reasoning, case.tokens.1 - case.reasoning),
             "case {i}"
         );
     }
@@ -513,16 +565,8 @@ async fn oversized_body_is_413_in_the_callers_shape_and_recorded_as_rejected() {
 
 #[tokio::test]
 async fn upstream_unreachable_is_502_and_recorded() {
-    // A port with nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t = TestApp::start(Upstream::Url(
-        format!("http://127.0.0.1:{port}").parse().unwrap(),
-    ))
-    .await;
+    let (_held, refusing) = refusing_port();
+    let t = TestApp::start(Upstream::Url(format!("http://{refusing}").parse().unwrap())).await;
     let resp = post(&t, COMPAT_PATH, r#"{"model":"deepseek-v3","messages":[]}"#).await;
     assert_eq!(resp.status(), 502);
     let id = call_id(&resp);
@@ -532,6 +576,97 @@ async fn upstream_unreachable_is_502_and_recorded() {
         (CallStatus::UpstreamAborted, Some("UpstreamUnavailable"))
     );
     assert_eq!(r.usage_source, UsageSource::None);
+}
+
+/// The idle timeout also covers the wait for the response head: an upstream that took the request and says
+/// nothing is cut at it (not before), answered 504, and metered with the prompt estimated (it may bill it).
+#[tokio::test]
+async fn an_upstream_silent_before_its_headers_is_cut_at_the_idle_timeout() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start_with(up.upstream(), |s| {
+        s.idle_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let mut script = Script::json(200, COMPAT_R1_JSON);
+    script.head_delay = Some(Duration::from_secs(10));
+    up.push(script);
+    let started = std::time::Instant::now();
+    let resp = post(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"9.9和9.11谁大"}]}"#,
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "cut at the idle timeout: {waited:?}"
+    );
+    let id = call_id(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UpstreamTimeout");
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        1,
+        "the request reached the upstream"
+    );
+    let r = t.record_of(&id).await;
+    assert_eq!(
+        (r.status, r.error_code.as_deref(), r.usage_source),
+        (
+            CallStatus::UpstreamAborted,
+            Some("UpstreamTimeout"),
+            UsageSource::Estimated
+        )
+    );
+    assert!(r.input_tokens > 0, "the prompt is estimated");
+}
+
+/// `--connect-timeout-ms`: an upstream that never completes the TCP handshake (its accept queue is full, so
+/// the kernel drops the SYN) is given up on at the connect timeout: 502, metered without usage.
+#[tokio::test]
+async fn an_upstream_that_never_accepts_is_given_up_at_the_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap(); // never accepts
+    let addr = full.local_addr().unwrap();
+    // Fill the accept queue; later handshakes get no answer.
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => queued.push(s),
+            _ => break,
+        }
+    }
+    let t = TestApp::start_with(
+        Upstream::Url(format!("http://{addr}").parse().unwrap()),
+        |s| s.connect_timeout = Duration::from_millis(300),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = post(&t, COMPAT_PATH, r#"{"model":"deepseek-v3","messages":[]}"#).await;
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 502);
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "given up at the connect timeout: {waited:?}"
+    );
+    let r = t.record_of(&call_id(&resp)).await;
+    assert_eq!(
+        (r.status, r.error_code.as_deref(), r.usage_source),
+        (
+            CallStatus::UpstreamAborted,
+            Some("UpstreamUnavailable"),
+            UsageSource::None
+        )
+    );
+    drop(queued);
 }
 
 #[tokio::test]
@@ -706,6 +841,27 @@ async fn admin_token_guards_metrics() {
 
 // ---- any split of the upstream's bytes: same client bytes, same record --------------------------------
 
+/// How many bytes the client has once the upstream has sent the first `upstream_sent` bytes of `capture`:
+/// all of them, or in strip mode the complete events among them less the usage-only chunk (an event still
+/// incomplete is held back until its end arrives).
+fn client_bytes_after(capture: &str, upstream_sent: usize, strip: bool) -> usize {
+    if !strip {
+        return upstream_sent;
+    }
+    let mut end = 0;
+    let mut kept = 0;
+    for event in capture.split_inclusive("\n\n") {
+        end += event.len();
+        if end > upstream_sent {
+            break;
+        }
+        if !event.contains("\"choices\":[]") {
+            kept += event.len();
+        }
+    }
+    kept
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -723,16 +879,43 @@ proptest! {
             ][which];
             let up = ScriptedUpstream::start().await;
             let t = TestApp::start(up.upstream()).await;
+            let strip = path == COMPAT_PATH && req == STREAM_REQ; // the proxy drops the usage-only chunk
+            let pieces: Vec<Vec<u8>> = split(capture.as_bytes(), &cuts).into_iter().filter(|c| !c.is_empty()).collect();
             let mut results = Vec::new();
-            for chunks in [vec![capture.as_bytes().to_vec()], split(capture.as_bytes(), &cuts).into_iter().filter(|c| !c.is_empty()).collect()] {
-                up.push(Script::sse(chunks));
+            for (chunks, lockstep) in [(vec![capture.as_bytes().to_vec()], false), (pieces, true)] {
+                let n = chunks.len();
+                let mut script = Script::sse(chunks.clone());
+                script.gated = lockstep;
+                up.push(script);
                 let mut rb = t.http.post(t.url(path)).body(req);
                 if native {
                     rb = rb.header("x-dashscope-sse", "enable");
                 }
                 let resp = rb.send().await.unwrap();
                 let id = call_id(&resp);
-                let bytes = resp.bytes().await.unwrap();
+                let mut stream = resp.bytes_stream();
+                let mut got = Vec::new();
+                if lockstep {
+                    // The upstream sends piece i+1 only once the client has what piece i gives it: the proxy
+                    // sees every piece on its own, and must forward each as it comes.
+                    for i in 0..n {
+                        let upstream_sent: usize = chunks[..=i].iter().map(Vec::len).sum();
+                        let want = client_bytes_after(capture, upstream_sent, strip);
+                        while got.len() < want {
+                            let frame = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                                .await
+                                .expect("the piece reaches the client")
+                                .unwrap()
+                                .unwrap();
+                            got.extend_from_slice(&frame);
+                        }
+                        assert_eq!(got.len(), want, "piece {i}: no more than it gives");
+                        up.gate.add_permits(1);
+                    }
+                }
+                while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("the stream ends") {
+                    got.extend_from_slice(&frame.unwrap());
+                }
                 let mut r = t.record_of(&id).await;
                 // Identity and timing differ per call by design; everything metered must not.
                 r.call_id = uuid::Uuid::nil();
@@ -740,7 +923,7 @@ proptest! {
                 r.finished_at = chrono::DateTime::UNIX_EPOCH;
                 r.ttft_ms = None;
                 r.duration_ms = 0.0;
-                results.push((bytes, r));
+                results.push((got, r));
             }
             assert_eq!(results[0], results[1]);
         });

@@ -155,6 +155,61 @@ async fn cached_tokens_and_tool_calls() {
     assert!(r.ttft_ms.is_some(), "a tool call counts as the first token");
 }
 
+/// Every byte the client received, up to the end of the body or the error that cut it.
+async fn received(resp: reqwest::Response) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    let mut body = resp.bytes_stream();
+    while let Some(Ok(chunk)) = body.next().await {
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+/// (output, reasoning, answer) as the bytes the client received say, read here independently of the tap:
+/// the last usage object the upstream sent (`reported`); or the estimate from the texts it streamed
+/// (`estimated`: each text's estimated tokens, plus the hidden tokens every completion has); or none.
+fn tokens_the_client_saw(body: &[u8], source: UsageSource) -> (u64, u64, u64) {
+    use deepseek_meter::usage::estimate::{TextTally, COMPLETION_OVERHEAD};
+    let events: Vec<Value> = String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    match source {
+        UsageSource::None => (0, 0, 0),
+        UsageSource::Reported => {
+            let usage = events
+                .iter()
+                .rev()
+                .find_map(|e| e.get("usage").filter(|u| u.is_object()))
+                .expect("a usage object");
+            let output = usage["output_tokens"]
+                .as_u64()
+                .or(usage["completion_tokens"].as_u64())
+                .unwrap();
+            let details = usage
+                .get("output_tokens_details")
+                .or(usage.get("completion_tokens_details"));
+            let reasoning = details.map_or(0, |d| d["reasoning_tokens"].as_u64().unwrap_or(0));
+            (output, reasoning, output - reasoning)
+        }
+        UsageSource::Estimated => {
+            let (mut reasoning, mut answer) = (String::new(), String::new());
+            for delta in events.iter().filter_map(|e| e.pointer("/choices/0/delta")) {
+                reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or(""));
+                answer.push_str(delta["content"].as_str().unwrap_or(""));
+            }
+            let (r, a) = (
+                TextTally::of(&reasoning).tokens(),
+                TextTally::of(&answer).tokens(),
+            );
+            let overhead = if r + a > 0 { COMPLETION_OVERHEAD } else { 0 };
+            (r + a + overhead, r, a + overhead)
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_scripted_fault_is_metered() {
     let t = TestApp::start_with(Upstream::Sim, |s| {
@@ -322,14 +377,14 @@ async fn every_scripted_fault_is_metered() {
             case.native, case.stream, case.fault
         );
         assert_eq!(resp.status().as_u16(), case.http, "{label}");
-        let _ = resp.bytes().await; // cut streams end in an error; that is the point
+        let got = received(resp).await; // cut streams end in an error; that is the point
         let r = t.record_of(&id).await;
         assert_eq!(r.status, case.status, "{label}");
         assert_eq!(r.error_code.as_deref(), case.code, "{label}");
         assert_eq!(r.usage_source, case.source, "{label}");
         assert_eq!(
-            r.answer_tokens + r.reasoning_tokens,
-            r.output_tokens,
+            (r.output_tokens, r.reasoning_tokens, r.answer_tokens),
+            tokens_the_client_saw(&got, case.source),
             "{label}"
         );
     }

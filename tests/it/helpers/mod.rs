@@ -158,7 +158,7 @@ impl LedgerApp {
     /// clients saw, minus `refused` (calls answered without a record, e.g. 503 at the journal cap), and
     /// nothing was dead-lettered. Returns each row's status by call id.
     pub async fn audit(&self, refused: &[&str]) -> HashMap<String, String> {
-        self.app.flush_ledger().await;
+        flush(&self.app).await;
         let mut expected = self.seen.lock().unwrap().clone();
         for id in refused {
             assert!(expected.remove(*id), "{id} was seen by a client");
@@ -190,7 +190,7 @@ impl LedgerApp {
 
     /// The ledger row of a call, through the admin API.
     pub async fn row(&self, call_id: &str) -> serde_json::Value {
-        self.app.flush_ledger().await;
+        flush(&self.app).await;
         let resp = self
             .http
             .get(self.admin_url(&format!("/v1/calls/{call_id}")))
@@ -319,6 +319,8 @@ pub struct Script {
     pub end: End,
     /// Wait for one permit of the upstream's gate before each write after the first.
     pub gated: bool,
+    /// Silence before the response head (the request has been read).
+    pub head_delay: Option<Duration>,
 }
 
 impl Script {
@@ -332,6 +334,7 @@ impl Script {
             chunks,
             end: End::Clean,
             gated: false,
+            head_delay: None,
         }
     }
 
@@ -342,6 +345,7 @@ impl Script {
             chunks: vec![body.as_bytes().to_vec()],
             end: End::Clean,
             gated: false,
+            head_delay: None,
         }
     }
 }
@@ -388,6 +392,9 @@ impl ScriptedUpstream {
         let me = up.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                // Each write goes out as its own segment at once (no Nagle delay): a test that needs the
+                // proxy to see writes separately gates them (`Script::gated`) and reads in lockstep.
+                let _ = stream.set_nodelay(true);
                 let me = me.clone();
                 tokio::spawn(async move { me.serve(stream).await });
             }
@@ -424,6 +431,9 @@ impl ScriptedUpstream {
                 .unwrap()
                 .pop_front()
                 .unwrap_or_else(|| Script::json(599, "{}"));
+            if let Some(delay) = script.head_delay {
+                tokio::time::sleep(delay).await;
+            }
             let mut head = format!("HTTP/1.1 {} X\r\n", script.status);
             for (k, v) in &script.headers {
                 head.push_str(&format!("{k}: {v}\r\n"));
@@ -443,8 +453,6 @@ impl ScriptedUpstream {
                     self.peer_gone.notify_one();
                     return;
                 }
-                // Give each write its own TCP segment where the OS allows.
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             match script.end {
                 End::Clean => {
@@ -702,4 +710,52 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
         .expect("the server answers and closes")
         .unwrap();
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The documented split of `output` tokens between the two texts of a reply whose usage has no
+/// reasoning_tokens: `round(output × est(reasoning) / (est(reasoning) + est(answer)))`, with the estimator's
+/// token count of each text, computed here from the texts themselves.
+pub fn split_by_text(output: u64, reasoning: &str, answer: &str) -> u64 {
+    use deepseek_meter::usage::estimate::TextTally;
+    let (r, a) = (
+        TextTally::of(reasoning).tokens(),
+        TextTally::of(answer).tokens(),
+    );
+    assert!(r > 0 && a > 0, "both texts present");
+    let split = (output as f64 * r as f64 / (r + a) as f64).round() as u64;
+    assert!(split > 0 && split < output);
+    split
+}
+
+/// Waits until every call the app finished so far is in Postgres, or fails the test after 30 s (5 min at
+/// soak scale) instead of hanging.
+pub async fn flush(app: &App) {
+    let bound = Duration::from_secs(scale(30, 300) as u64);
+    tokio::time::timeout(bound, app.flush_ledger())
+        .await
+        .unwrap_or_else(|_| panic!("the ledger did not catch up within {bound:?}"));
+}
+
+/// A loopback port that refuses connections and stays that way while the returned socket lives: bound, never
+/// listening. (A listener bound and dropped frees its port for any parallel test to take.)
+pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// A valid, priced record of a finished call (for journal-level tests), distinct by `i`.
+pub fn a_record(i: usize) -> deepseek_meter::record::CallRecord {
+    serde_json::from_value(serde_json::json!({
+        "call_id": uuid::Uuid::now_v7(), "upstream_request_id": format!("req-{i}"), "protocol": "openai",
+        "model": "deepseek-v3.2-exp", "stream": true, "status": "ok", "http_status": 200, "error_code": null,
+        "started_at": "2026-11-25T10:00:00Z", "finished_at": "2026-11-25T10:00:01Z",
+        "billing_hour": "2026-11-25T10:00:00Z", "ttft_ms": 120.0, "duration_ms": 1000.0,
+        "input_tokens": 1200, "cached_tokens": 256, "output_tokens": 640, "reasoning_tokens": 400,
+        "answer_tokens": 240, "usage_source": "reported", "priced": true,
+        "price_version": "deepseek-v3.2-exp@2025-09-29", "cost_total": "0.0040144",
+        "key_fingerprint": "0123456789ab", "key_hint": "sk-…abcd", "project": format!("p{i}"), "end_user": null,
+    }))
+    .unwrap()
 }
