@@ -199,10 +199,13 @@ async fn journal_disk_full_refuses_new_calls_and_loses_none() {
     let disk = Tmpfs::mount("1m");
     let jdir = disk.0.path().join("journal");
     let db = TestDb::new().await;
-    let app = LedgerApp::start_on(&db, &jdir, Upstream::Sim, |_| {}).await;
+    // An upstream that counts what reaches it.
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, captures::COMPAT_R1_JSON));
+    let app = LedgerApp::start_on(&db, &jdir, up.upstream(), |_| {}).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://{}{COMPAT_PATH}", app.proxy_addr);
-    let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#;
+    let body = r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#;
     let mut answered = HashSet::new();
     let (mut refused, mut other) = (0usize, Vec::new());
     let mut call = async |answered: &mut HashSet<String>| {
@@ -280,6 +283,11 @@ async fn journal_disk_full_refuses_new_calls_and_loses_none() {
     assert!(
         other.is_empty(),
         "only 200 or 503 MeterJournalFull: {other:?}"
+    );
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        answered.len(),
+        "every answered call forwarded once, no refused call forwarded"
     );
     tokio::time::timeout(Duration::from_secs(30), app.flush_ledger())
         .await

@@ -373,6 +373,8 @@ impl Seen {
 pub struct ScriptedUpstream {
     pub addr: SocketAddr,
     scripts: Arc<Mutex<VecDeque<Script>>>,
+    /// Played when no script is queued (a 599 if none).
+    fallback: Arc<Mutex<Option<Script>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub gate: Arc<Semaphore>,
     /// Notified when a connection's peer went away while the upstream was still writing or stalled.
@@ -385,6 +387,7 @@ impl ScriptedUpstream {
         let up = ScriptedUpstream {
             addr: listener.local_addr().unwrap(),
             scripts: Arc::default(),
+            fallback: Arc::default(),
             seen: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
             peer_gone: Arc::new(Notify::new()),
@@ -404,6 +407,11 @@ impl ScriptedUpstream {
 
     pub fn upstream(&self) -> Upstream {
         Upstream::Url(format!("http://{}", self.addr).parse().unwrap())
+    }
+
+    /// Answers every request that has no queued script with `script`.
+    pub fn answer_always(&self, script: Script) {
+        *self.fallback.lock().unwrap() = Some(script);
     }
 
     pub fn push(&self, script: Script) {
@@ -430,6 +438,7 @@ impl ScriptedUpstream {
                 .lock()
                 .unwrap()
                 .pop_front()
+                .or_else(|| self.fallback.lock().unwrap().clone())
                 .unwrap_or_else(|| Script::json(599, "{}"));
             if let Some(delay) = script.head_delay {
                 tokio::time::sleep(delay).await;
