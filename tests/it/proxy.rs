@@ -315,6 +315,8 @@ async fn client_abort_mid_stream_cancels_upstream_and_records_client_aborted() {
     let t = TestApp::start(up.upstream()).await;
     let mut script = Script::sse(events(COMPAT_V32_SSE));
     script.gated = true;
+    // After its events the upstream holds the response open: only the proxy can end the connection.
+    script.end = End::Stall;
     up.push(script);
     let resp = post(&t, COMPAT_PATH, STREAM_REQ).await;
     let id = call_id(&resp);
@@ -322,7 +324,7 @@ async fn client_abort_mid_stream_cancels_upstream_and_records_client_aborted() {
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
     drop(stream);
-    // The upstream notices its reader is gone once it tries to write again.
+    // The upstream notices its reader is gone when a write fails, or when it reads the close.
     up.gate.add_permits(10);
     tokio::time::timeout(Duration::from_secs(5), up.peer_gone.notified())
         .await
