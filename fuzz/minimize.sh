@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Minimizes each target's corpus (fuzz/corpus/<target>, grown by fuzz/run.sh) into fuzz/regressions/<target>,
-# the inputs CI replays through the same oracles (tests/fuzz_regressions.rs). Inputs that once found a bug
+# the inputs CI replays through the same oracles (tests/it/fuzz_regressions.rs). Inputs that once found a bug
 # are kept by name: files called regression-* in fuzz/regressions/<target> are never removed.
 # Usage: fuzz/minimize.sh [TARGET...]
 set -euo pipefail

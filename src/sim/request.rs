@@ -106,35 +106,20 @@ pub(super) fn parse_call(
             Proto::Native => "Either \"prompt\" or \"messages\" must exist and cannot both be none",
         }));
     };
-    let rule = THINKING_RULES
-        .iter()
-        .find(|(m, _)| *m == model)
-        .map(|(_, r)| *r);
-    let rule = match rule {
-        Some(r) => r,
-        None if model.starts_with("deepseek-") => Some(false),
-        None => {
-            return Err(Box::new(error(
-                proto,
-                StatusCode::NOT_FOUND,
-                ErrorKind::ModelNotFound(model),
-                request_id,
-                false,
-            )))
-        }
+    let Some(rule) = thinking_rule(&model) else {
+        return Err(Box::new(error(
+            proto,
+            StatusCode::NOT_FOUND,
+            ErrorKind::ModelNotFound(model),
+            request_id,
+            false,
+        )));
     };
     let enable_thinking = params
         .get("enable_thinking")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let mut prompt = String::new();
-    for m in messages {
-        if let Some(s) = m.get("content").and_then(Value::as_str) {
-            prompt.push_str(s);
-            prompt.push('\n');
-        }
-    }
-    let input_tokens = TextTally::of(&prompt).tokens() + 3 * messages.len() as u64;
+    let (prompt, input_tokens) = prompt_of(messages);
     let header_num = |name: &str| {
         headers
             .get(name)
@@ -148,13 +133,7 @@ pub(super) fn parse_call(
         .and_then(|t| t.pointer("/function/name"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let stream = match proto {
-        Proto::Compat => v.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        Proto::Native => headers
-            .get("x-dashscope-sse")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("enable")),
-    };
+    let stream = is_stream(proto, &v, headers);
     let accepts_gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -183,6 +162,40 @@ pub(super) fn parse_call(
         gzip: accepts_gzip && headers.contains_key("x-sim-gzip"),
         request_id,
     })
+}
+
+/// The model's thinking rule (`Some(true)` always, `Some(false)` never, `None` with `enable_thinking`), or
+/// `None` for a model the platform does not have. Unknown `deepseek-*` names are served like deepseek-v3.
+fn thinking_rule(model: &str) -> Option<Option<bool>> {
+    THINKING_RULES
+        .iter()
+        .find(|(m, _)| *m == model)
+        .map(|(_, r)| *r)
+        .or_else(|| model.starts_with("deepseek-").then_some(Some(false)))
+}
+
+/// The prompt's text (every message's content, a line each) and its input tokens by the estimator.
+fn prompt_of(messages: &[Value]) -> (String, u64) {
+    let mut prompt = String::new();
+    for m in messages {
+        if let Some(s) = m.get("content").and_then(Value::as_str) {
+            prompt.push_str(s);
+            prompt.push('\n');
+        }
+    }
+    let tokens = TextTally::of(&prompt).tokens() + 3 * messages.len() as u64;
+    (prompt, tokens)
+}
+
+/// Compat: `"stream": true`; native: the `X-DashScope-SSE: enable` header.
+fn is_stream(proto: Proto, body: &Value, headers: &HeaderMap) -> bool {
+    match proto {
+        Proto::Compat => body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        Proto::Native => headers
+            .get("x-dashscope-sse")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("enable")),
+    }
 }
 
 // ---- generated text ---------------------------------------------------------------------------------
