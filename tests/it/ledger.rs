@@ -579,3 +579,59 @@ async fn a_row_postgres_rejects_goes_to_the_dead_letter_file_and_the_rest_of_its
     }
     app.shutdown().await;
 }
+
+/// `deepseek_meter_billing_hour_cost_yuan{model}`: the open billing hour's cost so far, read from the ledger
+/// (every sidecar on the database), equal to the sum of that hour's priced rows.
+#[tokio::test]
+async fn the_open_hours_cost_gauge_is_the_ledgers_sum_for_the_hour() {
+    // A clock that stays inside one hour, whenever the test runs.
+    let clock = deepseek_meter::clock::Clock::manual("2026-11-25T05:30:00Z".parse().unwrap());
+    let t = LedgerApp::start_at(Upstream::Sim, clock, |_| {}).await;
+    let mut ids = Vec::new();
+    for (model, n) in [
+        ("deepseek-r1", 2),
+        ("deepseek-v3", 1),
+        ("deepseek-v9-preview", 1),
+    ] {
+        for _ in 0..n {
+            let body =
+                format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+            let (status, id, _) = t.call(COMPAT_PATH, &body, &[]).await;
+            assert_eq!(status, 200);
+            ids.push((model, id));
+        }
+    }
+    flush(&t.app).await;
+    let mut expected: std::collections::BTreeMap<&str, rust_decimal::Decimal> = Default::default();
+    let mut hours = std::collections::HashSet::new();
+    for (model, id) in &ids {
+        let row = t.row(id).await;
+        hours.insert(row["billing_hour"].as_str().unwrap().to_owned());
+        if let Some(cost) = row["cost_total"].as_str() {
+            *expected.entry(model).or_default() += cost.parse::<rust_decimal::Decimal>().unwrap();
+        }
+    }
+    assert_eq!(
+        hours.len(),
+        1,
+        "the calls finished in one hour (rerun at an hour's turn)"
+    );
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    let gauge: std::collections::BTreeMap<String, f64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("deepseek_meter_billing_hour_cost_yuan{model=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(m, v)| (m.to_owned(), v.parse().unwrap()))
+        .collect();
+    use rust_decimal::prelude::ToPrimitive;
+    let expected: std::collections::BTreeMap<String, f64> = expected
+        .into_iter()
+        .map(|(m, c)| (m.to_owned(), c.to_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        gauge, expected,
+        "priced models only; the unpriced call is not 0 CNY\n{metrics}"
+    );
+    t.audit(&[]).await;
+    t.app.shutdown().await;
+}

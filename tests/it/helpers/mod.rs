@@ -107,9 +107,28 @@ pub struct LedgerApp {
 
 impl LedgerApp {
     pub async fn start(upstream: Upstream, tweak: impl FnOnce(&mut Settings)) -> LedgerApp {
+        Self::start_at(upstream, Clock::system(), tweak).await
+    }
+
+    /// The sidecar reading `clock` for every call's finish time (and the open billing hour).
+    pub async fn start_at(
+        upstream: Upstream,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> LedgerApp {
         let db = TestDb::new().await;
         let journal = tempfile::tempdir().unwrap();
-        let app = Self::start_on(&db, journal.path(), upstream, tweak).await;
+        let mut settings = Settings::for_tests();
+        settings.upstream = upstream;
+        settings.ledger = Some(ledger_settings(&db.url, journal.path()));
+        tweak(&mut settings);
+        let injected = Injected {
+            recorder: None,
+            clock: Some(clock),
+        };
+        let app = App::start_with(settings, injected)
+            .await
+            .expect("app starts");
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         LedgerApp {
             app,
