@@ -1,6 +1,8 @@
 //! The metering step that ends every call: finish time, billing hour, price, metrics, log line, record.
 //!
-//! Every metered call, answered or refused, passes through [`Meter::finish`] exactly once. It reads the
+//! Every metered call, answered by the upstream or refused by us, passes through [`Meter::finish`] exactly
+//! once (the one exception: a call refused because the journal cannot take records, which is counted in
+//! `deepseek_meter_journal_full_refusals_total` and never forwarded). It reads the
 //! wall clock once (the call's `finished_at`), and from that one reading takes the billing hour (the clock
 //! hour in the billing time zone) and the price entry in force, so the three always agree. The record is
 //! built here, complete; nothing downstream changes it.

@@ -66,9 +66,9 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// Counters shared by the writer, the shipper, the proxy and the admin listener.
+/// Counters kept by the writer and the cursor; everyone else reads them through [`Journal::backlog`].
 #[derive(Debug, Default)]
-pub struct JournalStats {
+pub(crate) struct JournalStats {
     /// Records journaled and not yet confirmed in Postgres.
     pub pending: AtomicU64,
     /// Bytes in segment files on disk.
@@ -83,7 +83,7 @@ pub struct JournalStats {
     pub failing: AtomicBool,
 }
 
-pub(crate) enum Entry {
+pub(super) enum Entry {
     Record {
         record: Box<CallRecord>,
         ack: Option<oneshot::Sender<()>>,
