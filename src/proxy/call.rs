@@ -33,6 +33,8 @@ pub enum NoResponse {
     /// The request may have reached the upstream, which reset or timed out before answering: the prompt
     /// is estimated, since the upstream may have started work it bills for.
     CutBeforeResponse,
+    /// The client left while the upstream had the request and had not answered yet: estimated like a cut.
+    ClientLeftBeforeResponse,
 }
 
 impl CallContext {
@@ -64,23 +66,26 @@ impl CallContext {
         }
     }
 
-    /// The facts of a call that got no upstream response, answered by us with `error`.
-    pub fn into_refused_facts(self, error: &ApiError, how: NoResponse) -> CallFacts {
+    /// The facts of a call that got no upstream response, answered by us with `answer` (`None`: nobody
+    /// was left to answer).
+    pub fn into_refused_facts(self, answer: Option<&ApiError>, how: NoResponse) -> CallFacts {
+        let estimated = |status| {
+            let input = usage::estimate_prompt_tokens(self.protocol, &self.request_body);
+            let tokens = usage::Tokens {
+                input,
+                ..Default::default()
+            };
+            (status, tokens, UsageSource::Estimated)
+        };
         let (status, tokens, usage_source) = match how {
             NoResponse::Unanswered(status) => (status, usage::Tokens::default(), UsageSource::None),
-            NoResponse::CutBeforeResponse => (
-                CallStatus::UpstreamAborted,
-                usage::Tokens {
-                    input: usage::estimate_prompt_tokens(self.protocol, &self.request_body),
-                    ..Default::default()
-                },
-                UsageSource::Estimated,
-            ),
+            NoResponse::CutBeforeResponse => estimated(CallStatus::UpstreamAborted),
+            NoResponse::ClientLeftBeforeResponse => estimated(CallStatus::ClientAborted),
         };
         let report = UsageReport {
             status,
-            http_status: error.status().as_u16(),
-            error_code: Some(error.code().to_owned()),
+            http_status: answer.map_or(0, |e| e.status().as_u16()),
+            error_code: answer.map(|e| e.code().to_owned()),
             upstream_request_id: None,
             response_model: None,
             stream: false,
@@ -89,6 +94,10 @@ impl CallContext {
             parse_errors: 0,
             usage_clamped: false,
         };
-        self.into_facts(report, None)
+        let mut facts = self.into_facts(report, None);
+        if answer.is_none() {
+            facts.http_status = None;
+        }
+        facts
     }
 }

@@ -62,6 +62,32 @@ pub struct ProxyOptions {
     pub idle_timeout: Duration,
 }
 
+/// A call whose request is with the upstream, not yet answered. Dropped unsettled (the client left, or the
+/// connection was aborted at the drain deadline), it records the call `client_aborted` with its prompt
+/// estimated: every call that reached the upstream has its row.
+struct InFlight<'a> {
+    proxy: &'a Proxy,
+    ctx: Option<CallContext>,
+    metered: bool,
+}
+
+impl InFlight<'_> {
+    /// The upstream answered, or failed, while the client still waited: the call goes on.
+    fn settle(mut self) -> Option<CallContext> {
+        self.ctx.take()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let (Some(ctx), true) = (self.ctx.take(), self.metered) {
+            let facts = ctx.into_refused_facts(None, NoResponse::ClientLeftBeforeResponse);
+            // No one is left to hold a strict-durability ack for.
+            let _ = self.proxy.inner.state.meter.finish(facts);
+        }
+    }
+}
+
 /// What the proxy does with a request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -173,8 +199,19 @@ impl Proxy {
                 return self.refuse(ctx, metered, ApiError::ProxyError, how).await;
             }
         };
+        // While the upstream has the request and has not answered, the client may leave: hyper then drops
+        // this future, and the guard records the call (the upstream may bill what it started).
+        let in_flight = InFlight {
+            proxy: self,
+            ctx: Some(ctx),
+            metered,
+        };
         let upstream = self.inner.upstream.client.request(outgoing.request);
-        let response = match tokio::time::timeout(self.inner.idle_timeout, upstream).await {
+        let answered = tokio::time::timeout(self.inner.idle_timeout, upstream).await;
+        let Some(ctx) = in_flight.settle() else {
+            return ApiError::ProxyError.for_call(protocol, call_id);
+        };
+        let response = match answered {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(call_id = %call_id, error = %error::chain(&e), "upstream request failed");
@@ -362,7 +399,7 @@ impl Proxy {
     ) -> Response<Body> {
         let (protocol, call_id) = (ctx.protocol, ctx.call_id);
         if metered {
-            let facts = ctx.into_refused_facts(&error, how);
+            let facts = ctx.into_refused_facts(Some(&error), how);
             if let Some(ack) = self.inner.state.meter.finish(facts) {
                 let _ = ack.await;
             }

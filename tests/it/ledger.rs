@@ -635,3 +635,104 @@ async fn the_open_hours_cost_gauge_is_the_ledgers_sum_for_the_hour() {
     t.audit(&[]).await;
     t.app.shutdown().await;
 }
+
+/// A client that gives up before the upstream's response head still leaves a row: the upstream had the
+/// call (it may bill its prompt), so it is `client_aborted` with the prompt estimated (issue 10, defect 1).
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_head_leaves_a_row() {
+    let up = ScriptedUpstream::start().await;
+    let t = LedgerApp::start(up.upstream(), |_| {}).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let cases = [
+        (
+            COMPAT_PATH,
+            r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"9.9和9.11谁大"}]}"#,
+            None,
+        ),
+        (
+            NATIVE_PATH,
+            r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"9.9和9.11谁大"}]}}"#,
+            Some(("x-dashscope-sse", "enable")),
+        ),
+    ];
+    for (path, body, header) in cases {
+        let mut script = Script::json(200, COMPAT_R1_JSON);
+        script.head_delay = Some(std::time::Duration::from_secs(4));
+        up.push(script);
+        let mut rb = impatient.post(t.url(path)).body(body);
+        if let Some((k, v)) = header {
+            rb = rb.header(k, v);
+        }
+        assert!(
+            rb.send().await.unwrap_err().is_timeout(),
+            "{path}: the client gave up"
+        );
+    }
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        2,
+        "both calls reached the upstream"
+    );
+    // The client never saw a call id: read the rows as the ledger has them.
+    let pool = t.db.pool().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rows: Vec<(
+        String,
+        String,
+        Option<i16>,
+        Option<String>,
+        String,
+        i64,
+        i64,
+    )> = loop {
+        flush(&t.app).await;
+        let rows = sqlx::query_as(
+            "SELECT protocol, status, http_status, error_code, usage_source, input_tokens, output_tokens
+             FROM usage_ledger ORDER BY protocol DESC",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if rows.len() == 2 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let estimate = |protocol, body: &str| {
+        deepseek_meter::usage::estimate_prompt_tokens(protocol, body.as_bytes()) as i64
+    };
+    use deepseek_meter::usage::Protocol;
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "openai".into(),
+                "client_aborted".into(),
+                None,
+                None,
+                "estimated".into(),
+                estimate(Protocol::OpenAi, cases[0].1),
+                0
+            ),
+            (
+                "dashscope".into(),
+                "client_aborted".into(),
+                None,
+                None,
+                "estimated".into(),
+                estimate(Protocol::DashScope, cases[1].1),
+                0
+            ),
+        ]
+    );
+    assert!(
+        rows.iter().all(|r| r.5 > 0),
+        "the prompt is estimated, never 0"
+    );
+    assert_no_dead_letters(t.journal.path());
+    t.app.shutdown().await;
+}
