@@ -636,6 +636,17 @@ async fn the_open_hours_cost_gauge_is_the_ledgers_sum_for_the_hour() {
     t.app.shutdown().await;
 }
 
+/// protocol, status, http_status, error_code, usage_source, input_tokens, output_tokens
+type AbortedRow = (
+    String,
+    String,
+    Option<i16>,
+    Option<String>,
+    String,
+    i64,
+    i64,
+);
+
 /// A client that gives up before the upstream's response head still leaves a row: the upstream had the
 /// call (it may bill its prompt), so it is `client_aborted` with the prompt estimated (issue 10, defect 1).
 #[tokio::test]
@@ -680,15 +691,7 @@ async fn a_client_that_leaves_before_the_response_head_leaves_a_row() {
     // The client never saw a call id: read the rows as the ledger has them.
     let pool = t.db.pool().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let rows: Vec<(
-        String,
-        String,
-        Option<i16>,
-        Option<String>,
-        String,
-        i64,
-        i64,
-    )> = loop {
+    let rows: Vec<AbortedRow> = loop {
         flush(&t.app).await;
         let rows = sqlx::query_as(
             "SELECT protocol, status, http_status, error_code, usage_source, input_tokens, output_tokens
