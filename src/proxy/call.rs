@@ -23,6 +23,8 @@ pub struct CallContext {
     pub key_hint: Option<String>,
     pub project: Option<String>,
     pub end_user: Option<String>,
+    /// The upstream's `x-request-id` response header, for a body that carries no request id of its own.
+    pub request_id_header: Option<String>,
 }
 
 /// How a call that got no upstream response is metered.
@@ -43,7 +45,7 @@ impl CallContext {
         let now = Instant::now();
         CallFacts {
             call_id: self.call_id,
-            upstream_request_id: report.upstream_request_id,
+            upstream_request_id: report.upstream_request_id.or(self.request_id_header),
             protocol: self.protocol,
             model: self
                 .info

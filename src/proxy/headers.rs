@@ -15,7 +15,9 @@ pub fn call_id_header(call_id: Uuid) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
-pub fn attribution(headers: &HeaderMap, name: &str) -> Option<String> {
+/// A header's value as text, trimmed and cut at 128 characters (attribution labels, request ids: labels, not
+/// payloads); `None` if absent, empty or not text.
+pub fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     let v = headers.get(name)?.to_str().ok()?.trim();
     if v.is_empty() {
         return None;

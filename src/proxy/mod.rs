@@ -27,7 +27,7 @@ use crate::usage::{self, CallStatus, Protocol, RequestInfo};
 use axum::body::Body;
 use bytes::Bytes;
 use call::{CallContext, NoResponse};
-use headers::{attribution, call_id_header, copy_forward_headers, PROJECT_HEADER, USER_HEADER};
+use headers::{call_id_header, copy_forward_headers, header_text, PROJECT_HEADER, USER_HEADER};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{request, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
@@ -37,6 +37,8 @@ use upstream::Upstream;
 use uuid::Uuid;
 
 const OPENAI_PATH: &str = "/compatible-mode/v1/chat/completions";
+/// The platform's request id on every response (reference §0); a fallback for bodies without one.
+const UPSTREAM_REQUEST_ID_HEADER: &str = "x-request-id";
 const NATIVE_PATH: &str = "/api/v1/services/aigc/text-generation/generation";
 
 /// The proxy: cheap to clone, one per listener.
@@ -255,8 +257,9 @@ impl Proxy {
             started: Instant::now(),
             key_fingerprint,
             key_hint,
-            project: attribution(headers, PROJECT_HEADER),
-            end_user: attribution(headers, USER_HEADER),
+            project: header_text(headers, PROJECT_HEADER),
+            end_user: header_text(headers, USER_HEADER),
+            request_id_header: None,
         }
     }
 
@@ -343,11 +346,12 @@ impl Proxy {
     fn respond(
         &self,
         response: Response<hyper::body::Incoming>,
-        ctx: CallContext,
+        mut ctx: CallContext,
         metered: bool,
         strip_usage_chunk: bool,
     ) -> Response<Body> {
         let (mut resp_parts, resp_body) = response.into_parts();
+        ctx.request_id_header = header_text(&resp_parts.headers, UPSTREAM_REQUEST_ID_HEADER);
         let mut headers = HeaderMap::with_capacity(resp_parts.headers.len() + 1);
         copy_forward_headers(&resp_parts.headers, &mut headers);
         headers.insert(CALL_ID_HEADER, call_id_header(ctx.call_id));

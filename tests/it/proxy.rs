@@ -671,6 +671,54 @@ async fn an_upstream_that_never_accepts_is_given_up_at_the_connect_timeout() {
     drop(queued);
 }
 
+/// A body without a request id (a bare 429) takes the upstream's `x-request-id` header; a body that has
+/// one keeps its own (issue 10, defect 8).
+#[tokio::test]
+async fn a_body_without_a_request_id_takes_the_response_header() {
+    let up = ScriptedUpstream::start().await;
+    let t = TestApp::start(up.upstream()).await;
+    let mut bare = Script::json(
+        429,
+        r#"{"code":"Throttling","message":"Requests throttling triggered."}"#,
+    );
+    bare.headers.push((
+        "x-request-id".into(),
+        "a1c0561c-1dfe-98a6-a62f-983577b8bc5e".into(),
+    ));
+    up.push(bare);
+    let mut own = Script::json(200, NATIVE_R1_JSON);
+    own.headers
+        .push(("x-request-id".into(), "header-id".into()));
+    up.push(own);
+    let native =
+        r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"1+1"}]}}"#;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let resp = post(&t, NATIVE_PATH, native).await;
+        ids.push(call_id(&resp));
+        resp.bytes().await.unwrap();
+    }
+    let bare = t.record_of(&ids[0]).await;
+    assert_eq!(
+        (
+            bare.status,
+            bare.http_status,
+            bare.upstream_request_id.as_deref()
+        ),
+        (
+            CallStatus::UpstreamError,
+            Some(429),
+            Some("a1c0561c-1dfe-98a6-a62f-983577b8bc5e")
+        )
+    );
+    let own = t.record_of(&ids[1]).await;
+    assert_eq!(
+        own.upstream_request_id.as_deref(),
+        Some("7039d8ff-89e0-9191-b4d3-0d258a7d70e1"),
+        "the body's own id"
+    );
+}
+
 #[tokio::test]
 async fn gzip_responses_reach_the_client_compressed_and_are_still_metered() {
     use std::io::Write;
