@@ -123,8 +123,12 @@ impl Meter {
     }
 
     /// The record of `facts` finishing now, and its cost by token class (`None`: unpriced).
-    fn complete(&self, facts: CallFacts) -> (CallRecord, Option<[(&'static str, Decimal); 4]>) {
+    fn complete(&self, mut facts: CallFacts) -> (CallRecord, Option<[(&'static str, Decimal); 4]>) {
         let me = &self.inner;
+        // Priced exactly as stored: bounded counts (and a bounded cost: 2^40 tokens at the price book's
+        // ceiling fit the decimal type).
+        let t = facts.tokens;
+        facts.tokens = crate::usage::Tokens::clamped(t.input, t.cached, t.output, t.reasoning).0;
         // A wall clock stepped back mid-call must not finish a call before it started.
         let finished_at = me.clock.now().max(facts.started_at);
         let price = me.prices.price_at(&facts.model, finished_at);

@@ -61,6 +61,10 @@ impl Price {
     }
 }
 
+/// The highest price a book may set, CNY per million tokens (a typo guard, and with
+/// [`crate::usage::Tokens::MAX`] the bound that keeps every cost inside the exact decimal type).
+pub const MAX_PRICE: u32 = 1_000_000;
+
 /// Start of the clock hour, in `tz`, that contains `at`: the billing hour of a call that finished at `at`.
 pub fn billing_hour(at: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
     use chrono::Timelike;
@@ -260,6 +264,11 @@ impl PriceBook {
             ] {
                 if v.is_sign_negative() && !v.is_zero() {
                     return Err(fail(format!("{field} price {v} is negative")));
+                }
+                if v > Decimal::from(MAX_PRICE) {
+                    return Err(fail(format!(
+                        "{field} price {v} is above {MAX_PRICE} CNY per million tokens"
+                    )));
                 }
             }
             let starts_at = tz

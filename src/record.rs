@@ -83,9 +83,12 @@ pub struct Billing {
 }
 
 impl CallRecord {
-    /// The complete record.
+    /// The complete record. Whatever the facts say, the record satisfies the ledger's checks: counts are
+    /// bounded ([`Tokens::clamped`]), `answer = output − reasoning`, and an HTTP status outside 100–599 (a
+    /// broken in-band status) is not stored.
     pub fn new(facts: CallFacts, billing: Billing) -> CallRecord {
-        let t = facts.tokens;
+        let f = facts.tokens;
+        let (t, _) = Tokens::clamped(f.input, f.cached, f.output, f.reasoning);
         CallRecord {
             call_id: facts.call_id,
             upstream_request_id: facts.upstream_request_id,
@@ -93,7 +96,7 @@ impl CallRecord {
             model: facts.model,
             stream: facts.stream,
             status: facts.status,
-            http_status: facts.http_status,
+            http_status: facts.http_status.filter(|s| (100..=599).contains(s)),
             error_code: facts.error_code,
             started_at: facts.started_at,
             finished_at: billing.finished_at,

@@ -70,7 +70,9 @@ impl<B> MeteredBody<B> {
         if let Some((tap, ctx)) = self.call.take() {
             let body = ctx.request_body.clone();
             let protocol = ctx.protocol;
-            let report = tap.finish(end, || usage::estimate_prompt_tokens(protocol, &body));
+            let report = super::call::counting(|| {
+                tap.finish(end, || usage::estimate_prompt_tokens(protocol, &body))
+            });
             let state = self.proxy.state();
             state
                 .metrics
@@ -101,7 +103,7 @@ impl<B> MeteredBody<B> {
         let mut kept: Option<BytesMut> = None;
         let mut single: Option<Bytes> = None;
         for event in events {
-            if self.tap(&event).usage_only_chunk {
+            if is_only_usage(self.tap(&event)) {
                 continue;
             }
             match (&mut kept, single.take()) {
@@ -116,6 +118,12 @@ impl<B> MeteredBody<B> {
         }
         kept.map(BytesMut::freeze).or(single)
     }
+}
+
+/// The piece was exactly the usage-only event the proxy asked for (never a piece that holds more: a stream
+/// the splitter could not cut into events reaches the client whole).
+fn is_only_usage(signal: usage::TapSignal) -> bool {
+    signal.usage_only_chunk && signal.events == 1
 }
 
 impl<B> Body for MeteredBody<B>
@@ -176,7 +184,7 @@ where
                 Poll::Ready(None) => {
                     this.ended = true;
                     if let Some(rest) = this.splitter.as_mut().and_then(EventSplitter::finish) {
-                        if !this.tap(&rest).usage_only_chunk {
+                        if !is_only_usage(this.tap(&rest)) {
                             this.tail = Some(rest);
                         }
                     }

@@ -39,6 +39,19 @@ pub enum NoResponse {
     ClientLeftBeforeResponse,
 }
 
+/// Runs `f`, which may count tokens. The first count loads the embedded tokenizer (about 250 ms of CPU,
+/// `bench/estimator`); on a multi-threaded runtime that happens with this worker's other tasks handed to
+/// another worker, so no unrelated call waits for it. Later counts are short and run in place.
+pub fn counting<T>(f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread && !usage::tokenizer::is_loaded() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 impl CallContext {
     /// The facts of this call, from what the tap concluded.
     pub fn into_facts(self, report: UsageReport, first_token: Option<Instant>) -> CallFacts {
@@ -72,7 +85,8 @@ impl CallContext {
     /// was left to answer).
     pub fn into_refused_facts(self, answer: Option<&ApiError>, how: NoResponse) -> CallFacts {
         let estimated = |status| {
-            let input = usage::estimate_prompt_tokens(self.protocol, &self.request_body);
+            let input =
+                counting(|| usage::estimate_prompt_tokens(self.protocol, &self.request_body));
             let tokens = usage::Tokens {
                 input,
                 ..Default::default()

@@ -30,7 +30,7 @@ use call::{CallContext, NoResponse};
 use headers::{call_id_header, copy_forward_headers, header_text, PROJECT_HEADER, USER_HEADER};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{request, Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upstream::Upstream;
@@ -40,6 +40,11 @@ const OPENAI_PATH: &str = "/compatible-mode/v1/chat/completions";
 /// The platform's request id on every response (reference §0); a fallback for bodies without one.
 const UPSTREAM_REQUEST_ID_HEADER: &str = "x-request-id";
 const NATIVE_PATH: &str = "/api/v1/services/aigc/text-generation/generation";
+
+/// How much of an oversized request body is read and discarded before the 413 (see [`Proxy::read_body`]).
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+/// How long an oversized body may take to arrive before the 413 goes out regardless.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// The proxy: cheap to clone, one per listener.
 #[derive(Clone)]
@@ -115,6 +120,39 @@ fn route(method: &Method, path: &str) -> Route {
         (true, NATIVE_PATH) => Route::Metered(Protocol::DashScope),
         _ => Route::Forward(protocol),
     }
+}
+
+/// The client's `Accept-Encoding` without the codings the tap cannot decode (`None`: the client sent none,
+/// nothing to change). `*` goes too: it would let the upstream pick any coding.
+fn readable_encodings(headers: &HeaderMap) -> Option<HeaderValue> {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() && !headers.contains_key(header::ACCEPT_ENCODING) {
+        return None;
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|item| {
+            let coding = item
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            coding == "identity" || usage::decode::ACCEPTED.contains(&coding.as_str())
+        })
+        .collect();
+    let value = if kept.is_empty() {
+        "identity".to_owned()
+    } else {
+        kept.join(", ")
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// `.` or `..` segments, also percent-encoded: a path the upstream might resolve somewhere else.
@@ -272,18 +310,46 @@ impl Proxy {
     }
 
     /// The whole request body, within the size limit; on failure our error and how the call ended.
-    async fn read_body(&self, body: Body) -> Result<Bytes, (ApiError, CallStatus)> {
+    ///
+    /// A body over the limit is still read to its end (up to [`DRAIN_BYTES`] more, for at most
+    /// [`DRAIN_TIME`]) and thrown away before the 413 goes out: a server that answers and closes while the
+    /// client is still sending makes the client's TCP stack see a reset, and the client never reads the 413.
+    async fn read_body(&self, mut body: Body) -> Result<Bytes, (ApiError, CallStatus)> {
         let limit = self.inner.max_body_bytes;
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err((ApiError::RequestTooLarge { limit }, CallStatus::Rejected))
+        let unreadable = (ApiError::RequestBodyUnreadable, CallStatus::ClientAborted);
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut size = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| unreadable.clone())?.into_data() else {
+                continue;
+            };
+            size += data.len();
+            if size > limit {
+                drop(frames);
+                let drained = tokio::time::timeout(DRAIN_TIME, async {
+                    let mut discarded = size;
+                    while discarded <= limit.saturating_add(DRAIN_BYTES) {
+                        match body.frame().await {
+                            Some(Ok(f)) => discarded += f.data_ref().map_or(0, Bytes::len),
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::debug!(
+                        "oversized request body still arriving after the drain time; closing"
+                    );
+                }
+                return Err((ApiError::RequestTooLarge { limit }, CallStatus::Rejected));
             }
-            Err(_) => Err((ApiError::RequestBodyUnreadable, CallStatus::ClientAborted)),
+            frames.push(data);
         }
+        Ok(match frames.len() {
+            0 => Bytes::new(),
+            1 => frames.pop().unwrap_or_default(),
+            _ => Bytes::from(frames.concat()),
+        })
     }
 
     /// The upstream request: same method, path, query and body (a metered body inspected and, for the
@@ -330,6 +396,11 @@ impl Proxy {
                     header::ACCEPT_ENCODING,
                     HeaderValue::from_static("identity"),
                 );
+            } else if metered {
+                // The tap must read every body: offer the upstream only codings it can decode.
+                if let Some(v) = readable_encodings(&parts.headers) {
+                    h.insert(header::ACCEPT_ENCODING, v);
+                }
             }
             if let Some(authority) = self.inner.upstream.host_header() {
                 h.insert(header::HOST, authority);
@@ -452,5 +523,21 @@ mod tests {
             Route::NotFound
         );
         assert_eq!(route(&Method::GET, "/compatible-mode"), Route::NotFound);
+    }
+
+    #[test]
+    fn only_decodable_codings_are_offered_upstream() {
+        let offered = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            readable_encodings(&h).unwrap().to_str().unwrap().to_owned()
+        };
+        assert_eq!(offered("gzip, deflate"), "gzip, deflate");
+        assert_eq!(
+            offered("gzip;q=1.0, br;q=0.8, zstd, compress, *;q=0.1"),
+            "gzip;q=1.0, br;q=0.8, zstd"
+        );
+        assert_eq!(offered("compress, sdch"), "identity");
+        assert!(readable_encodings(&HeaderMap::new()).is_none());
     }
 }

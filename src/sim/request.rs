@@ -3,7 +3,7 @@
 
 use super::shape::{error, ErrorKind, Proto};
 use super::SimOptions;
-use crate::usage::estimate::TextTally;
+use crate::usage::estimate::char_rate_tokens;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use rand::rngs::SmallRng;
@@ -183,7 +183,7 @@ fn prompt_of(messages: &[Value]) -> (String, u64) {
             prompt.push('\n');
         }
     }
-    let tokens = TextTally::of(&prompt).tokens() + 3 * messages.len() as u64;
+    let tokens = char_rate_tokens(&prompt) + 3 * messages.len() as u64;
     (prompt, tokens)
 }
 

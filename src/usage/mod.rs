@@ -11,9 +11,11 @@
 //! Metering rules (DESIGN §4): `output_tokens` includes reasoning; `answer = output − reasoning`;
 //! `cached ⊂ input`. These invariants hold for every [`Tokens`] this module produces.
 
+pub mod decode;
 pub mod estimate;
 pub mod sse;
 pub mod tap;
+pub mod tokenizer;
 mod wire;
 
 use serde::Deserialize;
@@ -74,16 +76,24 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Builds counts, clamping the subsets into their totals. Returns whether clamping was needed
-    /// (an upstream inconsistency worth counting, never worth failing a call over).
+    /// Largest count a call can carry: 2^40, about 10^12 — millions of times any context window, and small
+    /// enough that every count fits the ledger's `bigint` and every cost the exact decimal type.
+    pub const MAX: u64 = 1 << 40;
+
+    /// Builds counts, bounding each at [`Tokens::MAX`] and the subsets by their totals. Returns whether
+    /// anything had to be bounded (an upstream inconsistency worth counting, never worth failing a call over).
     pub fn clamped(input: u64, cached: u64, output: u64, reasoning: u64) -> (Tokens, bool) {
+        let bound = |v: u64| v.min(Tokens::MAX);
+        let (input_b, output_b) = (bound(input), bound(output));
         let t = Tokens {
-            input,
-            cached: cached.min(input),
-            output,
-            reasoning: reasoning.min(output),
+            input: input_b,
+            cached: cached.min(input_b),
+            output: output_b,
+            reasoning: reasoning.min(output_b),
         };
-        (t, cached > input || reasoning > output)
+        let clamped =
+            input_b != input || output_b != output || cached > input_b || reasoning > output_b;
+        (t, clamped)
     }
 
     pub fn answer(&self) -> u64 {
@@ -258,40 +268,40 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
-/// Estimated prompt tokens of a request body (both protocols), for calls whose usage never arrived.
+/// Estimated prompt tokens of a request body (both protocols), for calls whose usage never arrived: the
+/// messages rendered through DeepSeek's chat template and counted with its tokenizer. A body that is not
+/// JSON is counted as one user turn of its text (the upstream read something; it bills what it read).
 pub fn estimate_prompt_tokens(protocol: Protocol, body: &[u8]) -> u64 {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return 0;
+        let text = String::from_utf8_lossy(body);
+        return estimate::prompt_text([(estimate::Role::User, text.as_ref())]).tokens();
     };
+    let input = value.get("input");
     let messages = match protocol {
         Protocol::OpenAi => value.get("messages"),
-        Protocol::DashScope => value.get("input").and_then(|i| i.get("messages")),
+        Protocol::DashScope => input.and_then(|i| i.get("messages")),
     };
-    let mut tally = estimate::TextTally::default();
-    let mut count = 0u64;
+    let mut turns: Vec<(estimate::Role, String)> = Vec::new();
     for message in messages.and_then(|m| m.as_array()).into_iter().flatten() {
-        count += 1;
-        match message.get("content") {
-            Some(serde_json::Value::String(s)) => tally.add(s),
-            Some(serde_json::Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(s) = part.get("text").and_then(|t| t.as_str()) {
-                        tally.add(s);
-                    }
-                }
-            }
-            _ => {}
-        }
+        let role = message
+            .get("role")
+            .and_then(|r| r.as_str())
+            .unwrap_or("user");
+        let text = match message.get("content") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => String::new(),
+        };
+        turns.push((estimate::Role::parse(role), text));
     }
-    if let Some(prompt) = value
-        .get("input")
-        .and_then(|i| i.get("prompt"))
-        .and_then(|p| p.as_str())
-    {
-        count += 1;
-        tally.add(prompt);
+    if let Some(prompt) = input.and_then(|i| i.get("prompt")).and_then(|p| p.as_str()) {
+        turns.push((estimate::Role::User, prompt.to_owned()));
     }
-    tally.tokens() + count * estimate::PER_MESSAGE_OVERHEAD
+    estimate::prompt_text(turns.iter().map(|(r, t)| (*r, t.as_str()))).tokens()
 }
 
 /// SHA-256 fingerprint (first 12 hex chars) and display hint (`sk-…` + last 4) of an API key.
@@ -378,7 +388,8 @@ mod tests {
         let body = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"你是谁？"}]},"parameters":{"incremental_output":true}}"#.as_bytes();
         let r = inspect_request(Protocol::DashScope, body, true);
         assert!(r.info.stream && r.info.incremental_output);
-        assert_eq!(estimate_prompt_tokens(Protocol::DashScope, body), 3 + 3);
+        // Reference §2.2: the platform counted 5 input tokens for this prompt.
+        assert_eq!(estimate_prompt_tokens(Protocol::DashScope, body), 5);
     }
 
     #[test]

@@ -197,16 +197,30 @@ impl EventSplitter {
     }
 }
 
-/// End offset (exclusive) of the first complete event: the position after a blank line.
+/// End offset (exclusive) of the first complete event: the position after a blank line. Lines end in `\n`,
+/// `\r\n` or a lone `\r` (all three are SSE line ends); a blank line is a line end right after another.
 fn event_end(buf: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
-        let nl = from + i;
-        // A blank line follows this newline if the next byte is \n, or \r\n.
-        match buf.get(nl + 1) {
-            Some(b'\n') => return Some(nl + 2),
-            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
-            _ => from = nl + 1,
+    while let Some(i) = memchr::memchr2(b'\n', b'\r', &buf[from..]) {
+        let at = from + i;
+        // The end of this line end, or None if a `\r` is the last byte (a `\n` may follow).
+        let line_end = |p: usize| match buf[p] {
+            b'\r' => match buf.get(p + 1) {
+                Some(b'\n') => Some(p + 2),
+                Some(_) => Some(p + 1),
+                None => None,
+            },
+            _ => Some(p + 1),
+        };
+        let after = line_end(at)?;
+        match buf.get(after) {
+            Some(b'\n') => return Some(after + 1),
+            Some(b'\r') => {
+                // Blank line ended by `\r\n` or a lone `\r`; a lone `\r` as the last byte is complete too
+                // (a `\n` after it would be one more, empty, line).
+                return Some(line_end(after).unwrap_or(after + 1));
+            }
+            _ => from = after,
         }
     }
     None
@@ -286,6 +300,23 @@ mod tests {
         assert_eq!(out, vec![&b"data: a\n\n"[..], &b"data: b\r\n\r\n"[..]]);
         assert_eq!(s.push(b"\n\n"), vec![&b"data: c\n\n"[..]]);
         assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn splitter_accepts_cr_only_line_ends() {
+        let mut s = EventSplitter::default();
+        let out = s.push(b"data: a\r\rdata: b\r\n\ndata: c\r");
+        assert_eq!(out, vec![&b"data: a\r\r"[..], &b"data: b\r\n\n"[..]]);
+        assert_eq!(s.push(b"\r"), vec![&b"data: c\r\r"[..]]);
+        // Any split of the same bytes yields the same concatenation, with nothing lost.
+        let all = b"data: 1\r\rdata: 2\r\n\r\ndata: 3\n\ndata: 4\r";
+        for cut in 0..all.len() {
+            let mut s = EventSplitter::default();
+            let mut got: Vec<u8> = s.push(&all[..cut]).concat();
+            got.extend(s.push(&all[cut..]).concat());
+            got.extend(s.finish().unwrap_or_default());
+            assert_eq!(got, all.to_vec(), "cut at {cut}");
+        }
     }
 }
 #[cfg(test)]

@@ -9,17 +9,22 @@
 //! `choices: []`, `reasoning_content` as `""`/`null`/absent, tool calls, in-band `{"error":…}` chunks, flat
 //! `{code,message}` error events, SSE-framed 4xx bodies); native JSON and SSE (`data:` without space,
 //! `:HTTP_STATUS/NNN`, `event:error` with HTTP 200, cumulative usage, `finish_reason: "null"`, incremental
-//! and full-text output); gzip/deflate bodies; unknown fields anywhere.
+//! and full-text output); gzip, deflate (zlib or raw), br and zstd bodies ([`super::decode`]); a UTF-8 BOM; a
+//! JSON body labelled `text/event-stream` (read by what it is: its first byte); unknown fields anywhere.
 //!
-//! A response the tap cannot understand never fails the call: the record then says `usage_source = none`
-//! (or `estimated`) and `parse_errors` counts what was skipped.
+//! A response the tap cannot understand never fails the call, and a successful call is never booked at zero:
+//! when no readable usage arrived, the record says `usage_source = estimated` (prompt from the request, output
+//! from the text that streamed) and `parse_errors` counts what was skipped. Only an upstream error with
+//! nothing generated is `none`.
 
-use super::estimate::{TextTally, COMPLETION_OVERHEAD};
+use super::decode::BodyDecoder;
+use super::estimate::{Transcript, COMPLETION_OVERHEAD};
 use super::sse::{SseEvent, SseParser};
-use super::wire::{error_code_of, is_finished, parse_wire, Message, Wire, WireTokens, WireUsage};
+use super::wire::{
+    error_code_of, is_finished, parse_wire, Message, UsageRead, Wire, WireTokens, BOM,
+};
 use super::{Protocol, RequestInfo, Tokens, UsageSource};
 use std::borrow::Cow;
-use std::io::Write;
 
 /// Largest non-streaming body the tap buffers to read its usage. Larger bodies are forwarded untouched and
 /// recorded with `usage_source = none`.
@@ -68,6 +73,8 @@ pub struct TapSignal {
     pub first_token: bool,
     /// This piece held an OpenAI-compatible usage-only chunk (`"choices": []` with a usage object).
     pub usage_only_chunk: bool,
+    /// Events this piece completed (strip mode drops a piece only if it was that one usage-only event).
+    pub events: u32,
 }
 
 /// Everything the tap concluded about one call.
@@ -90,12 +97,14 @@ pub struct UsageReport {
     pub usage_clamped: bool,
 }
 
-enum Decoder {
-    Identity,
-    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
-    Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
-    /// An encoding the tap cannot read, or a decoding error: stop inspecting.
-    Opaque,
+/// How the tap reads the decoded body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Labelled an event stream, nothing but whitespace (or a BOM) seen yet: the first byte decides.
+    Sniff,
+    Sse,
+    /// A whole body (JSON, or an error that arrived SSE-framed), read at the end.
+    Body,
 }
 
 #[derive(Debug, Default)]
@@ -103,12 +112,14 @@ struct Observed {
     request_id: Option<String>,
     model: Option<String>,
     usage: Option<WireTokens>,
+    /// A usage object arrived whose counts are not counts.
+    usage_unreadable: bool,
     error_code: Option<String>,
     errored: bool,
     inband_status: Option<u16>,
     terminal: bool,
-    reasoning: TextTally,
-    answer: TextTally,
+    reasoning: Transcript,
+    answer: Transcript,
     saw_token: bool,
     parse_errors: u64,
 }
@@ -116,9 +127,17 @@ struct Observed {
 pub struct ResponseTap {
     protocol: Protocol,
     http_status: u16,
-    sse: bool,
+    /// The response was labelled `text/event-stream`.
+    labelled_sse: bool,
+    mode: Mode,
     incremental: bool,
-    decoder: Decoder,
+    /// `None`: an encoding the tap cannot read, or a body that failed to decode; nothing more is inspected.
+    decoder: Option<BodyDecoder>,
+    /// The encoded body ended before its encoding's end (a gzip stream without its trailer).
+    truncated: bool,
+    plain: Vec<u8>,
+    /// Leading bytes that may be the start of a BOM (at most two), while sniffing.
+    lead: Vec<u8>,
     parser: SseParser,
     body: Vec<u8>,
     body_overflow: bool,
@@ -134,112 +153,150 @@ impl ResponseTap {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
     ) -> Self {
-        let sse =
+        let labelled_sse =
             content_type.is_some_and(|c| c.to_ascii_lowercase().contains("text/event-stream"));
-        let decoder = match content_encoding
-            .map(|e| e.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("") | Some("identity") => Decoder::Identity,
-            Some("gzip") | Some("x-gzip") => {
-                Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
-            }
-            Some("deflate") => {
-                Decoder::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new())))
-            }
-            Some(_) => Decoder::Opaque,
-        };
         ResponseTap {
             protocol,
             http_status,
-            sse,
+            labelled_sse,
+            mode: if labelled_sse {
+                Mode::Sniff
+            } else {
+                Mode::Body
+            },
             incremental: request.incremental_output,
-            decoder,
+            decoder: BodyDecoder::for_encoding(content_encoding),
+            truncated: false,
+            plain: Vec::new(),
+            lead: Vec::new(),
             parser: SseParser::default(),
             body: Vec::new(),
             body_overflow: false,
-            obs: Observed::default(),
+            obs: Observed {
+                reasoning: Transcript::new(),
+                answer: Transcript::new(),
+                ..Observed::default()
+            },
         }
     }
 
-    /// Reads the next piece of the response body, exactly as it is forwarded.
+    /// Reads the next piece of the response body, exactly as it is forwarded. Every byte the piece decodes to
+    /// is read before this returns: the tap never lags what the client has been given.
     pub fn feed(&mut self, chunk: &[u8]) -> TapSignal {
         let saw_token = self.obs.saw_token;
         let mut signal = TapSignal::default();
-        match &mut self.decoder {
-            Decoder::Identity => self.consume(chunk, &mut signal),
-            Decoder::Opaque => {}
-            Decoder::Gzip(d) => {
-                let ok = d.write_all(chunk).is_ok();
-                let plain = std::mem::take(d.get_mut());
-                self.after_decode(ok, &plain, &mut signal);
-                if let Decoder::Gzip(d) = &mut self.decoder {
-                    *d.get_mut() = reuse(plain);
-                }
-            }
-            Decoder::Deflate(d) => {
-                let ok = d.write_all(chunk).is_ok();
-                let plain = std::mem::take(d.get_mut());
-                self.after_decode(ok, &plain, &mut signal);
-                if let Decoder::Deflate(d) = &mut self.decoder {
-                    *d.get_mut() = reuse(plain);
-                }
+        if let Some(decoder) = self.decoder.as_mut() {
+            let mut plain = std::mem::take(&mut self.plain);
+            let decoded = decoder.push(chunk, &mut plain);
+            self.consume(&plain, &mut signal);
+            plain.clear();
+            self.plain = plain;
+            if decoded.is_err() {
+                self.unreadable();
             }
         }
         signal.first_token = !saw_token && self.obs.saw_token;
         signal
     }
 
-    fn after_decode(&mut self, ok: bool, plain: &[u8], signal: &mut TapSignal) {
-        self.consume(plain, signal);
-        if !ok {
-            self.obs.parse_errors += 1;
-            self.decoder = Decoder::Opaque;
-        }
+    /// The rest of the body cannot be decoded: stop inspecting it.
+    fn unreadable(&mut self) {
+        self.obs.parse_errors += 1;
+        self.decoder = None;
     }
 
-    fn consume(&mut self, bytes: &[u8], signal: &mut TapSignal) {
-        if self.sse {
-            let Self {
-                parser,
-                obs,
-                protocol,
-                incremental,
-                ..
-            } = self;
-            parser.push(bytes, &mut |ev| {
-                on_event(obs, *protocol, *incremental, ev, signal)
-            });
-        } else if !self.body_overflow {
-            if self.body.len() + bytes.len() > MAX_JSON_BODY {
-                self.body_overflow = true;
-                self.body = Vec::new();
-            } else {
-                self.body.extend_from_slice(bytes);
+    fn consume(&mut self, mut bytes: &[u8], signal: &mut TapSignal) {
+        if self.mode == Mode::Sniff {
+            bytes = self.sniff(bytes);
+            if self.mode == Mode::Sniff {
+                return;
             }
         }
-    }
-
-    /// Ends the call. `prompt_estimate` is only called when usage has to be estimated.
-    pub fn finish(mut self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
-        let mut signal = TapSignal::default();
-        if end == StreamEnd::Complete {
-            if let Decoder::Gzip(d) = &mut self.decoder {
-                let ok = d.try_finish().is_ok();
-                let plain = std::mem::take(d.get_mut());
-                self.after_decode(ok, &plain, &mut signal);
-            }
-            if self.sse {
+        match self.mode {
+            Mode::Sse | Mode::Sniff => {
                 let Self {
                     parser,
                     obs,
                     protocol,
                     incremental,
                     ..
-                } = &mut self;
-                parser.finish(&mut |ev| on_event(obs, *protocol, *incremental, ev, &mut signal));
-            } else if !self.body.is_empty() {
-                self.read_body(&mut signal);
+                } = self;
+                parser.push(bytes, &mut |ev| {
+                    signal.events += 1;
+                    on_event(obs, *protocol, *incremental, ev, signal)
+                });
+            }
+            Mode::Body if !self.body_overflow => {
+                if self.body.len() + bytes.len() > MAX_JSON_BODY {
+                    self.body_overflow = true;
+                    self.body = Vec::new();
+                } else {
+                    self.body.extend_from_slice(bytes);
+                }
+            }
+            Mode::Body => {}
+        }
+    }
+
+    /// Skips a BOM and leading whitespace of a body labelled as an event stream; the first other byte decides
+    /// how it is read (`{`: a JSON body after all). Returns the bytes still to consume.
+    fn sniff<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        let mut rest = bytes;
+        while let Some(&b) = rest.first() {
+            if !self.lead.is_empty() || b == BOM[0] {
+                // Inside a possible BOM.
+                self.lead.push(b);
+                rest = &rest[1..];
+                if !BOM.starts_with(&self.lead) {
+                    // Not a BOM after all: those bytes are the body's start.
+                    self.mode = Mode::Sse;
+                    let lead = std::mem::take(&mut self.lead);
+                    let mut signal = TapSignal::default();
+                    self.consume(&lead, &mut signal);
+                    return rest;
+                }
+                if self.lead.len() == BOM.len() {
+                    self.lead.clear();
+                }
+                continue;
+            }
+            if b.is_ascii_whitespace() {
+                rest = &rest[1..];
+                continue;
+            }
+            self.mode = if b == b'{' { Mode::Body } else { Mode::Sse };
+            return rest;
+        }
+        rest
+    }
+
+    /// Ends the call. `prompt_estimate` is only called when usage has to be estimated.
+    pub fn finish(mut self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
+        let mut signal = TapSignal::default();
+        if end == StreamEnd::Complete {
+            if let Some(decoder) = self.decoder.as_mut() {
+                let mut plain = std::mem::take(&mut self.plain);
+                let ended = decoder.finish(&mut plain);
+                self.consume(&plain, &mut signal);
+                if ended.is_err() {
+                    self.truncated = true;
+                    self.obs.parse_errors += 1;
+                }
+            }
+            match self.mode {
+                Mode::Sse => {
+                    let Self {
+                        parser,
+                        obs,
+                        protocol,
+                        incremental,
+                        ..
+                    } = &mut self;
+                    parser
+                        .finish(&mut |ev| on_event(obs, *protocol, *incremental, ev, &mut signal));
+                }
+                Mode::Body if !self.body.is_empty() => self.read_body(&mut signal),
+                Mode::Body | Mode::Sniff => {}
             }
         }
         if self.parser.oversized_events > 0 || self.body_overflow {
@@ -251,7 +308,8 @@ impl ResponseTap {
     /// A non-streaming body: JSON, or an error body that arrived SSE-framed.
     fn read_body(&mut self, signal: &mut TapSignal) {
         let body = std::mem::take(&mut self.body);
-        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        let start = super::wire::skip_bom(body.trim_ascii_start());
+        let first = start.first().copied();
         if first == Some(b'{') {
             match parse_wire(&body) {
                 Some((w, partial)) => {
@@ -277,17 +335,18 @@ impl ResponseTap {
             } = self;
             let mut parser = SseParser::default();
             let mut f = |ev: SseEvent<'_>| on_event(obs, *protocol, *incremental, ev, signal);
-            parser.push(&body, &mut f);
+            parser.push(start, &mut f);
             parser.finish(&mut f);
-            if !self.obs.errored && self.obs.usage.is_none() {
+            if !self.obs.errored && self.obs.usage.is_none() && !self.obs.usage_unreadable {
                 self.obs.parse_errors += 1;
             }
         }
     }
 
     fn report(self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
-        // A body the tap could not decode says nothing about how it ended or what it used.
-        let unreadable = matches!(self.decoder, Decoder::Opaque);
+        // A body the tap could not decode says nothing about how it ended.
+        let unreadable = self.decoder.is_none();
+        let stream = self.mode == Mode::Sse || (self.mode == Mode::Sniff && self.labelled_sse);
         let mut obs = self.obs;
         if unreadable {
             obs.terminal = true;
@@ -300,7 +359,10 @@ impl ResponseTap {
             match end {
                 StreamEnd::ClientGone => CallStatus::ClientAborted,
                 StreamEnd::UpstreamFailed => CallStatus::UpstreamAborted,
-                StreamEnd::Complete if self.sse && !obs.terminal => CallStatus::UpstreamAborted,
+                // The upstream ended its body, but the body itself is cut: its encoding's end, or (a
+                // stream) its last event never came.
+                StreamEnd::Complete if self.truncated => CallStatus::UpstreamAborted,
+                StreamEnd::Complete if stream && !obs.terminal => CallStatus::UpstreamAborted,
                 StreamEnd::Complete => CallStatus::Ok,
             }
         };
@@ -309,27 +371,20 @@ impl ResponseTap {
             Some(w) => {
                 let reasoning = w
                     .reasoning
-                    .unwrap_or_else(|| split_reasoning(w.output, obs.reasoning, obs.answer));
+                    .unwrap_or_else(|| split_reasoning(w.output, &obs.reasoning, &obs.answer));
                 let (t, clamped) = Tokens::clamped(w.input, w.cached, w.output, reasoning);
                 usage_clamped = clamped;
                 (t, UsageSource::Reported)
             }
             None => {
                 let produced = !obs.reasoning.is_empty() || !obs.answer.is_empty();
-                let cut = matches!(
-                    status,
-                    CallStatus::ClientAborted | CallStatus::UpstreamAborted
-                );
-                if produced || cut {
+                // An upstream error that generated nothing billed nothing; every other call used tokens
+                // the platform bills, whether or not the tap could read how many.
+                if produced || status != CallStatus::UpstreamError {
                     let reasoning = obs.reasoning.tokens();
                     let overhead = if produced { COMPLETION_OVERHEAD } else { 0 };
                     let output = reasoning + obs.answer.tokens() + overhead;
-                    let t = Tokens {
-                        input: prompt_estimate(),
-                        cached: 0,
-                        output,
-                        reasoning,
-                    };
+                    let (t, _) = Tokens::clamped(prompt_estimate(), 0, output, reasoning);
                     (t, UsageSource::Estimated)
                 } else {
                     (Tokens::default(), UsageSource::None)
@@ -342,7 +397,7 @@ impl ResponseTap {
             error_code: obs.error_code,
             upstream_request_id: obs.request_id,
             response_model: obs.model,
-            stream: self.sse,
+            stream,
             tokens,
             usage_source,
             parse_errors: obs.parse_errors,
@@ -351,15 +406,12 @@ impl ResponseTap {
     }
 }
 
-/// Keeps a decode buffer's allocation for the next chunk.
-fn reuse(mut v: Vec<u8>) -> Vec<u8> {
-    v.clear();
-    v
-}
-
 /// Reasoning tokens when the upstream reported only the total (2025-era captures): the total is exact, so
-/// split it in proportion to the estimated sizes of the two channels.
-fn split_reasoning(output: u64, reasoning: TextTally, answer: TextTally) -> u64 {
+/// split it in proportion to the token counts of the two channels' text.
+fn split_reasoning(output: u64, reasoning: &Transcript, answer: &Transcript) -> u64 {
+    if reasoning.is_empty() {
+        return 0;
+    }
     let r = reasoning.tokens() as u128;
     let a = answer.tokens() as u128;
     if r == 0 {
@@ -375,9 +427,14 @@ fn on_event(
     ev: SseEvent<'_>,
     signal: &mut TapSignal,
 ) {
-    if let Some(status) = ev.http_status.filter(|s| *s >= 400) {
-        obs.inband_status = Some(status);
-        obs.errored = true;
+    match ev.http_status {
+        Some(status @ 400..=599) => {
+            obs.inband_status = Some(status);
+            obs.errored = true;
+        }
+        // Not an HTTP status (`:HTTP_STATUS/1000`): ignored, and counted.
+        Some(status) if !(100..=599).contains(&status) => obs.parse_errors += 1,
+        _ => {}
     }
     let error_event = ev.event == Some(&b"error"[..]);
     if error_event {
@@ -433,7 +490,15 @@ fn absorb(
             obs.error_code = Some(code.to_owned());
         }
     }
-    let usage = w.usage.as_ref().and_then(WireUsage::tokens);
+    let usage = match w.usage.as_ref().map(|u| u.read()) {
+        Some(UsageRead::Read(u)) => Some(u),
+        Some(UsageRead::Unreadable) => {
+            obs.usage_unreadable = true;
+            obs.parse_errors += 1;
+            None
+        }
+        Some(UsageRead::Absent) | None => None,
+    };
     if let Some(u) = usage {
         // Compat reports once; native reports cumulative totals in every event: the latest wins either way.
         obs.usage = Some(u);
@@ -464,7 +529,7 @@ fn absorb(
             if accumulate {
                 obs.answer.add(text);
             } else {
-                obs.answer = TextTally::of(text);
+                obs.answer.replace(text);
             }
         }
         if out.finish_reason.as_deref().is_some_and(is_finished) {
@@ -477,31 +542,33 @@ fn tally_message(obs: &mut Observed, message: Option<&Message<'_>>, accumulate: 
     let Some(m) = message else { return };
     let reasoning = m.reasoning_content.as_deref().unwrap_or("");
     let content = m.content.as_deref().unwrap_or("");
-    let mut tools = TextTally::default();
-    for t in m.tool_calls.iter().flatten() {
-        if let Some(f) = &t.function {
-            tools.add(f.name.as_deref().unwrap_or(""));
-            tools.add(f.arguments.as_deref().unwrap_or(""));
-        }
-    }
-    if !reasoning.is_empty() || !content.is_empty() || !tools.is_empty() {
+    let tools = m
+        .tool_calls
+        .iter()
+        .flatten()
+        .filter_map(|t| t.function.as_ref());
+    let has_tools = tools.clone().any(|f| {
+        f.name.as_deref().is_some_and(|n| !n.is_empty())
+            || f.arguments.as_deref().is_some_and(|a| !a.is_empty())
+    });
+    if !reasoning.is_empty() || !content.is_empty() || has_tools {
         obs.saw_token = true;
     }
     if accumulate {
         obs.reasoning.add(reasoning);
         obs.answer.add(content);
-        obs.answer.cjk += tools.cjk;
-        obs.answer.other += tools.other;
     } else {
         // Full-text mode: each event repeats everything so far.
         if !reasoning.is_empty() {
-            obs.reasoning = TextTally::of(reasoning);
+            obs.reasoning.replace(reasoning);
         }
-        if !content.is_empty() || !tools.is_empty() {
-            let mut a = TextTally::of(content);
-            a.cjk += tools.cjk;
-            a.other += tools.other;
-            obs.answer = a;
+        if content.is_empty() && !has_tools {
+            return;
         }
+        obs.answer.replace(content);
+    }
+    for f in tools {
+        obs.answer.add(f.name.as_deref().unwrap_or(""));
+        obs.answer.add(f.arguments.as_deref().unwrap_or(""));
     }
 }

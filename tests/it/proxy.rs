@@ -130,10 +130,14 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
     let native_sse_reasoning = split_by_text(406, &r, &a);
     // A stream cut before its usage: estimated from the texts seen ("唔" thought, "DeepSeek" answered, plus
     // the hidden tokens every completion has).
-    use deepseek_meter::usage::estimate::{TextTally, COMPLETION_OVERHEAD};
-    let moderated_reasoning = TextTally::of("唔").tokens();
+    use deepseek_meter::usage::estimate::{Transcript, COMPLETION_OVERHEAD};
+    let moderated_reasoning = Transcript::of("唔").tokens();
+    let moderated_input = deepseek_meter::usage::estimate_prompt_tokens(
+        deepseek_meter::usage::Protocol::OpenAi,
+        STREAM_REQ_USAGE.as_bytes(),
+    );
     let moderated_output =
-        moderated_reasoning + TextTally::of("DeepSeek").tokens() + COMPLETION_OVERHEAD;
+        moderated_reasoning + Transcript::of("DeepSeek").tokens() + COMPLETION_OVERHEAD;
     let native_req = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"1+1"}]},"parameters":{"incremental_output":true}}"#;
     let compat_req =
         r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"9.9和9.11谁大"}]}"#;
@@ -219,7 +223,7 @@ async fn every_reference_shape_is_forwarded_unchanged_and_recorded() {
             status: CallStatus::UpstreamError,
             http: 200,
             code: Some("data_inspection_failed"),
-            tokens: (5, moderated_output),
+            tokens: (moderated_input, moderated_output),
             reasoning: moderated_reasoning,
             source: UsageSource::Estimated,
         },
@@ -1089,11 +1093,15 @@ async fn hostile_upstream_bodies_reach_the_client_unchanged_and_never_fail_the_c
                     "{name}"
                 )
             }
-            _ => assert_eq!(
-                (r.status, r.usage_source),
-                (CallStatus::Ok, UsageSource::None),
-                "{name}"
-            ),
+            // No readable usage in a successful response: estimated (the prompt at least), never 0.
+            _ => {
+                assert_eq!(
+                    (r.status, r.usage_source),
+                    (CallStatus::Ok, UsageSource::Estimated),
+                    "{name}"
+                );
+                assert!(r.input_tokens > 0, "{name}: the prompt is estimated");
+            }
         }
     }
     let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;

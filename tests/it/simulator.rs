@@ -170,7 +170,7 @@ async fn received(resp: reqwest::Response) -> Vec<u8> {
 /// the last usage object the upstream sent (`reported`); or the estimate from the texts it streamed
 /// (`estimated`: each text's estimated tokens, plus the hidden tokens every completion has); or none.
 fn tokens_the_client_saw(body: &[u8], source: UsageSource) -> (u64, u64, u64) {
-    use deepseek_meter::usage::estimate::{TextTally, COMPLETION_OVERHEAD};
+    use deepseek_meter::usage::estimate::{Transcript, COMPLETION_OVERHEAD};
     let events: Vec<Value> = String::from_utf8_lossy(body)
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))
@@ -201,8 +201,8 @@ fn tokens_the_client_saw(body: &[u8], source: UsageSource) -> (u64, u64, u64) {
                 answer.push_str(delta["content"].as_str().unwrap_or(""));
             }
             let (r, a) = (
-                TextTally::of(&reasoning).tokens(),
-                TextTally::of(&answer).tokens(),
+                Transcript::of(&reasoning).tokens(),
+                Transcript::of(&answer).tokens(),
             );
             let overhead = if r + a > 0 { COMPLETION_OVERHEAD } else { 0 };
             (r + a + overhead, r, a + overhead)
@@ -347,7 +347,7 @@ async fn every_scripted_fault_is_metered() {
             U::Estimated,
         ),
         c(true, true, "stall", 200, UpstreamAborted, None, U::Reported),
-        c(false, false, "garbage", 200, Ok, None, U::None),
+        c(false, false, "garbage", 200, Ok, None, U::Estimated),
         c(
             false,
             true,

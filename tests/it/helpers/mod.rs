@@ -744,10 +744,10 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
 /// reasoning_tokens: `round(output × est(reasoning) / (est(reasoning) + est(answer)))`, with the estimator's
 /// token count of each text, computed here from the texts themselves.
 pub fn split_by_text(output: u64, reasoning: &str, answer: &str) -> u64 {
-    use deepseek_meter::usage::estimate::TextTally;
+    use deepseek_meter::usage::estimate::Transcript;
     let (r, a) = (
-        TextTally::of(reasoning).tokens(),
-        TextTally::of(answer).tokens(),
+        Transcript::of(reasoning).tokens(),
+        Transcript::of(answer).tokens(),
     );
     assert!(r > 0 && a > 0, "both texts present");
     let split = (output as f64 * r as f64 / (r + a) as f64).round() as u64;
