@@ -77,6 +77,85 @@ pub fn tap_json(data: &[u8]) {
     }
 }
 
+/// Content decoding is transparent: a body encoded in any coding the proxy offers (gzip, deflate, br, zstd)
+/// and fed in pieces gives the same report as the plain body; the same bytes labelled with a coding they are
+/// not in never panic and never give usage. Byte 0: coding, protocol, SSE or JSON; byte 1: the piece size.
+pub fn tap_encoded(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let codings = ["gzip", "deflate", "br", "zstd"];
+    let coding = codings[usize::from(data[0] & 3)];
+    let protocol = if data[0] & 4 == 0 {
+        Protocol::OpenAi
+    } else {
+        Protocol::DashScope
+    };
+    let content_type = if data[0] & 8 == 0 {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let step = usize::from(data[1]).max(1);
+    let plain = &data[2..];
+    let encoded = encode(coding, plain);
+    let run = |encoding: Option<&str>, body: &[u8]| {
+        let mut tap = ResponseTap::new(
+            protocol,
+            &RequestInfo::default(),
+            200,
+            Some(content_type),
+            encoding,
+        );
+        for c in body.chunks(step) {
+            tap.feed(c);
+        }
+        tap.finish(StreamEnd::Complete, || 3)
+    };
+    let expected = run(None, plain);
+    assert_eq!(run(Some(coding), &encoded), expected, "{coding}");
+    // The plain bytes mislabelled: unreadable, never usage (unless by chance they decode to a token count).
+    let mislabelled = run(Some(coding), plain);
+    if !plain.windows(7).any(|w| w == b"_tokens") {
+        assert_ne!(
+            mislabelled.usage_source,
+            UsageSource::Reported,
+            "usage from nowhere"
+        );
+    }
+}
+
+/// `data` in a content coding: `gzip`, `deflate` (zlib), `raw deflate`, `br` or `zstd`.
+pub fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "raw deflate" => {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            let mut e = brotli::CompressorWriter::new(&mut out, 4096, 1, 22);
+            e.write_all(data).unwrap();
+            drop(e);
+            out
+        }
+        "zstd" => zstd::encode_all(data, 1).unwrap(),
+        other => panic!("no encoder for {other}"),
+    }
+}
+
 /// The request inspector and include_usage rewriter: never panics; a rewritten body is a JSON object whose
 /// `stream_options.include_usage` is true and whose every other member is the original's, as the same raw
 /// JSON text in the same order (numbers and strings byte for byte: nothing the client sent may change).
@@ -122,9 +201,10 @@ pub fn price_book(data: &[u8]) {
 pub type Oracle = fn(&[u8]);
 
 /// Every oracle by target name.
-pub const TARGETS: [(&str, Oracle); 4] = [
+pub const TARGETS: [(&str, Oracle); 5] = [
     ("tap_sse", tap_sse),
     ("tap_json", tap_json),
+    ("tap_encoded", tap_encoded),
     ("request_rewrite", request_rewrite),
     ("price_book", price_book),
 ];

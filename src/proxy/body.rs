@@ -70,9 +70,13 @@ impl<B> MeteredBody<B> {
         if let Some((tap, ctx)) = self.call.take() {
             let body = ctx.request_body.clone();
             let protocol = ctx.protocol;
-            let report = super::call::counting(|| {
-                tap.finish(end, || usage::estimate_prompt_tokens(protocol, &body))
-            });
+            let concluded = tap.conclude(end);
+            let prompt = || usage::estimate_prompt_tokens(protocol, &body);
+            let report = if concluded.counts_tokens() {
+                super::call::counting(|| concluded.report(prompt))
+            } else {
+                concluded.report(prompt)
+            };
             let state = self.proxy.state();
             state
                 .metrics

@@ -204,107 +204,9 @@ fn zstd_into(
 
 #[cfg(test)]
 mod tests {
+    //! Round trips through every coding, in any piece size, are in `tests/it/usage_tap.rs` and the
+    //! `tap_encoded` fuzz oracle (they share the encoders of `fuzz/checks.rs`).
     use super::*;
-
-    const TEXT: &[u8] = b"data: {\"usage\":{\"output_tokens\":406}}\n\n";
-
-    fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
-        match coding {
-            "gzip" => {
-                let mut e =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                e.write_all(data).unwrap();
-                e.finish().unwrap()
-            }
-            "deflate" => {
-                let mut e =
-                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-                e.write_all(data).unwrap();
-                e.finish().unwrap()
-            }
-            "raw-deflate" => {
-                let mut e =
-                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-                e.write_all(data).unwrap();
-                e.finish().unwrap()
-            }
-            "zstd" => zstd::encode_all(data, 3).unwrap(),
-            "br" => brotli_encode(data),
-            _ => data.to_vec(),
-        }
-    }
-
-    /// A brotli stream of uncompressed meta-blocks (RFC 7932 §9.2), so the test needs no encoder crate.
-    pub(crate) fn brotli_encode(data: &[u8]) -> Vec<u8> {
-        assert!(!data.is_empty() && data.len() <= 65536);
-        // WBITS = 16 (one 0 bit), then a meta-block: ISLAST=0, MNIBBLES=4 (code 0), MLEN-1 (16 bits),
-        // ISUNCOMPRESSED=1, pad to a byte, the bytes; then ISLAST=1, ISLASTEMPTY=1.
-        let mut bits = BitWriter::default();
-        bits.put(0, 1); // WBITS 16
-        bits.put(0, 1); // ISLAST = 0
-        bits.put(0, 2); // MNIBBLES = 4
-        bits.put((data.len() - 1) as u64, 16);
-        bits.put(1, 1); // ISUNCOMPRESSED
-        bits.align();
-        bits.bytes.extend_from_slice(data);
-        bits.put(1, 1); // ISLAST
-        bits.put(1, 1); // ISLASTEMPTY
-        bits.align();
-        bits.bytes
-    }
-
-    #[derive(Default)]
-    struct BitWriter {
-        bytes: Vec<u8>,
-        used: u8,
-    }
-
-    impl BitWriter {
-        fn put(&mut self, v: u64, n: u8) {
-            for i in 0..n {
-                if self.used == 0 {
-                    self.bytes.push(0);
-                }
-                let last = self.bytes.len() - 1;
-                self.bytes[last] |= (((v >> i) & 1) as u8) << self.used;
-                self.used = (self.used + 1) % 8;
-            }
-        }
-        fn align(&mut self) {
-            self.used = 0;
-        }
-    }
-
-    fn decode_in_pieces(
-        coding: &str,
-        encoded: &[u8],
-        piece: usize,
-    ) -> (Vec<u8>, Result<(), DecodeError>) {
-        let name = if coding == "raw-deflate" {
-            "deflate"
-        } else {
-            coding
-        };
-        let mut d = BodyDecoder::for_encoding(Some(name)).unwrap();
-        let mut out = Vec::new();
-        for c in encoded.chunks(piece) {
-            d.push(c, &mut out).unwrap();
-        }
-        let end = d.finish(&mut out);
-        (out, end)
-    }
-
-    #[test]
-    fn every_coding_decodes_in_any_piece_size_and_ends_complete() {
-        for coding in ["gzip", "deflate", "raw-deflate", "zstd", "br", "identity"] {
-            let encoded = encode(coding, TEXT);
-            for piece in [1, 2, 7, encoded.len()] {
-                let (out, end) = decode_in_pieces(coding, &encoded, piece);
-                assert_eq!(out, TEXT, "{coding} in pieces of {piece}");
-                assert_eq!(end, Ok(()), "{coding} in pieces of {piece}");
-            }
-        }
-    }
 
     #[test]
     fn a_sync_flushed_stream_yields_each_piece_before_the_next_arrives() {
@@ -325,26 +227,6 @@ mod tests {
         }
         // No trailer yet: the stream is cut.
         assert_eq!(d.finish(&mut seen), Err(DecodeError::Truncated));
-    }
-
-    #[test]
-    fn a_body_cut_before_its_end_is_truncated_in_every_coding() {
-        for coding in ["gzip", "deflate", "raw-deflate", "zstd", "br"] {
-            let encoded = encode(coding, TEXT);
-            let cut = &encoded[..encoded.len() - 2];
-            let name = if coding == "raw-deflate" {
-                "deflate"
-            } else {
-                coding
-            };
-            let mut d = BodyDecoder::for_encoding(Some(name)).unwrap();
-            let mut out = Vec::new();
-            let pushed = d.push(cut, &mut out);
-            assert!(
-                pushed.is_err() || d.finish(&mut out) == Err(DecodeError::Truncated),
-                "{coding}"
-            );
-        }
     }
 
     #[test]

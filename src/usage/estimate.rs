@@ -15,7 +15,7 @@ use super::tokenizer;
 
 /// Hidden tokens of a completion that produced any output (think delimiters, end of turn).
 pub const COMPLETION_OVERHEAD: u64 = 5;
-/// Text kept per channel (reasoning, answer) of one call for an exact count.
+/// Text kept per channel (reasoning, answer) of one call: half its head, half a sample of the rest.
 pub const KEEP_BYTES: usize = 32 * 1024;
 /// Prompt text counted exactly; a longer prompt is extrapolated from this much.
 pub const PROMPT_KEEP_BYTES: usize = 256 * 1024;
@@ -63,25 +63,42 @@ pub fn char_rate_tokens(text: &str) -> u64 {
     c.rate_tokens()
 }
 
-/// The text of one channel of a call, as it streamed: kept up to a bound, counted in characters beyond it.
+/// Bytes of streamed text in one sampled block (whole deltas; a block ends at the delta that reaches this).
+const BLOCK: usize = 512;
+
+/// The text of one channel of a call, as it streamed, kept within a bound.
+///
+/// The first half of the bound keeps the text's head. Past it, the text is cut into blocks of about
+/// [`BLOCK`] bytes (whole deltas, so each block is contiguous text that tokenizes as it streamed) and one
+/// block in `stride` is kept in the other half; when that is full, every other kept block is dropped and the
+/// stride doubles. The count is exact for the head, and the kept blocks' token rate per character over every
+/// character past the head: a tail of another mix (code after prose) is priced by its own mix.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Transcript {
-    kept: String,
+    head: String,
     limit: usize,
+    /// Kept blocks, concatenated; `sample_ends` marks where each ends.
+    sample: String,
+    sample_ends: Vec<usize>,
+    /// The block being filled (its text only if it is to be kept) and its size so far.
+    block: String,
+    block_len: usize,
+    blocks_done: u64,
+    stride: u64,
     beyond: Chars,
 }
 
 impl Transcript {
-    /// A transcript keeping up to [`KEEP_BYTES`].
+    /// A transcript within [`KEEP_BYTES`].
     pub fn new() -> Self {
         Self::with_limit(KEEP_BYTES)
     }
 
     pub fn with_limit(limit: usize) -> Self {
         Transcript {
-            kept: String::new(),
             limit,
-            beyond: Chars::default(),
+            stride: 1,
+            ..Transcript::default()
         }
     }
 
@@ -91,53 +108,104 @@ impl Transcript {
         t
     }
 
+    /// Appends one delta of streamed text.
     pub fn add(&mut self, text: &str) {
         if text.is_empty() {
             return;
         }
-        let room = self.limit.saturating_sub(self.kept.len());
-        if self.beyond.total() == 0 && text.len() <= room {
-            self.kept.push_str(text);
+        let head_room = (self.limit / 2).saturating_sub(self.head.len());
+        let past_head = self.beyond.total() > 0;
+        if !past_head && text.len() <= head_room {
+            self.head.push_str(text);
             return;
         }
-        let mut cut = room.min(text.len());
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
+        let mut rest = text;
+        if !past_head {
+            let cut = floor_char_boundary(text, head_room);
+            self.head.push_str(&text[..cut]);
+            rest = &text[cut..];
         }
-        self.kept.push_str(&text[..cut]);
-        self.beyond.add(&text[cut..]);
+        self.beyond.add(rest);
+        if self.blocks_done.is_multiple_of(self.stride) {
+            // A delta far longer than a block is kept in part: the rate is per character either way.
+            let room = (4 * BLOCK).saturating_sub(self.block.len());
+            self.block
+                .push_str(&rest[..floor_char_boundary(rest, room)]);
+        }
+        self.block_len += rest.len();
+        if self.block_len >= BLOCK {
+            self.end_block();
+        }
+    }
+
+    fn end_block(&mut self) {
+        if self.blocks_done.is_multiple_of(self.stride) {
+            self.sample.push_str(&self.block);
+            self.sample_ends.push(self.sample.len());
+        }
+        self.block.clear();
+        self.block_len = 0;
+        self.blocks_done += 1;
+        if self.sample.len() > self.limit - self.limit / 2 {
+            // Keep every other kept block: those at multiples of the doubled stride.
+            let mut kept = String::with_capacity(self.sample.len() / 2 + BLOCK);
+            let mut ends = Vec::with_capacity(self.sample_ends.len() / 2 + 1);
+            let mut start = 0;
+            for (i, &end) in self.sample_ends.iter().enumerate() {
+                if i % 2 == 0 {
+                    kept.push_str(&self.sample[start..end]);
+                    ends.push(kept.len());
+                }
+                start = end;
+            }
+            self.sample = kept;
+            self.sample_ends = ends;
+            self.stride *= 2;
+        }
     }
 
     /// Full-text mode: the text so far, repeated whole in every event.
     pub fn replace(&mut self, text: &str) {
-        self.kept.clear();
-        self.beyond = Chars::default();
+        *self = Transcript::with_limit(self.limit);
+        // Whole text at once: past the head it is one delta, kept in part (its rate stands for the rest).
         self.add(text);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kept.is_empty() && self.beyond.total() == 0
+        self.head.is_empty() && self.beyond.total() == 0
     }
 
-    /// Token count: exact for the kept text, extrapolated at its measured rate beyond it.
+    /// Token count: exact for the head; past it, the kept blocks' rate per character.
     pub fn tokens(&self) -> u64 {
-        let mut kept_chars = Chars::default();
-        let exact = tokenizer::count(&self.kept);
-        let Some(exact) = exact else {
-            kept_chars.add(&self.kept);
-            return kept_chars.rate_tokens() + self.beyond.rate_tokens();
+        let head = tokenizer::count(&self.head);
+        let Some(head) = head else {
+            let mut head_chars = Chars::default();
+            head_chars.add(&self.head);
+            return head_chars.rate_tokens() + self.beyond.rate_tokens();
         };
         if self.beyond.total() == 0 {
-            return exact;
+            return head;
         }
-        kept_chars.add(&self.kept);
-        if kept_chars.total() == 0 {
-            return self.beyond.rate_tokens();
+        let (mut tokens, mut chars) = (0u64, Chars::default());
+        for part in [&self.sample, &self.block] {
+            tokens += tokenizer::count(part).unwrap_or(0);
+            chars.add(part);
         }
-        let extra =
-            (exact as u128 * self.beyond.total() as u128).div_ceil(kept_chars.total() as u128);
-        exact + extra as u64
+        if chars.total() == 0 {
+            return head + self.beyond.rate_tokens();
+        }
+        let extra = (tokens as u128 * self.beyond.total() as u128).div_ceil(chars.total() as u128);
+        head + extra as u64
     }
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    let mut cut = at.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cut
 }
 
 /// One message of a request, as the template needs it.
@@ -246,9 +314,9 @@ mod tests {
         let (e, b) = (exact.tokens() as f64, bounded.tokens() as f64);
         assert!((b - e).abs() / e < 0.02, "bounded {b} vs exact {e}");
         // Multi-byte text is cut on a character boundary.
-        let mut t = Transcript::with_limit(4);
+        let mut t = Transcript::with_limit(8);
         t.add("你是谁");
-        assert_eq!(t.kept, "你");
+        assert_eq!(t.head, "你");
         assert_eq!(t.beyond.total(), 2);
     }
 

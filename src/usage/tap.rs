@@ -185,7 +185,10 @@ impl ResponseTap {
     pub fn feed(&mut self, chunk: &[u8]) -> TapSignal {
         let saw_token = self.obs.saw_token;
         let mut signal = TapSignal::default();
-        if let Some(decoder) = self.decoder.as_mut() {
+        if matches!(self.decoder, Some(BodyDecoder::Identity)) {
+            // Most bodies: read in place, no copy.
+            self.consume(chunk, &mut signal);
+        } else if let Some(decoder) = self.decoder.as_mut() {
             let mut plain = std::mem::take(&mut self.plain);
             let decoded = decoder.push(chunk, &mut plain);
             self.consume(&plain, &mut signal);
@@ -271,7 +274,13 @@ impl ResponseTap {
     }
 
     /// Ends the call. `prompt_estimate` is only called when usage has to be estimated.
-    pub fn finish(mut self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
+    pub fn finish(self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
+        self.conclude(end).report(prompt_estimate)
+    }
+
+    /// Ends the call, short of counting any token: the caller learns whether the report will have to count
+    /// ([`Concluded::counts_tokens`]) before asking for it.
+    pub fn conclude(mut self, end: StreamEnd) -> Concluded {
         let mut signal = TapSignal::default();
         if end == StreamEnd::Complete {
             if let Some(decoder) = self.decoder.as_mut() {
@@ -302,7 +311,7 @@ impl ResponseTap {
         if self.parser.oversized_events > 0 || self.body_overflow {
             self.obs.parse_errors += self.parser.oversized_events + u64::from(self.body_overflow);
         }
-        self.report(end, prompt_estimate)
+        self.concluded(end)
     }
 
     /// A non-streaming body: JSON, or an error body that arrived SSE-framed.
@@ -343,7 +352,7 @@ impl ResponseTap {
         }
     }
 
-    fn report(self, end: StreamEnd, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
+    fn concluded(self, end: StreamEnd) -> Concluded {
         // A body the tap could not decode says nothing about how it ended.
         let unreadable = self.decoder.is_none();
         let stream = self.mode == Mode::Sse || (self.mode == Mode::Sniff && self.labelled_sse);
@@ -352,7 +361,6 @@ impl ResponseTap {
             obs.terminal = true;
             obs.parse_errors = obs.parse_errors.max(1);
         }
-        let http_status = obs.inband_status.unwrap_or(self.http_status);
         let status = if obs.errored || self.http_status >= 400 {
             CallStatus::UpstreamError
         } else {
@@ -366,6 +374,41 @@ impl ResponseTap {
                 StreamEnd::Complete => CallStatus::Ok,
             }
         };
+        Concluded {
+            status,
+            http_status: obs.inband_status.unwrap_or(self.http_status),
+            stream,
+            obs,
+        }
+    }
+}
+
+/// A call the tap followed to its end, before any token is counted.
+pub struct Concluded {
+    status: CallStatus,
+    http_status: u16,
+    stream: bool,
+    obs: Observed,
+}
+
+impl Concluded {
+    fn produced(&self) -> bool {
+        !self.obs.reasoning.is_empty() || !self.obs.answer.is_empty()
+    }
+
+    /// Whether [`Concluded::report`] will count tokens (with the tokenizer): for an estimate, or to split an
+    /// upstream total between reasoning and answer. Most calls report their usage and count nothing.
+    pub fn counts_tokens(&self) -> bool {
+        match &self.obs.usage {
+            Some(w) => w.reasoning.is_none() && !self.obs.reasoning.is_empty(),
+            None => self.produced() || self.status != CallStatus::UpstreamError,
+        }
+    }
+
+    /// What the call used. `prompt_estimate` is only called when usage has to be estimated.
+    pub fn report(self, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
+        let produced = self.produced();
+        let obs = self.obs;
         let mut usage_clamped = false;
         let (tokens, usage_source) = match obs.usage {
             Some(w) => {
@@ -376,28 +419,24 @@ impl ResponseTap {
                 usage_clamped = clamped;
                 (t, UsageSource::Reported)
             }
-            None => {
-                let produced = !obs.reasoning.is_empty() || !obs.answer.is_empty();
-                // An upstream error that generated nothing billed nothing; every other call used tokens
-                // the platform bills, whether or not the tap could read how many.
-                if produced || status != CallStatus::UpstreamError {
-                    let reasoning = obs.reasoning.tokens();
-                    let overhead = if produced { COMPLETION_OVERHEAD } else { 0 };
-                    let output = reasoning + obs.answer.tokens() + overhead;
-                    let (t, _) = Tokens::clamped(prompt_estimate(), 0, output, reasoning);
-                    (t, UsageSource::Estimated)
-                } else {
-                    (Tokens::default(), UsageSource::None)
-                }
+            // An upstream error that generated nothing billed nothing; every other call used tokens the
+            // platform bills, whether or not the tap could read how many.
+            None if produced || self.status != CallStatus::UpstreamError => {
+                let reasoning = obs.reasoning.tokens();
+                let overhead = if produced { COMPLETION_OVERHEAD } else { 0 };
+                let output = reasoning + obs.answer.tokens() + overhead;
+                let (t, _) = Tokens::clamped(prompt_estimate(), 0, output, reasoning);
+                (t, UsageSource::Estimated)
             }
+            None => (Tokens::default(), UsageSource::None),
         };
         UsageReport {
-            status,
-            http_status,
+            status: self.status,
+            http_status: self.http_status,
             error_code: obs.error_code,
             upstream_request_id: obs.request_id,
             response_model: obs.model,
-            stream,
+            stream: self.stream,
             tokens,
             usage_source,
             parse_errors: obs.parse_errors,

@@ -9,6 +9,7 @@
 mod helpers;
 
 mod billing_time;
+mod billing_truth;
 mod cli;
 mod durability;
 mod faults;

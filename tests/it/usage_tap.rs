@@ -328,6 +328,37 @@ fn unknown_encoding_is_not_read_and_not_fatal() {
     assert!(r.parse_errors > 0);
 }
 
+#[test]
+fn every_coding_decodes_in_any_piece_size_and_ends_complete_or_truncated() {
+    use deepseek_meter::usage::decode::{BodyDecoder, DecodeError};
+    let text = COMPAT_V32_SSE.as_bytes();
+    for coding in ["gzip", "deflate", "raw deflate", "zstd", "br"] {
+        let label = if coding == "raw deflate" {
+            "deflate"
+        } else {
+            coding
+        };
+        let encoded = crate::fuzz_checks::encode(coding, text);
+        for piece in [1, 2, 7, encoded.len()] {
+            let mut d = BodyDecoder::for_encoding(Some(label)).unwrap();
+            let mut out = Vec::new();
+            for c in encoded.chunks(piece) {
+                d.push(c, &mut out).unwrap();
+            }
+            assert_eq!(d.finish(&mut out), Ok(()), "{coding} in pieces of {piece}");
+            assert_eq!(out, text, "{coding} in pieces of {piece}");
+        }
+        // Cut two bytes before its end: an error now, or a truncated end.
+        let mut d = BodyDecoder::for_encoding(Some(label)).unwrap();
+        let mut out = Vec::new();
+        let pushed = d.push(&encoded[..encoded.len() - 2], &mut out);
+        assert!(
+            pushed.is_err() || d.finish(&mut out) == Err(DecodeError::Truncated),
+            "{coding} cut"
+        );
+    }
+}
+
 // ---- native -----------------------------------------------------------------------------------------
 
 #[test]
