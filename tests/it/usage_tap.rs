@@ -540,19 +540,27 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn any_split_gives_the_same_report(cuts in proptest::collection::vec(any::<usize>(), 0..40), which in 0usize..5, crlf in any::<bool>()) {
+    fn any_split_gives_the_same_report(cuts in proptest::collection::vec(any::<usize>(), 0..40), which in 0usize..7, crlf in any::<bool>()) {
+        let json_after_space = format!(" \n{COMPAT_R1_JSON}");
         let (protocol, body) = [
             (Protocol::OpenAi, COMPAT_R1_SSE),
             (Protocol::OpenAi, COMPAT_V32_SSE),
             (Protocol::DashScope, NATIVE_R1_SSE),
             (Protocol::OpenAi, "data: {\"error\":{\"code\":\"invalid_parameter_error\"},\"id\":\"chatcmpl-5\"}\n\n"),
             (Protocol::DashScope, "id:1\nevent:error\n:HTTP_STATUS/400\ndata:{\"code\":\"InvalidParameter\",\"request_id\":\"7\"}"),
+            // A JSON body labelled as a stream, after whitespace; a stream after a BOM.
+            (Protocol::OpenAi, json_after_space.as_str()),
+            (Protocol::DashScope, concat!("\u{feff}", "id:1\nevent:result\n:HTTP_STATUS/200\ndata:{\"output\":{\"choices\":[{\"message\":{\"content\":\"2\"},\"finish_reason\":\"stop\"}]},\"usage\":{\"input_tokens\":11,\"output_tokens\":6}}\n\n")),
         ][which];
         let body = if crlf { body.replace('\n', "\r\n") } else { body.to_owned() };
         let whole = tap_with(protocol, true, 200, SSE, None, &[body.as_bytes()], StreamEnd::Complete);
         let pieces = split(body.as_bytes(), &cuts);
         let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
         let split = tap_with(protocol, true, 200, SSE, None, &refs, StreamEnd::Complete);
+        if which >= 5 {
+            // Both read to their usage whatever the split (JSON as JSON; the BOM skipped).
+            prop_assert_eq!(whole.usage_source, UsageSource::Reported);
+        }
         prop_assert_eq!(whole, split);
     }
 
