@@ -224,7 +224,7 @@ impl Proxy {
             return ApiError::JournalFull.for_call(protocol, call_id);
         }
         let mut ctx = self.context(call_id, protocol, &parts.headers);
-        let body = match self.read_body(body).await {
+        let body = match self.read_body(&parts.headers, body).await {
             Ok(b) => b,
             Err((e, status)) => {
                 return self
@@ -314,8 +314,23 @@ impl Proxy {
     /// A body over the limit is still read to its end (up to [`DRAIN_BYTES`] more, for at most
     /// [`DRAIN_TIME`]) and thrown away before the 413 goes out: a server that answers and closes while the
     /// client is still sending makes the client's TCP stack see a reset, and the client never reads the 413.
-    async fn read_body(&self, mut body: Body) -> Result<Bytes, (ApiError, CallStatus)> {
+    /// A client that announced an oversized body and waits for `100 Continue` before sending it is refused at
+    /// once: the body is never polled, so no `100 Continue` goes out and the client sends nothing.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        mut body: Body,
+    ) -> Result<Bytes, (ApiError, CallStatus)> {
         let limit = self.inner.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let waits_for_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if waits_for_continue && declared.is_some_and(|n| n > limit as u64) {
+            return Err((ApiError::RequestTooLarge { limit }, CallStatus::Rejected));
+        }
         let unreadable = (ApiError::RequestBodyUnreadable, CallStatus::ClientAborted);
         let mut frames: Vec<Bytes> = Vec::new();
         let mut size = 0usize;

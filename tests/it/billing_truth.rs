@@ -430,7 +430,8 @@ async fn a_cr_only_stream_reaches_the_client_in_strip_mode() {
 /// The race made certain: a raw client sends the head and more than the limit, pauses long enough for a
 /// server that answers at once to have answered and closed, then sends the rest and reads. A server that
 /// closed with the upload unread makes the client's kernel see a reset, which discards the 413 it had
-/// received; one that reads the rest first answers 413 after the last byte.
+/// received; one that reads the rest first answers 413 after the last byte. A client that announced its size
+/// and waits for `100 Continue` is refused before it sends its body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_upload_always_gets_its_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -461,6 +462,27 @@ async fn an_oversized_upload_always_gets_its_413() {
             .expect("the 413 carries the call id");
         t.saw(id.trim());
     }
+    // A client that waits for `100 Continue` is refused before it sends a byte of its body.
+    let mut s = tokio::net::TcpStream::connect(t.app.proxy_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {COMPAT_PATH} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-ledger-test-1234\r\ncontent-type: application/json\r\nexpect: 100-continue\r\nconnection: close\r\ncontent-length: {total}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let id = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-meter-call-id: "))
+        .expect("the 413 carries the call id");
+    t.saw(id.trim());
+
     // And through a real client: the default 8 MiB limit, a 9 MiB upload.
     let t8 = LedgerApp::start(up.upstream(), |_| {}).await;
     let big = format!(
