@@ -445,6 +445,15 @@ reasoning = 4
             e,
             "invalid price book entry m@2025-01-01: input price -1 is negative"
         );
+        let huge =
+            "[[model]]\nname = \"m\"\neffective_from = 2025-01-01\ninput = 1\noutput = \"1000000.01\"\n";
+        let e = PriceBook::parse(huge, DEFAULT_TIMEZONE)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid price book entry m@2025-01-01: output price 1000000.01 is above 1000000 CNY per million tokens"
+        );
         let unknown = "[[model]]\nname = \"m\"\neffective_from = 2025-01-01\ninput = 1\noutput = 1\nfoo = 1\n";
         let e = PriceBook::parse(unknown, DEFAULT_TIMEZONE)
             .unwrap_err()

@@ -304,6 +304,11 @@ async fn absurd_usage_and_statuses_still_leave_a_row() {
         row_of("ok", "reported", (4, max, 3), "3298534.883336")
     );
     assert_eq!(row["answer_tokens"].as_i64(), Some(max - 3));
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("deepseek_meter_usage_inconsistent_total 1"),
+        "the bound is counted: {metrics}"
+    );
 
     let native_odd = "id:1\nevent:result\n:HTTP_STATUS/1000\ndata:{\"output\":{\"choices\":[{\"message\":{\"content\":\"2\",\"role\":\"assistant\"},\"finish_reason\":\"stop\"}]},\"usage\":{\"input_tokens\":11,\"output_tokens\":6},\"request_id\":\"odd\"}\n\n";
     up.push(Script::sse(vec![native_odd.as_bytes().to_vec()]));
@@ -321,6 +326,11 @@ async fn absurd_usage_and_statuses_still_leave_a_row() {
         row_of("ok", "reported", (11, 6, 0), "0.00014")
     );
     assert_eq!(row["http_status"].as_i64(), Some(200));
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("deepseek_meter_response_parse_errors_total 1"),
+        "the odd status line is counted: {metrics}"
+    );
     t.audit(&[]).await;
     assert_no_dead_letters(t.journal.path());
 }
