@@ -134,6 +134,7 @@ async fn main() {
         },
         migrate: false,
         ship_deadline: Duration::from_secs(30),
+        billing_grace: Duration::from_secs(600),
     });
     let app = deepseek_meter::app::App::start(settings).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

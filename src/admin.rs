@@ -52,6 +52,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             Ok(Err(e)) => tracing::debug!(error = %e, "open-hour cost not read"),
             Err(_) => tracing::debug!("open-hour cost query timed out"),
         }
+        let closed = crate::bill::last_closed_hour(ledger.pool());
+        if let Ok(Ok(hour)) = tokio::time::timeout(SERVICE_METRICS_TIMEOUT, closed).await {
+            state.metrics.service.publish_last_closed_hour(hour);
+        }
     }
     (
         [(

@@ -13,6 +13,7 @@
 //! 6. Stop the in-process simulator, if any, last: draining streams may still be reading from it.
 
 use crate::admin;
+use crate::bill::{self, Bill};
 use crate::clock::Clock;
 use crate::config::{LedgerSettings, Settings, Upstream as UpstreamSetting};
 use crate::journal::{Journal, Position, WriterHandle};
@@ -74,6 +75,8 @@ struct LedgerTasks {
     stop: CancellationToken,
     drain: CancellationToken,
     ship_deadline: Duration,
+    bill: Bill,
+    roller: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -90,6 +93,14 @@ impl App {
             _ => None,
         };
         let state = app_state(&settings, injected, metrics, ledger_tasks.as_ref());
+        let ledger_tasks = ledger_tasks.map(|mut t| {
+            t.roller = tokio::spawn(roll_bill(
+                t.bill.clone(),
+                state.meter.clone(),
+                t.stop.clone(),
+            ));
+            t
+        });
         let (sim, upstream_uri) = start_upstream(&settings.upstream).await?;
         let proxy = Proxy::new(
             Upstream::new(&upstream_uri, settings.connect_timeout)?,
@@ -145,6 +156,13 @@ impl App {
         let _ = shipped.wait_for(|p| *p >= end).await;
     }
 
+    /// One roll of the hourly bill now (tests; the roller also runs every second). `None` without a ledger.
+    pub async fn roll_bill(&self) -> Option<Result<bill::Rolled, sqlx::Error>> {
+        let tasks = self.ledger_tasks.as_ref()?;
+        let meter = &self.state.meter;
+        Some(tasks.bill.roll(meter.now(), meter.open_hour()).await)
+    }
+
     /// Runs until `signal` completes, then shuts down in order.
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
         signal.await;
@@ -179,6 +197,7 @@ impl App {
                 tasks.drain.cancel();
                 let _ = shipper.await;
             }
+            tasks.roller.abort();
             let left = tasks.journal.backlog().pending_records;
             if left > 0 {
                 tracing::warn!(
@@ -269,7 +288,11 @@ fn start_ledger(ls: &LedgerSettings, metrics: &Metrics) -> anyhow::Result<Ledger
     );
     let (stop, drain) = (CancellationToken::new(), CancellationToken::new());
     let shipper = tokio::spawn(shipper.run(stop.clone(), drain.clone()));
+    let bill = Bill::new(ledger.pool().clone(), ls.billing_grace);
     Ok(LedgerTasks {
+        bill,
+        // Started once the meter exists (its clock says which hour is open).
+        roller: tokio::spawn(async {}),
         journal,
         ledger,
         writer,
@@ -279,6 +302,22 @@ fn start_ledger(ls: &LedgerSettings, metrics: &Metrics) -> anyhow::Result<Ledger
         drain,
         ship_deadline: ls.ship_deadline,
     })
+}
+
+/// The roller: every [`bill::ROLL_EVERY`], one roll of the hourly bill (skipped when another sidecar holds
+/// the roller lock; retried next round when Postgres is away).
+async fn roll_bill(bill: Bill, meter: crate::meter::Meter, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(bill::ROLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = bill.roll(meter.now(), meter.open_hour()).await {
+            tracing::debug!(error = %e, "hourly bill roll failed; retrying next round");
+        }
+    }
 }
 
 /// The upstream's base URI, starting the in-process simulator for `--upstream sim`.

@@ -57,7 +57,9 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Inserts a batch; returns how many rows were new.
+    /// Inserts a batch; returns how many rows were new. In the same statement, each billing hour that got a
+    /// new row is marked for the bill's roller (`bill_dirty_hours`, see `crate::bill`): a row and its mark
+    /// commit together, or neither does.
     pub async fn insert(&self, records: &[CallRecord]) -> Result<u64, sqlx::Error> {
         let n = records.len();
         let mut call_id = Vec::with_capacity(n);
@@ -115,8 +117,8 @@ impl Ledger {
             ttft_ms.push(r.ttft_ms);
             duration_ms.push(r.duration_ms);
         }
-        let result = sqlx::query(
-            "INSERT INTO usage_ledger (call_id, upstream_request_id, protocol, model, stream, status, http_status,
+        let inserted: i64 = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO usage_ledger (call_id, upstream_request_id, protocol, model, stream, status, http_status,
                 error_code, started_at, finished_at, billing_hour, input_tokens, cached_tokens, output_tokens,
                 reasoning_tokens, answer_tokens, usage_source, priced, price_version, cost_total, key_fingerprint,
                 key_hint, project, end_user, ttft_ms, duration_ms)
@@ -124,7 +126,10 @@ impl Ledger {
                 $7::int2[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::int8[],
                 $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::bool[], $19::text[],
                 $20::numeric[], $21::text[], $22::text[], $23::text[], $24::text[], $25::float8[], $26::float8[])
-             ON CONFLICT (call_id) DO NOTHING",
+             ON CONFLICT (call_id) DO NOTHING
+             RETURNING billing_hour),
+             marked AS (INSERT INTO bill_dirty_hours (billing_hour) SELECT DISTINCT billing_hour FROM ins)
+             SELECT count(*) FROM ins",
         )
         .bind(call_id)
         .bind(upstream_request_id)
@@ -152,9 +157,9 @@ impl Ledger {
         .bind(end_user)
         .bind(ttft_ms)
         .bind(duration_ms)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(result.rows_affected())
+        Ok(inserted as u64)
     }
 
     /// Cost of one billing hour so far by model, priced rows only, over every sidecar on the database

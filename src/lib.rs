@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bill;
 pub mod clock;
 pub mod config;
 pub mod error;

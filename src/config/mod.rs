@@ -110,6 +110,8 @@ serve_settings! {
     on_journal_full: OnFull = Some("refuse"), env "METER_ON_JOURNAL_FULL", parse choice;
     /// Billing time zone (IANA name); billing hours are its clock hours.
     billing_timezone: Tz = Some("Asia/Shanghai"), env "METER_BILLING_TIMEZONE", parse timezone;
+    /// How long an ended billing hour stays `provisional` before it closes (`500ms`, `30s`, `10m`, `1h`).
+    billing_grace: Duration = Some("10m"), env "METER_BILLING_GRACE", parse duration;
     /// Do not create or migrate the database at startup.
     no_migrate: bool = Some("false"), env "METER_NO_MIGRATE", parse flag,
         clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
@@ -163,6 +165,7 @@ impl Settings {
                 },
                 migrate: !v.no_migrate,
                 ship_deadline: SHIP_DEADLINE,
+                billing_grace: v.billing_grace,
             }),
             billing_timezone: v.billing_timezone,
             listen: v.listen,
@@ -205,6 +208,8 @@ pub struct LedgerSettings {
     pub migrate: bool,
     /// How long shutdown keeps shipping the journal into Postgres.
     pub ship_deadline: Duration,
+    /// How long an ended billing hour stays `provisional` (`crate::bill`).
+    pub billing_grace: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://localhost/deepseek_meter";
@@ -295,6 +300,31 @@ fn positive(raw: Option<&str>) -> Result<u64, String> {
 
 fn millis(raw: Option<&str>) -> Result<Duration, String> {
     positive(raw).map(Duration::from_millis)
+}
+
+/// A duration with its unit: `500ms`, `30s`, `10m`, `1h` (at most a week).
+fn duration(raw: Option<&str>) -> Result<Duration, String> {
+    let raw = given(raw)?.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 500ms, 30s, 10m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{raw:?} is not a duration like 500ms, 30s, 10m or 1h"
+            ))
+        }
+    };
+    if d > Duration::from_secs(7 * 24 * 3600) {
+        return Err(format!("{raw:?} is longer than a week"));
+    }
+    Ok(d)
 }
 
 fn optional_path(raw: Option<&str>) -> Result<Option<PathBuf>, String> {

@@ -1,7 +1,7 @@
 //! What the service derives from the database: the same value on every sidecar that shares it. The owner
 //! of the data computes it (the ledger's SQL); this module only publishes it, at scrape time.
 
-use prometheus::GaugeVec;
+use prometheus::{GaugeVec, IntGauge};
 use rust_decimal::Decimal;
 
 metrics! {
@@ -9,10 +9,17 @@ metrics! {
     pub struct ServiceMetrics {
         /// Cost in CNY of the open billing hour so far, by model, over every sidecar on the database.
         billing_hour_cost: GaugeVec = "deepseek_meter_billing_hour_cost_yuan" ["model"],
+        /// Start of the newest closed billing hour, in Unix seconds (0 until one closes).
+        last_closed_hour: IntGauge = "deepseek_meter_bill_last_closed_hour_timestamp_seconds" [],
     }
 }
 
 impl ServiceMetrics {
+    /// The newest closed billing hour.
+    pub fn publish_last_closed_hour(&self, hour: Option<chrono::DateTime<chrono::Utc>>) {
+        self.last_closed_hour.set(hour.map_or(0, |h| h.timestamp()));
+    }
+
     /// The open hour's cost by model label (labels already bounded; repeated labels are added up). Models
     /// without calls in this hour drop out, so a new hour starts from nothing rather than from the last one.
     pub fn publish_open_hour(&self, by_model: &[(&str, Decimal)]) {

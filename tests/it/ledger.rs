@@ -466,6 +466,14 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
         ),
         format!("GRANT USAGE ON SCHEMA public TO {}", role.0),
         format!("GRANT SELECT, INSERT ON usage_ledger TO {}", role.0),
+        format!(
+            "GRANT SELECT, INSERT, DELETE ON bill_dirty_hours TO {}",
+            role.0
+        ),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE ON bill_hours, hourly_bill TO {}",
+            role.0
+        ),
     ] {
         sqlx::query(&sql).execute(&pool).await.unwrap();
     }

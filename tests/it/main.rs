@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod bill;
 mod billing_time;
 mod billing_truth;
 mod cli;

@@ -1,0 +1,161 @@
+//! The hourly bill (DESIGN §5): `hourly_bill`, rolled up from `usage_ledger` in SQL by recomputing whole
+//! hours, and each hour's state.
+//!
+//! **No committed row is missed.** The shipper inserts a batch and, in the same statement, one mark per
+//! billing hour that got a new row (`bill_dirty_hours`, see `Ledger::insert`): a row and its mark commit
+//! together. A roll deletes the marks it sees (one statement, one snapshot) and then recomputes those hours
+//! from the ledger in a later statement, whose snapshot holds every row whose mark was deleted. A row committed
+//! after the delete left its mark in place, so the next roll recomputes its hour again. Recomputing is an
+//! idempotent upsert of whole-hour sums (the ledger is append-only: a group never disappears), never a delta.
+//!
+//! **One roller at a time** across the sidecars sharing a database: a roll runs inside a transaction that
+//! first takes a transaction-scoped advisory lock ([`ROLLER_LOCK`]); a sidecar that cannot take it skips
+//! the round (another one is rolling). The transaction makes a roll all-or-nothing: marks deleted by a roll
+//! that fails come back with its rollback.
+//!
+//! **States.** An hour is `open` while it runs (by the app's clock), `provisional` once it has ended, and
+//! `closed` once `--billing-grace` has passed since its end. A row that arrives for a closed hour (a journal
+//! replayed after an outage) re-rolls it: its `revision` goes up by one and it closes again with a new
+//! `closed_at`; nothing changes silently.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// The advisory lock key of the roller (an arbitrary constant: "dsmbill" in ASCII).
+pub const ROLLER_LOCK: i64 = 0x0064_736d_6269_6c6c;
+
+/// How often each sidecar tries to roll.
+pub const ROLL_EVERY: Duration = Duration::from_secs(1);
+
+/// What one roll did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rolled {
+    /// Another sidecar held the roller lock: nothing was done.
+    pub skipped: bool,
+    /// Hours recomputed.
+    pub hours: u64,
+    /// Hours that closed in this roll.
+    pub closed: u64,
+}
+
+/// The hourly bill's writer and reader.
+#[derive(Clone)]
+pub struct Bill {
+    pool: PgPool,
+    grace: Duration,
+}
+
+impl Bill {
+    pub fn new(pool: PgPool, grace: Duration) -> Bill {
+        Bill { pool, grace }
+    }
+
+    /// One roll at `now` (the app's clock), with `open_hour` the billing hour running at `now`.
+    pub async fn roll(
+        &self,
+        now: DateTime<Utc>,
+        open_hour: DateTime<Utc>,
+    ) -> Result<Rolled, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(ROLLER_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(Rolled {
+                skipped: true,
+                ..Rolled::default()
+            });
+        }
+        let hours: Vec<DateTime<Utc>> = sqlx::query_scalar(
+            "WITH taken AS (DELETE FROM bill_dirty_hours RETURNING billing_hour)
+             SELECT DISTINCT billing_hour FROM taken ORDER BY 1",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX);
+        if !hours.is_empty() {
+            // The hours' state rows: new ones start open or provisional; a closed hour is re-opened as
+            // provisional with its revision bumped (it closes again below).
+            sqlx::query(
+                "INSERT INTO bill_hours (billing_hour, state, revision, rolled_at)
+                 SELECT h, CASE WHEN h >= $2 THEN 'open' ELSE 'provisional' END, 0, $3 FROM UNNEST($1::timestamptz[]) h
+                 ON CONFLICT (billing_hour) DO UPDATE SET
+                    revision = bill_hours.revision + (bill_hours.state = 'closed')::int,
+                    state = CASE WHEN bill_hours.state = 'closed' THEN 'provisional' ELSE bill_hours.state END,
+                    closed_at = NULL,
+                    rolled_at = EXCLUDED.rolled_at",
+            )
+            .bind(&hours)
+            .bind(open_hour)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO hourly_bill (billing_hour, model, project, key_fingerprint, calls, unpriced_calls,
+                    estimated_calls, input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens,
+                    cost_total, state, revision, closed_at)
+                 SELECT l.billing_hour, l.model, l.project, l.key_fingerprint, count(*),
+                    count(*) FILTER (WHERE NOT l.priced), count(*) FILTER (WHERE l.usage_source = 'estimated'),
+                    sum(l.input_tokens), sum(l.cached_tokens), sum(l.reasoning_tokens), sum(l.answer_tokens),
+                    sum(l.output_tokens), coalesce(sum(l.cost_total), 0), h.state, h.revision, h.closed_at
+                 FROM usage_ledger l JOIN bill_hours h USING (billing_hour)
+                 WHERE l.billing_hour = ANY($1)
+                 GROUP BY l.billing_hour, l.model, l.project, l.key_fingerprint, h.state, h.revision, h.closed_at
+                 ON CONFLICT (billing_hour, model, project, key_fingerprint) DO UPDATE SET
+                    calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpriced_calls,
+                    estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
+                    cached_tokens = EXCLUDED.cached_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
+                    answer_tokens = EXCLUDED.answer_tokens, output_tokens = EXCLUDED.output_tokens,
+                    cost_total = EXCLUDED.cost_total, state = EXCLUDED.state, revision = EXCLUDED.revision,
+                    closed_at = EXCLUDED.closed_at",
+            )
+            .bind(&hours)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Ended hours become provisional; provisional hours past their grace close.
+        let mut changed: Vec<DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE bill_hours SET state = 'provisional' WHERE state = 'open' AND billing_hour < $1
+             RETURNING billing_hour",
+        )
+        .bind(open_hour)
+        .fetch_all(&mut *tx)
+        .await?;
+        let closed: Vec<DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE bill_hours SET state = 'closed', closed_at = $1
+             WHERE state = 'provisional' AND billing_hour + interval '1 hour' + $2 <= $1
+             RETURNING billing_hour",
+        )
+        .bind(now)
+        .bind(grace)
+        .fetch_all(&mut *tx)
+        .await?;
+        changed.extend(&closed);
+        if !changed.is_empty() {
+            // The bill's rows carry their hour's state.
+            sqlx::query(
+                "UPDATE hourly_bill b SET state = h.state, revision = h.revision, closed_at = h.closed_at
+                 FROM bill_hours h
+                 WHERE b.billing_hour = h.billing_hour AND h.billing_hour = ANY($1)",
+            )
+            .bind(&changed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Rolled {
+            skipped: false,
+            hours: hours.len() as u64,
+            closed: closed.len() as u64,
+        })
+    }
+}
+
+/// Start of the newest closed hour, if any.
+pub async fn last_closed_hour(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(billing_hour) FROM bill_hours WHERE state = 'closed'")
+        .fetch_one(pool)
+        .await
+}

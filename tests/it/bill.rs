@@ -1,0 +1,279 @@
+//! The hourly bill (issue 11, first part: the roll-up and the hour states) through the front door: calls
+//! through the real app on a clock the test sets, into a real Postgres; the bill is read back and checked
+//! against sums the test computes from the ledger rows itself.
+
+use crate::helpers::captures::*;
+use crate::helpers::*;
+use chrono::{DateTime, Utc};
+use deepseek_meter::app::{App, Injected};
+use deepseek_meter::clock::Clock;
+use deepseek_meter::config::Settings;
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+const V3_JSON: &str = r#"{"choices":[{"message":{"content":"ok","role":"assistant"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":6,"completion_tokens":64,"total_tokens":70},"model":"deepseek-v3","id":"chatcmpl-v3"}"#;
+
+/// Rolls until a roll was not skipped (the background roller may hold the lock for a moment).
+async fn roll(app: &App) -> deepseek_meter::bill::Rolled {
+    for _ in 0..100 {
+        let r = app
+            .roll_bill()
+            .await
+            .expect("a ledger")
+            .expect("the roll succeeds");
+        if !r.skipped {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the roller lock was never free");
+}
+
+/// (hour, model, project, key) → (calls, input, output, cost), as the ledger's rows add up.
+type Sums =
+    BTreeMap<(DateTime<Utc>, String, Option<String>, Option<String>), (i64, i64, i64, Decimal)>;
+
+/// hour, model, project, key, input, output, cost
+type LedgerRow = (
+    DateTime<Utc>,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    Option<Decimal>,
+);
+/// hour, model, project, key, calls, input, output, cost
+type BillRow = (
+    DateTime<Utc>,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Decimal,
+);
+
+async fn ledger_sums(pool: &sqlx::PgPool) -> Sums {
+    let rows: Vec<LedgerRow> =
+        sqlx::query_as(
+            "SELECT billing_hour, model, project, key_fingerprint, input_tokens, output_tokens, cost_total
+             FROM usage_ledger",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let mut sums = Sums::new();
+    for (hour, model, project, key, input, output, cost) in rows {
+        let e = sums.entry((hour, model, project, key)).or_default();
+        e.0 += 1;
+        e.1 += input;
+        e.2 += output;
+        e.3 += cost.unwrap_or_default();
+    }
+    sums
+}
+
+async fn bill_sums(pool: &sqlx::PgPool) -> Sums {
+    let rows: Vec<BillRow> =
+        sqlx::query_as(
+            "SELECT billing_hour, model, project, key_fingerprint, calls, input_tokens, output_tokens, cost_total
+             FROM hourly_bill",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(h, m, p, k, c, i, o, cost)| ((h, m, p, k), (c, i, o, cost)))
+        .collect()
+}
+
+/// (state, revision, closed_at) of an hour's bill rows, which must agree.
+async fn hour_state(
+    pool: &sqlx::PgPool,
+    hour: DateTime<Utc>,
+) -> (String, i32, Option<DateTime<Utc>>) {
+    let states: Vec<(String, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT DISTINCT state, revision, closed_at FROM hourly_bill WHERE billing_hour = $1",
+    )
+    .bind(hour)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(states.len(), 1, "one state per hour: {states:?}");
+    states.into_iter().next().unwrap()
+}
+
+async fn call(t: &LedgerApp, up: &ScriptedUpstream, body: &str, project: &str, key: &str) {
+    up.push(Script::json(200, body));
+    let resp = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .bearer_auth(key)
+        .header("x-meter-project", project)
+        .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    t.saw(&call_id(&resp));
+    resp.bytes().await.unwrap();
+}
+
+/// The bill is the ledger's sums per (hour, model, project, key); a call at 23:59:59.999 Beijing time and one
+/// at 00:00:00.000 land in two hours (and two Beijing dates) that share a UTC date; the hour that ended is
+/// provisional until the grace passes, then closed; a late row for a closed hour bumps its revision and closes
+/// it again.
+#[tokio::test]
+async fn the_bill_is_the_ledgers_sums_and_hours_close_after_the_grace() {
+    let up = ScriptedUpstream::start().await;
+    // 2026-11-25 23:59:59.999 in Beijing.
+    let clock = Clock::manual(at("2026-11-25T15:59:59.999Z"));
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), |_| {}).await;
+    call(&t, &up, COMPAT_R1_JSON, "alpha", "sk-key-one-1111").await;
+    call(&t, &up, V3_JSON, "alpha", "sk-key-two-2222").await;
+    clock.set(at("2026-11-25T16:00:00.000Z"));
+    call(&t, &up, COMPAT_R1_JSON, "alpha", "sk-key-one-1111").await;
+    call(&t, &up, COMPAT_R1_JSON, "beta", "sk-key-one-1111").await;
+    call(&t, &up, COMPAT_R1_JSON, "beta", "sk-key-one-1111").await;
+    flush(&t.app).await;
+    roll(&t.app).await;
+    let pool = t.db.pool().await;
+    let sums = ledger_sums(&pool).await;
+    assert_eq!(bill_sums(&pool).await, sums);
+    let (h1, h2) = (at("2026-11-25T15:00:00Z"), at("2026-11-25T16:00:00Z"));
+    let hours: Vec<_> = sums.keys().map(|k| k.0).collect();
+    assert!(hours.contains(&h1) && hours.contains(&h2), "{hours:?}");
+    // The r1 rows of beta in the new hour: 2 calls, 2 × 0.012828.
+    let beta = sums
+        .iter()
+        .find(|(k, _)| k.0 == h2 && k.2.as_deref() == Some("beta"))
+        .unwrap()
+        .1;
+    assert_eq!(
+        (beta.0, beta.3),
+        (2, Decimal::from_str("0.025656").unwrap())
+    );
+    assert_eq!(hour_state(&pool, h1).await, ("provisional".into(), 0, None));
+    assert_eq!(hour_state(&pool, h2).await, ("open".into(), 0, None));
+
+    // 17:09:59 UTC: the 16:00 hour ended 9:59 ago (grace 10 min): provisional; the 15:00 hour closed.
+    clock.set(at("2026-11-25T17:09:59Z"));
+    roll(&t.app).await;
+    assert_eq!(
+        hour_state(&pool, h1).await,
+        ("closed".into(), 0, Some(at("2026-11-25T17:09:59Z")))
+    );
+    assert_eq!(hour_state(&pool, h2).await, ("provisional".into(), 0, None));
+    clock.set(at("2026-11-25T17:10:00Z"));
+    roll(&t.app).await;
+    assert_eq!(
+        hour_state(&pool, h2).await,
+        ("closed".into(), 0, Some(at("2026-11-25T17:10:00Z")))
+    );
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(&format!(
+            "deepseek_meter_bill_last_closed_hour_timestamp_seconds {}",
+            h2.timestamp()
+        )),
+        "{metrics}"
+    );
+
+    // A late row for the closed 15:00 hour (a journal replayed after an outage): re-rolled, revision 1,
+    // closed again at the new time, and the bill still equals the ledger.
+    // The clock moves first: whichever roller sees the row, it sees it at 18:00.
+    clock.set(at("2026-11-25T18:00:00Z"));
+    let ledger = t.app.state.ledger.clone().expect("a ledger");
+    let record = a_record(1);
+    let record = deepseek_meter::record::CallRecord {
+        billing_hour: h1,
+        finished_at: at("2026-11-25T15:30:00Z"),
+        started_at: at("2026-11-25T15:29:59Z"),
+        ..record
+    };
+    t.saw(&record.call_id.to_string());
+    assert_eq!(ledger.insert(&[record]).await.unwrap(), 1);
+    roll(&t.app).await;
+    assert_eq!(bill_sums(&pool).await, ledger_sums(&pool).await);
+    assert_eq!(
+        hour_state(&pool, h1).await,
+        ("closed".into(), 1, Some(at("2026-11-25T18:00:00Z")))
+    );
+    assert_eq!(
+        hour_state(&pool, h2).await,
+        ("closed".into(), 0, Some(at("2026-11-25T17:10:00Z"))),
+        "an hour without new rows is left as it was"
+    );
+    t.audit(&[]).await;
+}
+
+/// Two sidecars on one database, each with its roller: one exact bill, nothing counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_on_one_database_give_one_exact_bill() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, COMPAT_R1_JSON));
+    let clock = Clock::manual(at("2026-11-25T08:30:00Z"));
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), |_| {}).await;
+    let journal2 = tempfile::tempdir().unwrap();
+    let mut settings = Settings::for_tests();
+    settings.upstream = up.upstream();
+    settings.ledger = Some(ledger_settings(&t.db.url, journal2.path()));
+    let other = App::start_with(
+        settings,
+        Injected {
+            recorder: None,
+            clock: Some(clock.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for i in 0..40 {
+        let addr = if i % 2 == 0 {
+            t.app.proxy_addr
+        } else {
+            other.proxy_addr
+        };
+        let resp = http
+            .post(format!("http://{addr}{COMPAT_PATH}"))
+            .bearer_auth("sk-ledger-test-1234")
+            .header("x-meter-project", if i % 3 == 0 { "alpha" } else { "beta" })
+            .body(r#"{"model":"deepseek-r1","messages":[]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        t.saw(&call_id(&resp));
+        resp.bytes().await.unwrap();
+        if i == 20 {
+            // Both rollers at work while calls still arrive (once the database exists).
+            flush(&t.app).await;
+            let (a, b) = tokio::join!(t.app.roll_bill(), other.roll_bill());
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        }
+    }
+    flush(&t.app).await;
+    flush(&other).await;
+    roll(&t.app).await;
+    roll(&other).await;
+    let pool = t.db.pool().await;
+    let bill = bill_sums(&pool).await;
+    assert_eq!(bill, ledger_sums(&pool).await);
+    let calls: i64 = bill.values().map(|v| v.0).sum();
+    let cost: Decimal = bill.values().map(|v| v.3).sum();
+    assert_eq!(calls, 40);
+    assert_eq!(
+        cost,
+        Decimal::from_str("0.012828").unwrap() * Decimal::from(40)
+    );
+    other.shutdown().await;
+    t.audit(&[]).await;
+}
