@@ -77,6 +77,8 @@ struct LedgerTasks {
     ship_deadline: Duration,
     bill: Bill,
     roller: tokio::task::JoinHandle<()>,
+    /// The shipper's oldest unshipped billing hour, for the heartbeat.
+    holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl App {
@@ -97,6 +99,7 @@ impl App {
             t.roller = tokio::spawn(roll_bill(
                 t.bill.clone(),
                 state.meter.clone(),
+                t.holding.clone(),
                 t.stop.clone(),
             ));
             t
@@ -287,10 +290,12 @@ fn start_ledger(ls: &LedgerSettings, metrics: &Metrics) -> anyhow::Result<Ledger
         ls.migrate.then(|| ls.database_url.clone()),
     );
     let (stop, drain) = (CancellationToken::new(), CancellationToken::new());
+    let holding = shipper.holding();
     let shipper = tokio::spawn(shipper.run(stop.clone(), drain.clone()));
     let bill = Bill::new(ledger.pool().clone(), ls.billing_grace);
     Ok(LedgerTasks {
         bill,
+        holding,
         // Started once the meter exists (its clock says which hour is open).
         roller: tokio::spawn(async {}),
         journal,
@@ -304,9 +309,15 @@ fn start_ledger(ls: &LedgerSettings, metrics: &Metrics) -> anyhow::Result<Ledger
     })
 }
 
-/// The roller: every [`bill::ROLL_EVERY`], one roll of the hourly bill (skipped when another sidecar holds
-/// the roller lock; retried next round when Postgres is away).
-async fn roll_bill(bill: Bill, meter: crate::meter::Meter, stop: CancellationToken) {
+/// The roller: every [`bill::ROLL_EVERY`], this sidecar's heartbeat, then one roll of the hourly bill
+/// (skipped when another sidecar holds the roller lock; retried next round when Postgres is away).
+async fn roll_bill(
+    bill: Bill,
+    meter: crate::meter::Meter,
+    holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
+    stop: CancellationToken,
+) {
+    let instance = uuid::Uuid::now_v7();
     let mut tick = tokio::time::interval(bill::ROLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -314,7 +325,12 @@ async fn roll_bill(bill: Bill, meter: crate::meter::Meter, stop: CancellationTok
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = bill.roll(meter.now(), meter.open_hour()).await {
+        let oldest = *holding.borrow();
+        let round = async {
+            bill.heartbeat(instance, meter.now(), oldest).await?;
+            bill.roll(meter.now(), meter.open_hour()).await
+        };
+        if let Err(e) = round.await {
             tracing::debug!(error = %e, "hourly bill roll failed; retrying next round");
         }
     }

@@ -14,7 +14,10 @@
 //! that fails come back with its rollback.
 //!
 //! **States.** An hour is `open` while it runs (by the app's clock), `provisional` once it has ended, and
-//! `closed` once `--billing-grace` has passed since its end. A row that arrives for a closed hour (a journal
+//! `closed` once `--billing-grace` has passed since its end and no live sidecar holds unshipped records of it:
+//! every sidecar's roller writes a heartbeat each round (`meter_instances`: when, and the billing hour of the
+//! oldest record its shipper has read and not yet shipped); a heartbeat older than [`INSTANCE_STALE`] holds
+//! nothing. A row that arrives for a closed hour (a journal
 //! replayed after an outage) re-rolls it: its `revision` goes up by one and it closes again with a new
 //! `closed_at`; nothing changes silently.
 
@@ -25,8 +28,12 @@ use std::time::Duration;
 /// The advisory lock key of the roller (an arbitrary constant: "dsmbill" in ASCII).
 pub const ROLLER_LOCK: i64 = 0x0064_736d_6269_6c6c;
 
-/// How often each sidecar tries to roll.
+/// How often each sidecar tries to roll (and writes its heartbeat).
 pub const ROLL_EVERY: Duration = Duration::from_secs(1);
+
+/// A sidecar whose heartbeat is older than this holds no hour open: it is gone, or cut off from the database
+/// (its rows then arrive later, as a new revision of their hour).
+pub const INSTANCE_STALE: Duration = Duration::from_secs(120);
 
 /// What one roll did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +56,26 @@ pub struct Bill {
 impl Bill {
     pub fn new(pool: PgPool, grace: Duration) -> Bill {
         Bill { pool, grace }
+    }
+
+    /// This sidecar's heartbeat: seen at `now`, holding records from `oldest_unshipped` on (`None`: none).
+    pub async fn heartbeat(
+        &self,
+        instance: uuid::Uuid,
+        now: DateTime<Utc>,
+        oldest_unshipped: Option<DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO meter_instances (instance_id, last_seen, oldest_unshipped_hour) VALUES ($1, $2, $3)
+             ON CONFLICT (instance_id) DO UPDATE SET last_seen = EXCLUDED.last_seen,
+                oldest_unshipped_hour = EXCLUDED.oldest_unshipped_hour",
+        )
+        .bind(instance)
+        .bind(now)
+        .bind(oldest_unshipped)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// One roll at `now` (the app's clock), with `open_hour` the billing hour running at `now`.
@@ -126,10 +153,13 @@ impl Bill {
         let closed: Vec<DateTime<Utc>> = sqlx::query_scalar(
             "UPDATE bill_hours SET state = 'closed', closed_at = $1
              WHERE state = 'provisional' AND billing_hour + interval '1 hour' + $2 <= $1
+               AND NOT EXISTS (SELECT 1 FROM meter_instances i
+                               WHERE i.last_seen > $1 - $3 AND i.oldest_unshipped_hour <= bill_hours.billing_hour)
              RETURNING billing_hour",
         )
         .bind(now)
         .bind(grace)
+        .bind(chrono::Duration::from_std(INSTANCE_STALE).unwrap_or(chrono::Duration::MAX))
         .fetch_all(&mut *tx)
         .await?;
         changed.extend(&closed);

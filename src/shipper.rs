@@ -27,6 +27,9 @@ pub struct Shipper {
     ledger: Ledger,
     cursor: Cursor,
     metrics: InstanceMetrics,
+    /// The billing hour of the oldest record this shipper has read and not yet shipped (`None`: caught up),
+    /// for the bill's heartbeat (`crate::bill`): a live sidecar holding an hour's records keeps it open.
+    holding: tokio::sync::watch::Sender<Option<chrono::DateTime<chrono::Utc>>>,
     /// Create the database (this URL) and apply migrations before the first insert.
     prepare: Option<String>,
 }
@@ -43,8 +46,14 @@ impl Shipper {
             ledger,
             cursor,
             metrics,
+            holding: tokio::sync::watch::channel(None).0,
             prepare: migrate_url,
         }
+    }
+
+    /// The billing hour of the oldest record read and not yet shipped, as it changes.
+    pub fn holding(&self) -> tokio::sync::watch::Receiver<Option<chrono::DateTime<chrono::Utc>>> {
+        self.holding.subscribe()
     }
 
     /// Ships until `stop` fires, then keeps shipping what the journal holds until `drain` fires (or it is
@@ -83,6 +92,8 @@ impl Shipper {
                     continue;
                 }
             };
+            self.holding
+                .send_replace(batch.iter().map(|r| r.billing_hour).min());
             if batch.is_empty() {
                 // A skipped torn tail or a finished segment still moves the checkpoint.
                 if self.cursor.uncommitted() {

@@ -277,3 +277,54 @@ async fn two_sidecars_on_one_database_give_one_exact_bill() {
     other.shutdown().await;
     t.audit(&[]).await;
 }
+
+/// A live sidecar that still holds unshipped records of an hour keeps it provisional past the grace; one not
+/// seen for two minutes holds nothing. The app's own heartbeat says it holds nothing once caught up.
+#[tokio::test]
+async fn a_live_sidecar_holding_an_hours_records_keeps_it_from_closing() {
+    let up = ScriptedUpstream::start().await;
+    let clock = Clock::manual(at("2026-11-25T02:30:00Z"));
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), |_| {}).await;
+    call(&t, &up, COMPAT_R1_JSON, "alpha", "sk-key-one-1111").await;
+    flush(&t.app).await;
+    roll(&t.app).await;
+    let pool = t.db.pool().await;
+    let hour = at("2026-11-25T02:00:00Z");
+    // The app's heartbeat (its roller writes one a second): seen now, holding nothing.
+    let mut own: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = None;
+    for _ in 0..100 {
+        own = sqlx::query_as("SELECT last_seen, oldest_unshipped_hour FROM meter_instances")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        if own.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(own, Some((at("2026-11-25T02:30:00Z"), None)));
+
+    // Another sidecar, alive, still holding records of 02:00 (its shipper is behind).
+    let other = uuid::Uuid::now_v7();
+    clock.set(at("2026-11-25T03:20:00Z"));
+    sqlx::query("INSERT INTO meter_instances VALUES ($1, $2, $3)")
+        .bind(other)
+        .bind(at("2026-11-25T03:19:59Z"))
+        .bind(hour)
+        .execute(&pool)
+        .await
+        .unwrap();
+    roll(&t.app).await;
+    assert_eq!(
+        hour_state(&pool, hour).await,
+        ("provisional".into(), 0, None)
+    );
+    // Not seen for two minutes: it holds nothing, and the hour closes.
+    clock.set(at("2026-11-25T03:22:00Z"));
+    roll(&t.app).await;
+    assert_eq!(
+        hour_state(&pool, hour).await,
+        ("closed".into(), 0, Some(at("2026-11-25T03:22:00Z")))
+    );
+    t.audit(&[]).await;
+}

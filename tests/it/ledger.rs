@@ -471,7 +471,7 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
             role.0
         ),
         format!(
-            "GRANT SELECT, INSERT, UPDATE ON bill_hours, hourly_bill TO {}",
+            "GRANT SELECT, INSERT, UPDATE ON bill_hours, hourly_bill, meter_instances TO {}",
             role.0
         ),
     ] {
