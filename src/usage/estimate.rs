@@ -5,9 +5,9 @@
 //!   §8: 400 visible → 406, 297 → 302, 793 → 797).
 //! - Input: the request's messages rendered through the model's chat template ([`prompt_text`]) and counted.
 //!
-//! Text is kept as it streams past, up to [`KEEP_BYTES`] per channel; that is a copy, never a count, so calls
-//! whose usage arrives pay no tokenizer time. Text beyond the bound is counted in characters and converted at
-//! the token rate measured on the kept part. Without a usable tokenizer (a broken build), character-class
+//! Text is kept as it streams past, within [`KEEP_BYTES`] per channel ([`Transcript`]: the head exactly, then
+//! a sample of 512-byte blocks); that is a copy, never a count, so calls whose usage arrives pay no tokenizer
+//! time. Past the head, the sample's token rate per character prices every character. Without a usable tokenizer (a broken build), character-class
 //! rates stand in (CJK about 0.56 tokens per character, other text 0.25). Rows priced from these numbers are
 //! marked `usage_source = 'estimated'`.
 
@@ -17,7 +17,7 @@ use super::tokenizer;
 pub const COMPLETION_OVERHEAD: u64 = 5;
 /// Text kept per channel (reasoning, answer) of one call: half its head, half a sample of the rest.
 pub const KEEP_BYTES: usize = 32 * 1024;
-/// Prompt text counted exactly; a longer prompt is extrapolated from this much.
+/// Bound of the rendered prompt's transcript: its first half (128 KiB) is counted exactly, the rest sampled.
 pub const PROMPT_KEEP_BYTES: usize = 256 * 1024;
 
 /// Tokens per thousand CJK characters (fallback rate).

@@ -396,18 +396,23 @@ impl Concluded {
         !self.obs.reasoning.is_empty() || !self.obs.answer.is_empty()
     }
 
+    /// Usage never arrived (or could not be read) and the call used tokens: it is estimated. An upstream error
+    /// that generated nothing billed nothing.
+    fn estimated(&self) -> bool {
+        self.obs.usage.is_none() && (self.produced() || self.status != CallStatus::UpstreamError)
+    }
+
     /// Whether [`Concluded::report`] will count tokens (with the tokenizer): for an estimate, or to split an
     /// upstream total between reasoning and answer. Most calls report their usage and count nothing.
     pub fn counts_tokens(&self) -> bool {
-        match &self.obs.usage {
-            Some(w) => w.reasoning.is_none() && !self.obs.reasoning.is_empty(),
-            None => self.produced() || self.status != CallStatus::UpstreamError,
-        }
+        let splits =
+            self.obs.usage.is_some_and(|w| w.reasoning.is_none()) && !self.obs.reasoning.is_empty();
+        splits || self.estimated()
     }
 
     /// What the call used. `prompt_estimate` is only called when usage has to be estimated.
     pub fn report(self, prompt_estimate: impl FnOnce() -> u64) -> UsageReport {
-        let produced = self.produced();
+        let (produced, estimated) = (self.produced(), self.estimated());
         let obs = self.obs;
         let mut usage_clamped = false;
         let (tokens, usage_source) = match obs.usage {
@@ -419,9 +424,7 @@ impl Concluded {
                 usage_clamped = clamped;
                 (t, UsageSource::Reported)
             }
-            // An upstream error that generated nothing billed nothing; every other call used tokens the
-            // platform bills, whether or not the tap could read how many.
-            None if produced || self.status != CallStatus::UpstreamError => {
+            None if estimated => {
                 let reasoning = obs.reasoning.tokens();
                 let overhead = if produced { COMPLETION_OVERHEAD } else { 0 };
                 let output = reasoning + obs.answer.tokens() + overhead;

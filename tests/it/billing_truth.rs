@@ -628,3 +628,33 @@ mod records_the_ledger_accepts {
         assert!(inserted >= 256);
     }
 }
+
+/// Startup and calls whose usage arrives never touch the tokenizer (it is loaded on the first count only):
+/// a JSON call and a stream with their usage leave it unloaded; the first cut stream loads it. Needs a fresh
+/// process (nextest runs each test in its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokenizer_is_loaded_by_the_first_estimate_only() {
+    use deepseek_meter::usage::tokenizer;
+    if tokenizer::is_loaded() {
+        eprintln!("skipped: another test in this process loaded the tokenizer (run under nextest)");
+        return;
+    }
+    let (up, t) = start().await;
+    // A JSON answer whose usage has its reasoning split (a total-only r1 answer would be split by counting).
+    up.push(Script::json(
+        200,
+        r#"{"choices":[{"message":{"content":"2","reasoning_content":"1+1","role":"assistant"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":11,"completion_tokens":21,"completion_tokens_details":{"reasoning_tokens":20}},"model":"deepseek-r1","id":"chatcmpl-d"}"#,
+    ));
+    t.call(COMPAT_PATH, R1_JSON_REQ, &[]).await;
+    up.push(Script::sse(events(COMPAT_V32_SSE)));
+    let (_, id, _) = t.call(COMPAT_PATH, V32_STREAM_REQ, &[]).await;
+    assert_eq!(t.row(&id).await["usage_source"], "reported");
+    assert!(!tokenizer::is_loaded(), "reported usage counts nothing");
+    let mut cut = Script::sse(events(COMPAT_V32_SSE).into_iter().take(2).collect());
+    cut.end = End::Reset;
+    up.push(cut);
+    let (_, id, _) = t.call(COMPAT_PATH, V32_STREAM_REQ, &[]).await;
+    assert_eq!(t.row(&id).await["usage_source"], "estimated");
+    assert!(tokenizer::is_loaded(), "the estimate loaded it");
+    t.audit(&[]).await;
+}
