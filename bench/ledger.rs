@@ -135,6 +135,8 @@ async fn main() {
         migrate: false,
         ship_deadline: Duration::from_secs(30),
         billing_grace: Duration::from_secs(600),
+        report_dir: None,
+        report_webhook: None,
     });
     let app = deepseek_meter::app::App::start(settings).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -3,9 +3,10 @@
 //! Loopback by default. When `--admin-token` is set, every route but `/healthz` requires
 //! `Authorization: Bearer <token>`, compared in constant time. Errors are [`ApiError`]s in the admin shape.
 
+use crate::billing::report::{Format, ReportQuery};
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .route("/v1/calls/{call_id}", get(call))
+        .route("/v1/bill/hourly", get(bill_hourly))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -52,7 +54,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             Ok(Err(e)) => tracing::debug!(error = %e, "open-hour cost not read"),
             Err(_) => tracing::debug!("open-hour cost query timed out"),
         }
-        let closed = crate::bill::last_closed_hour(ledger.pool());
+        let closed = crate::billing::last_closed_hour(ledger.pool());
         if let Ok(Ok(hour)) = tokio::time::timeout(SERVICE_METRICS_TIMEOUT, closed).await {
             state.metrics.service.publish_last_closed_hour(hour);
         }
@@ -80,6 +82,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 "journal_bytes": b.bytes,
                 "journal_max_bytes": b.max_bytes,
                 "journal_writes_failing": b.writes_failing,
+                "report_deliveries": state.deliveries.as_ref()
+                    .and_then(|d| d.lock().ok().map(|s| s.clone())),
             })
         }
         _ => json!({"accepting_calls": accepting, "ledger": "in-memory"}),
@@ -108,6 +112,49 @@ async fn call(
             Err(ApiError::LedgerUnavailable)
         }
     }
+}
+
+/// The parameters of `GET /v1/bill/hourly`, as `deepseek-meter report` takes them.
+#[derive(Debug, serde::Deserialize)]
+struct BillParams {
+    from: Option<String>,
+    to: Option<String>,
+    by: Option<String>,
+    granularity: Option<String>,
+    format: Option<String>,
+}
+
+/// The hourly bill, as `deepseek-meter report` prints it (`format` json by default, or csv, table, html).
+async fn bill_hourly(
+    State(state): State<AppState>,
+    Query(p): Query<BillParams>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::BadReportQuery(m);
+    let format = match p.format.as_deref().filter(|f| !f.is_empty()) {
+        None => Format::Json,
+        Some(f) => <Format as clap::ValueEnum>::from_str(f, true).map_err(|_| {
+            bad(format!(
+                "format: {f:?} is not one of json, csv, table, html"
+            ))
+        })?,
+    };
+    let query = ReportQuery::parse(
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.by.as_deref(),
+        p.granularity.as_deref(),
+        state.timezone,
+        state.meter.now(),
+    )
+    .map_err(|e| bad(e.0))?;
+    let ledger = state.ledger.as_ref().ok_or(ApiError::NoLedger)?;
+    let text = crate::billing::read::render(ledger.pool(), &query, format)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "bill read failed");
+            ApiError::LedgerUnavailable
+        })?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], text).into_response())
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -10,10 +10,14 @@
 //!    disk).
 //! 5. Let the shipper put what Postgres will take into the ledger, for up to the ship deadline; whatever
 //!    is left stays in the journal for the next start.
-//! 6. Stop the in-process simulator, if any, last: draining streams may still be reading from it.
+//! 6. The bill: the roller makes one last round (heartbeat and roll), so the bill holds every shipped row;
+//!    the deliverer finishes the delivery it is making (bounded by the webhook timeout), and what is still
+//!    pending stays in the outbox for any sidecar to deliver.
+//! 7. Stop the in-process simulator, if any, last: draining streams may still be reading from it.
 
 use crate::admin;
-use crate::bill::{self, Bill};
+use crate::billing::delivery::{Attempt, Deliverer, Destinations, StatusCell};
+use crate::billing::{self as bill, Bill};
 use crate::clock::Clock;
 use crate::config::{LedgerSettings, Settings, Upstream as UpstreamSetting};
 use crate::journal::{Journal, Position, WriterHandle};
@@ -76,7 +80,12 @@ struct LedgerTasks {
     drain: CancellationToken,
     ship_deadline: Duration,
     bill: Bill,
+    /// Stops the roller (after its last round) and the deliverer (after its current delivery).
+    billing_stop: CancellationToken,
     roller: tokio::task::JoinHandle<()>,
+    deliverer: Deliverer,
+    delivering: tokio::task::JoinHandle<()>,
+    delivery_status: StatusCell,
     /// The shipper's oldest unshipped billing hour, for the heartbeat.
     holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
 }
@@ -91,7 +100,7 @@ impl App {
     pub async fn start_with(settings: Settings, injected: Injected) -> anyhow::Result<App> {
         let metrics = Metrics::new().context("registering metrics")?;
         let ledger_tasks = match (&injected.recorder, &settings.ledger) {
-            (None, Some(ls)) => Some(start_ledger(ls, &metrics)?),
+            (None, Some(ls)) => Some(start_ledger(ls, settings.billing_timezone, &metrics)?),
             _ => None,
         };
         let state = app_state(&settings, injected, metrics, ledger_tasks.as_ref());
@@ -100,7 +109,14 @@ impl App {
                 t.bill.clone(),
                 state.meter.clone(),
                 t.holding.clone(),
-                t.stop.clone(),
+                t.billing_stop.clone(),
+            ));
+            t.delivering = tokio::spawn(deliver_reports(
+                t.deliverer.clone(),
+                state.meter.clone(),
+                state.metrics.instance.clone(),
+                t.delivery_status.clone(),
+                t.billing_stop.clone(),
             ));
             t
         });
@@ -166,6 +182,19 @@ impl App {
         Some(tasks.bill.roll(meter.now(), meter.open_hour()).await)
     }
 
+    /// Makes every report delivery that is due now (tests; the deliverer also runs every second). Empty
+    /// without a ledger or destinations.
+    pub async fn deliver_reports(&self) -> Result<Vec<Attempt>, sqlx::Error> {
+        let mut made = Vec::new();
+        if let Some(tasks) = &self.ledger_tasks {
+            tasks.deliverer.enqueue(self.state.meter.now()).await?;
+            while let Some(a) = tasks.deliverer.deliver_one(self.state.meter.now()).await? {
+                made.push(a);
+            }
+        }
+        Ok(made)
+    }
+
     /// Runs until `signal` completes, then shuts down in order.
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
         signal.await;
@@ -200,7 +229,14 @@ impl App {
                 tasks.drain.cancel();
                 let _ = shipper.await;
             }
-            tasks.roller.abort();
+            // 6: the roller's last round; the deliverer's current delivery.
+            tasks.billing_stop.cancel();
+            let bound = crate::webhook::WEBHOOK_TIMEOUT + Duration::from_secs(2);
+            for mut task in [tasks.roller, tasks.delivering] {
+                if tokio::time::timeout(bound, &mut task).await.is_err() {
+                    task.abort();
+                }
+            }
             let left = tasks.journal.backlog().pending_records;
             if left > 0 {
                 tracing::warn!(
@@ -209,7 +245,7 @@ impl App {
                 );
             }
         }
-        // 6: the simulator last.
+        // 7: the simulator last.
         if let Some(sim) = self.sim {
             sim.shutdown().await;
         }
@@ -240,6 +276,8 @@ fn app_state(
         metrics,
         journal: ledger_tasks.map(|t| t.journal.clone()),
         ledger: ledger_tasks.map(|t| t.ledger.clone()),
+        deliveries: ledger_tasks.map(|t| t.delivery_status.clone()),
+        timezone: settings.billing_timezone,
         admin_token: settings.admin_token.clone(),
     }
 }
@@ -272,7 +310,11 @@ fn serve(
 }
 
 /// Opens the journal and starts the shipper into a lazily connected ledger.
-fn start_ledger(ls: &LedgerSettings, metrics: &Metrics) -> anyhow::Result<LedgerTasks> {
+fn start_ledger(
+    ls: &LedgerSettings,
+    timezone: chrono_tz::Tz,
+    metrics: &Metrics,
+) -> anyhow::Result<LedgerTasks> {
     let (journal, writer) = Journal::open(ls.journal.clone()).with_context(|| {
         format!(
             "invalid setting --journal-dir: cannot open {}",
@@ -293,11 +335,26 @@ fn start_ledger(ls: &LedgerSettings, metrics: &Metrics) -> anyhow::Result<Ledger
     let holding = shipper.holding();
     let shipper = tokio::spawn(shipper.run(stop.clone(), drain.clone()));
     let bill = Bill::new(ledger.pool().clone(), ls.billing_grace);
+    let webhook = match &ls.report_webhook {
+        Some(url) => Some((
+            url.clone(),
+            crate::webhook::Webhook::new(url.clone()).context("--report-webhook client")?,
+        )),
+        None => None,
+    };
+    let destinations = Destinations {
+        dir: ls.report_dir.clone(),
+        webhook,
+    };
     Ok(LedgerTasks {
         bill,
         holding,
+        billing_stop: CancellationToken::new(),
         // Started once the meter exists (its clock says which hour is open).
         roller: tokio::spawn(async {}),
+        deliverer: Deliverer::new(ledger.pool().clone(), timezone, destinations),
+        delivering: tokio::spawn(async {}),
+        delivery_status: StatusCell::default(),
         journal,
         ledger,
         writer,
@@ -310,7 +367,8 @@ fn start_ledger(ls: &LedgerSettings, metrics: &Metrics) -> anyhow::Result<Ledger
 }
 
 /// The roller: every [`bill::ROLL_EVERY`], this sidecar's heartbeat, then one roll of the hourly bill
-/// (skipped when another sidecar holds the roller lock; retried next round when Postgres is away).
+/// (skipped when another sidecar holds the roller lock; retried next round when Postgres is away). When
+/// stopped, one last round.
 async fn roll_bill(
     bill: Bill,
     meter: crate::meter::Meter,
@@ -321,10 +379,10 @@ async fn roll_bill(
     let mut tick = tokio::time::interval(bill::ROLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+        let last = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
         let oldest = *holding.borrow();
         let round = async {
             bill.heartbeat(instance, meter.now(), oldest).await?;
@@ -332,6 +390,63 @@ async fn roll_bill(
         };
         if let Err(e) = round.await {
             tracing::debug!(error = %e, "hourly bill roll failed; retrying next round");
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// The deliverer: every [`bill::ROLL_EVERY`], the closings not yet queued for this sidecar's destinations,
+/// then every due delivery, then the pending count for `/readyz` and the gauge. Stops between deliveries.
+async fn deliver_reports(
+    deliverer: Deliverer,
+    meter: crate::meter::Meter,
+    metrics: crate::metrics::InstanceMetrics,
+    status: StatusCell,
+    stop: CancellationToken,
+) {
+    if deliverer.destination_ids().is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(bill::ROLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = deliverer.enqueue(meter.now()).await {
+            tracing::debug!(error = %e, "report deliveries not enqueued; retrying next round");
+            continue;
+        }
+        while !stop.is_cancelled() {
+            match deliverer.deliver_one(meter.now()).await {
+                Ok(None) => break,
+                Ok(Some(Attempt::Delivered {
+                    hour,
+                    revision,
+                    target,
+                })) => {
+                    metrics.report_delivered(target);
+                    tracing::info!(%hour, revision, target, "hour report delivered");
+                }
+                Ok(Some(Attempt::Superseded)) => {}
+                Ok(Some(Attempt::Failed { target, error })) => {
+                    metrics.report_delivery_failed(target);
+                    tracing::warn!(target, %error, "hour report delivery failed; retrying with backoff");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "report delivery round failed; retrying next round");
+                    break;
+                }
+            }
+        }
+        if let Ok(s) = deliverer.status().await {
+            metrics.publish_deliveries_pending(s.pending);
+            if let Ok(mut cell) = status.lock() {
+                *cell = s;
+            }
         }
     }
 }

@@ -43,6 +43,8 @@ pub enum ApiError {
     CallNotFound,
     #[error("ledger database unavailable")]
     LedgerUnavailable,
+    #[error("{0}")]
+    BadReportQuery(String),
 }
 
 impl ApiError {
@@ -53,7 +55,9 @@ impl ApiError {
             }
             ApiError::JournalFull | ApiError::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RequestBodyUnreadable | ApiError::BadCallId => StatusCode::BAD_REQUEST,
+            ApiError::RequestBodyUnreadable | ApiError::BadCallId | ApiError::BadReportQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::ProxyError => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -76,6 +80,7 @@ impl ApiError {
             ApiError::NoLedger => "NoLedger",
             ApiError::CallNotFound => "CallNotFound",
             ApiError::LedgerUnavailable => "LedgerUnavailable",
+            ApiError::BadReportQuery(_) => "InvalidReportQuery",
         }
     }
 

@@ -17,7 +17,7 @@
 
 pub mod admin;
 pub mod app;
-pub mod bill;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -25,6 +25,7 @@ pub mod journal;
 pub mod ledger;
 pub mod meter;
 pub mod metrics;
+pub mod net;
 pub mod pricing;
 pub mod proxy;
 pub mod record;
@@ -34,3 +35,4 @@ pub mod sim;
 pub mod state;
 pub mod telemetry;
 pub mod usage;
+pub mod webhook;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use deepseek_meter::config::{self, Cli, Command, Settings};
-use deepseek_meter::{app::App, ledger::Ledger, server, sim, telemetry};
+use deepseek_meter::{app::App, billing::read, ledger::Ledger, server, sim, telemetry};
 use std::process::ExitCode;
 
 /// jemalloc with its background purge thread: memory freed after a burst goes back to the OS within
@@ -33,6 +33,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) | Command::Migrate(args) | Command::Prices(args) => {
             std::mem::take(args)
         }
+        Command::Report(r) => Box::new(std::mem::take(&mut r.serve)),
     };
     args.dashscope_api_key = std::env::var("DASHSCOPE_API_KEY").ok();
     let settings = Settings::resolve(*args, config::load_file(cli.config.as_deref())?)?;
@@ -44,6 +45,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             eprintln!("deepseek-meter: database migrated");
         }
         Command::Prices(_) => print!("{}", settings.prices.render_table()),
+        Command::Report(r) => {
+            let url = settings.ledger.map(|l| l.database_url).unwrap_or_default();
+            let texts = [&r.from, &r.to, &r.by, &r.granularity].map(|t| t.as_deref());
+            let text = read::cli_report(&url, settings.billing_timezone, texts, r.format).await?;
+            print!("{text}");
+        }
         Command::Sim(_) => {}
     }
     Ok(())

@@ -13,6 +13,10 @@ pub struct AppState {
     /// `None` when records are kept elsewhere (in memory: tests, embedding).
     pub journal: Option<Journal>,
     pub ledger: Option<Ledger>,
+    /// This sidecar's report deliveries, as of the deliverer's last round (`None` without a ledger).
+    pub deliveries: Option<crate::billing::delivery::StatusCell>,
+    /// The billing time zone (reports).
+    pub timezone: chrono_tz::Tz,
     /// Required on the admin listener (all but `/healthz`) when set.
     pub admin_token: Option<String>,
 }

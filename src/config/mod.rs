@@ -51,6 +51,31 @@ pub enum Command {
     Prices(Box<ServeArgs>),
     /// Create the database if missing and apply the migrations (`--database-url`, as `serve` would read it).
     Migrate(Box<ServeArgs>),
+    /// Print the hourly bill (`--database-url` and `--billing-timezone` as `serve` would read them).
+    Report(Box<ReportArgs>),
+}
+
+/// Flags of `report`; the settings of `serve` (database, billing time zone) resolve as for `serve`.
+#[derive(Debug, Default, Args)]
+pub struct ReportArgs {
+    /// Start of the window: RFC 3339, or a local time in the billing zone (`2026-11-25T13`, `2026-11-25`,
+    /// `2026-11`). Default: the start of today in the billing zone.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window (exclusive), written as `--from`. Default: now.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Grouping columns: any of model, project, key (comma-separated).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// hour, day or month (days and months are calendar windows in the billing zone).
+    #[arg(long)]
+    pub granularity: Option<String>,
+    /// table, csv, json or html.
+    #[arg(long, value_enum, default_value_t = crate::billing::report::Format::Table)]
+    pub format: crate::billing::report::Format,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Flags of `sim`.
@@ -112,6 +137,11 @@ serve_settings! {
     billing_timezone: Tz = Some("Asia/Shanghai"), env "METER_BILLING_TIMEZONE", parse timezone;
     /// How long an ended billing hour stays `provisional` before it closes (`500ms`, `30s`, `10m`, `1h`).
     billing_grace: Duration = Some("10m"), env "METER_BILLING_GRACE", parse duration;
+    /// Directory that receives each closed hour's report (JSON and CSV, named by hour and revision).
+    report_dir: Option<PathBuf> = None, env "METER_REPORT_DIR", parse optional_path;
+    /// URL that receives each closed hour's report as a JSON POST (with an `Idempotency-Key`).
+    report_webhook: Option<http::Uri> = None, env "METER_REPORT_WEBHOOK", parse optional_url,
+        clap(hide_env_values = true);
     /// Do not create or migrate the database at startup.
     no_migrate: bool = Some("false"), env "METER_NO_MIGRATE", parse flag,
         clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
@@ -166,6 +196,8 @@ impl Settings {
                 migrate: !v.no_migrate,
                 ship_deadline: SHIP_DEADLINE,
                 billing_grace: v.billing_grace,
+                report_dir: v.report_dir,
+                report_webhook: v.report_webhook,
             }),
             billing_timezone: v.billing_timezone,
             listen: v.listen,
@@ -208,8 +240,11 @@ pub struct LedgerSettings {
     pub migrate: bool,
     /// How long shutdown keeps shipping the journal into Postgres.
     pub ship_deadline: Duration,
-    /// How long an ended billing hour stays `provisional` (`crate::bill`).
+    /// How long an ended billing hour stays `provisional` (`crate::billing::roll`).
     pub billing_grace: Duration,
+    /// Where closed hours' reports are delivered (`crate::billing::delivery`).
+    pub report_dir: Option<PathBuf>,
+    pub report_webhook: Option<http::Uri>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://localhost/deepseek_meter";
@@ -369,6 +404,21 @@ fn choice<T: ValueEnum>(raw: Option<&str>) -> Result<T, String> {
             .collect();
         format!("{raw:?} is not one of {}", names.join(", "))
     })
+}
+
+/// An optional `http://` or `https://` URL with a host (a webhook). The problem never quotes the URL: it may
+/// hold a secret.
+fn optional_url(raw: Option<&str>) -> Result<Option<http::Uri>, String> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|_| "is not a URL like https://hooks.example.com/path".to_owned())?;
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(Some(uri))
 }
 
 fn upstream(raw: Option<&str>) -> Result<Upstream, String> {

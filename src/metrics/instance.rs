@@ -43,6 +43,12 @@ metrics! {
         ledger_unrecorded: IntGauge = "deepseek_meter_ledger_unrecorded_calls" [],
         /// Calls refused with 503 because the journal could not take their record.
         journal_full_refusals: IntCounter = "deepseek_meter_journal_full_refusals_total" [],
+        /// Closed hours' reports delivered, by target (`dir`, `webhook`).
+        report_deliveries: IntCounterVec = "deepseek_meter_report_deliveries_total" ["target"],
+        /// Failed report delivery attempts, by target (retried with backoff; never dropped).
+        report_delivery_failures: IntCounterVec = "deepseek_meter_report_delivery_failures_total" ["target"],
+        /// Report deliveries of this sidecar's destinations not made yet.
+        report_deliveries_pending: IntGauge = "deepseek_meter_report_deliveries_pending" [],
     }
 }
 
@@ -125,6 +131,20 @@ impl InstanceMetrics {
 
     pub fn ledger_write_failed(&self) {
         self.ledger_write_failures.inc();
+    }
+
+    pub fn report_delivered(&self, target: &str) {
+        self.report_deliveries.with_label_values(&[target]).inc();
+    }
+
+    pub fn report_delivery_failed(&self, target: &str) {
+        self.report_delivery_failures
+            .with_label_values(&[target])
+            .inc();
+    }
+
+    pub fn publish_deliveries_pending(&self, pending: i64) {
+        self.report_deliveries_pending.set(pending);
     }
 
     /// The journal's gauges, as of a scrape.

@@ -3,11 +3,9 @@
 //! The URI is built from the configured scheme and authority plus the request's path and query, never from
 //! the request's own authority or `Host`, so a client cannot point the proxy anywhere else.
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderValue, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
@@ -15,7 +13,7 @@ use std::time::Duration;
 /// Idle upstream connections kept for reuse (all to the one configured upstream).
 pub const UPSTREAM_IDLE_CONNECTIONS: usize = 256;
 
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<crate::net::Connector, Full<Bytes>>;
 
 pub struct Upstream {
     pub client: UpstreamClient,
@@ -55,16 +53,7 @@ impl Upstream {
 }
 
 fn client(connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .context("TLS setup")?
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
+    let https = crate::net::https_connector(connect_timeout)?;
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         // After a burst of thousands of concurrent streams, keep enough warm connections for the next one,

@@ -5,9 +5,8 @@
 use crate::helpers::captures::*;
 use crate::helpers::*;
 use chrono::{DateTime, Utc};
-use deepseek_meter::app::{App, Injected};
+use deepseek_meter::app::App;
 use deepseek_meter::clock::Clock;
-use deepseek_meter::config::Settings;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -19,7 +18,7 @@ fn at(s: &str) -> DateTime<Utc> {
 const V3_JSON: &str = r#"{"choices":[{"message":{"content":"ok","role":"assistant"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":6,"completion_tokens":64,"total_tokens":70},"model":"deepseek-v3","id":"chatcmpl-v3"}"#;
 
 /// Rolls until a roll was not skipped (the background roller may hold the lock for a moment).
-async fn roll(app: &App) -> deepseek_meter::bill::Rolled {
+async fn roll(app: &App) -> deepseek_meter::billing::Rolled {
     for _ in 0..100 {
         let r = app
             .roll_bill()
@@ -111,19 +110,7 @@ async fn hour_state(
 }
 
 async fn call(t: &LedgerApp, up: &ScriptedUpstream, body: &str, project: &str, key: &str) {
-    up.push(Script::json(200, body));
-    let resp = t
-        .http
-        .post(t.url(COMPAT_PATH))
-        .bearer_auth(key)
-        .header("x-meter-project", project)
-        .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    t.saw(&call_id(&resp));
-    resp.bytes().await.unwrap();
+    t.call_as(up, body, "deepseek-r1", key, project).await;
 }
 
 /// The bill is the ledger's sums per (hour, model, project, key); a call at 23:59:59.999 Beijing time and one
@@ -221,19 +208,7 @@ async fn two_sidecars_on_one_database_give_one_exact_bill() {
     up.answer_always(Script::json(200, COMPAT_R1_JSON));
     let clock = Clock::manual(at("2026-11-25T08:30:00Z"));
     let t = LedgerApp::start_at(up.upstream(), clock.clone(), |_| {}).await;
-    let journal2 = tempfile::tempdir().unwrap();
-    let mut settings = Settings::for_tests();
-    settings.upstream = up.upstream();
-    settings.ledger = Some(ledger_settings(&t.db.url, journal2.path()));
-    let other = App::start_with(
-        settings,
-        Injected {
-            recorder: None,
-            clock: Some(clock.clone()),
-        },
-    )
-    .await
-    .unwrap();
+    let (other, _journal2) = t.beside(up.upstream(), clock.clone(), |_| {}).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     for i in 0..40 {
         let addr = if i % 2 == 0 {

@@ -118,17 +118,7 @@ impl LedgerApp {
     ) -> LedgerApp {
         let db = TestDb::new().await;
         let journal = tempfile::tempdir().unwrap();
-        let mut settings = Settings::for_tests();
-        settings.upstream = upstream;
-        settings.ledger = Some(ledger_settings(&db.url, journal.path()));
-        tweak(&mut settings);
-        let injected = Injected {
-            recorder: None,
-            clock: Some(clock),
-        };
-        let app = App::start_with(settings, injected)
-            .await
-            .expect("app starts");
+        let app = sidecar(&db, journal.path(), upstream, clock, tweak).await;
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         LedgerApp {
             app,
@@ -137,6 +127,45 @@ impl LedgerApp {
             http,
             seen: Mutex::default(),
         }
+    }
+
+    /// Another sidecar on this one's database, with a journal of its own (dropped with the returned dir).
+    pub async fn beside(
+        &self,
+        upstream: Upstream,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> (App, tempfile::TempDir) {
+        let journal = tempfile::tempdir().unwrap();
+        let app = sidecar(&self.db, journal.path(), upstream, clock, tweak).await;
+        (app, journal)
+    }
+
+    /// POSTs `{"model": model}` through the proxy with `key` and `project`, the upstream answering `answer`
+    /// with 200; reads the answer to its end (the call is recorded) and keeps its id for the audit.
+    pub async fn call_as(
+        &self,
+        up: &ScriptedUpstream,
+        answer: &str,
+        model: &str,
+        key: &str,
+        project: &str,
+    ) {
+        up.push(Script::json(200, answer));
+        let resp = self
+            .http
+            .post(self.url(COMPAT_PATH))
+            .bearer_auth(key)
+            .header("x-meter-project", project)
+            .body(format!(
+                r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        self.saw(&call_id(&resp));
+        resp.bytes().await.unwrap();
     }
 
     /// POSTs a body through the proxy with the key `sk-ledger-test-1234`; returns status, call id and body.
@@ -185,6 +214,32 @@ impl LedgerApp {
         self.db.audit(&expected, self.journal.path()).await
     }
 
+    /// Shuts this sidecar down and starts it again on the same database, journal directory and `clock`
+    /// (what the test's clients saw is kept for the audit).
+    pub async fn restart_at(
+        self,
+        upstream: Upstream,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> LedgerApp {
+        let LedgerApp {
+            app,
+            db,
+            journal,
+            http,
+            seen,
+        } = self;
+        app.shutdown().await;
+        let app = sidecar(&db, journal.path(), upstream, clock, tweak).await;
+        LedgerApp {
+            app,
+            db,
+            journal,
+            http,
+            seen,
+        }
+    }
+
     /// Another sidecar on the same database and journal directory (a restart).
     pub async fn start_on(
         db: &TestDb,
@@ -192,11 +247,7 @@ impl LedgerApp {
         upstream: Upstream,
         tweak: impl FnOnce(&mut Settings),
     ) -> App {
-        let mut settings = Settings::for_tests();
-        settings.upstream = upstream;
-        settings.ledger = Some(ledger_settings(&db.url, journal));
-        tweak(&mut settings);
-        App::start(settings).await.expect("app starts")
+        sidecar(db, journal, upstream, Clock::system(), tweak).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -219,6 +270,27 @@ impl LedgerApp {
         assert_eq!(resp.status(), 200, "row of {call_id}");
         resp.json().await.unwrap()
     }
+}
+
+/// A sidecar on `db` and `journal`, reading `clock`.
+async fn sidecar(
+    db: &TestDb,
+    journal: &std::path::Path,
+    upstream: Upstream,
+    clock: Clock,
+    tweak: impl FnOnce(&mut Settings),
+) -> App {
+    let mut settings = Settings::for_tests();
+    settings.upstream = upstream;
+    settings.ledger = Some(ledger_settings(&db.url, journal));
+    tweak(&mut settings);
+    let injected = Injected {
+        recorder: None,
+        clock: Some(clock),
+    };
+    App::start_with(settings, injected)
+        .await
+        .expect("app starts")
 }
 
 /// The ledger settings `serve` would resolve for this database and journal directory (every other value its

@@ -1,5 +1,5 @@
-//! The hourly bill (DESIGN §5): `hourly_bill`, rolled up from `usage_ledger` in SQL by recomputing whole
-//! hours, and each hour's state.
+//! Rolling the hourly bill (DESIGN §5): `hourly_bill`, rolled up from `usage_ledger` in SQL by recomputing
+//! whole hours, and each hour's state.
 //!
 //! **No committed row is missed.** The shipper inserts a batch and, in the same statement, one mark per
 //! billing hour that got a new row (`bill_dirty_hours`, see `Ledger::insert`): a row and its mark commit
@@ -102,6 +102,7 @@ impl Bill {
         .fetch_all(&mut *tx)
         .await?;
         let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX);
+        let stale = chrono::Duration::from_std(INSTANCE_STALE).unwrap_or(chrono::Duration::MAX);
         if !hours.is_empty() {
             // The hours' state rows: new ones start open or provisional; a closed hour is re-opened as
             // provisional with its revision bumped (it closes again below).
@@ -159,7 +160,7 @@ impl Bill {
         )
         .bind(now)
         .bind(grace)
-        .bind(chrono::Duration::from_std(INSTANCE_STALE).unwrap_or(chrono::Duration::MAX))
+        .bind(stale)
         .fetch_all(&mut *tx)
         .await?;
         changed.extend(&closed);

@@ -1,0 +1,387 @@
+//! Delivery of closed hours' reports (issue 11): to `--report-dir` and `--report-webhook`, once per (hour,
+//! revision) and destination, across a restart and across two sidecars; again at each new revision; retried
+//! with backoff after a failure, which is counted and shown in `/readyz`. A webhook receiver runs in the test.
+
+use crate::helpers::captures::*;
+use crate::helpers::*;
+use crate::reports::roll_until_done;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
+use deepseek_meter::clock::Clock;
+use deepseek_meter::config::Settings;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// What the receiver got: each request's idempotency key, answer status and body.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(String, u16, serde_json::Value)>>>,
+    /// Statuses to answer with, in order; 200 once empty.
+    answers: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, String) {
+        let r = Receiver::default();
+        let app = axum::Router::new()
+            .route("/hooks/bill", axum::routing::post(receive))
+            .with_state(r.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/hooks/bill?token=receiver-secret",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (r, url)
+    }
+
+    /// The keys answered 2xx, in order.
+    fn delivered(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s, _)| *s == 200)
+            .map(|(k, _, _)| k.clone())
+            .collect()
+    }
+
+    /// What was delivered after the deliverers had two more rounds (when nothing more should come).
+    async fn settled(&self) -> Vec<String> {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        self.delivered()
+    }
+
+    fn body_of(&self, key: &str) -> serde_json::Value {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .find(|(k, s, _)| k == key && *s == 200)
+            .unwrap()
+            .2
+            .clone()
+    }
+
+    /// Waits until `n` deliveries were answered 2xx, then a little longer to catch any extra one.
+    async fn wait_for(&self, n: usize) -> Vec<String> {
+        for _ in 0..200 {
+            if self.delivered().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.delivered()
+    }
+}
+
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let status = r.answers.lock().unwrap().pop_front().unwrap_or(200);
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let json = serde_json::from_slice(&body).unwrap_or_default();
+    r.got.lock().unwrap().push((key, status, json));
+    StatusCode::from_u16(status).unwrap()
+}
+
+fn with_reports(dir: &Path, webhook: &str) -> impl FnOnce(&mut Settings) {
+    let (dir, webhook) = (dir.to_owned(), webhook.to_owned());
+    move |s: &mut Settings| {
+        let l = s.ledger.as_mut().unwrap();
+        l.report_dir = Some(dir);
+        l.report_webhook = Some(webhook.parse().unwrap());
+    }
+}
+
+/// Waits until the sidecars' destinations are recorded (their deliverers' first round).
+async fn registered(pool: &sqlx::PgPool) {
+    for _ in 0..200 {
+        let n: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM report_destinations")
+            .fetch_one(pool)
+            .await
+            .ok();
+        if n == Some(2) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the destinations were never recorded");
+}
+
+async fn call(t: &LedgerApp, up: &ScriptedUpstream) {
+    t.call_as(
+        up,
+        COMPAT_R1_JSON,
+        "deepseek-r1",
+        "sk-delivery-test-0001",
+        "alpha",
+    )
+    .await;
+}
+
+/// A late row for the 23:00 Beijing hour (a journal replayed after an outage).
+async fn late_row(t: &LedgerApp, i: usize) {
+    let record = deepseek_meter::record::CallRecord {
+        billing_hour: at("2026-11-25T15:00:00Z"),
+        finished_at: at("2026-11-25T15:45:00Z"),
+        started_at: at("2026-11-25T15:44:59Z"),
+        ..a_record(i)
+    };
+    t.saw(&record.call_id.to_string());
+    let ledger = t.app.state.ledger.clone().unwrap();
+    assert_eq!(ledger.insert(&[record]).await.unwrap(), 1);
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The ledger's cost of the 23:00 Beijing hour.
+async fn hour_cost(pool: &sqlx::PgPool) -> String {
+    let cost: rust_decimal::Decimal = sqlx::query_scalar(
+        "SELECT sum(cost_total) FROM usage_ledger WHERE billing_hour = '2026-11-25T15:00:00Z'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    deepseek_meter::billing::report::money(cost)
+}
+
+/// A receiver, a report directory, and a sidecar delivering to both on a clock at 23:30 Beijing time.
+struct Setup {
+    receiver: Receiver,
+    url: String,
+    reports: tempfile::TempDir,
+    up: ScriptedUpstream,
+    clock: Clock,
+    t: LedgerApp,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let (receiver, url) = Receiver::start().await;
+        let reports = tempfile::tempdir().unwrap();
+        let up = ScriptedUpstream::start().await;
+        let clock = Clock::manual(at("2026-11-25T15:30:00Z"));
+        let t = LedgerApp::start_at(
+            up.upstream(),
+            clock.clone(),
+            with_reports(reports.path(), &url),
+        )
+        .await;
+        Setup {
+            receiver,
+            url,
+            reports,
+            up,
+            clock,
+            t,
+        }
+    }
+}
+
+/// An hour closes: its report is written to the directory (JSON and CSV) and POSTed once with the key
+/// `<hour>/r0`; a restart repeats nothing; a late row makes revision 1, delivered again under a new key; a
+/// receiver that fails is retried after the backoff, the failure counted and shown in `/readyz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_closed_hour_and_revision_is_delivered_once_across_a_restart() {
+    let Setup {
+        receiver,
+        url,
+        reports,
+        up,
+        clock,
+        t,
+    } = Setup::start().await;
+    call(&t, &up).await;
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    registered(&pool).await;
+    roll_until_done(&t.app).await;
+    // 00:09:59 in Beijing: the 23:00 hour is provisional; nothing is delivered.
+    clock.set(at("2026-11-25T16:09:59Z"));
+    roll_until_done(&t.app).await;
+    assert!(receiver.settled().await.is_empty());
+    // 00:10: it closes, and is delivered.
+    clock.set(at("2026-11-25T16:10:00Z"));
+    roll_until_done(&t.app).await;
+    let r0 = "2026-11-25T23:00:00+08:00/r0";
+    assert_eq!(receiver.wait_for(1).await, vec![r0]);
+    let body = receiver.body_of(r0);
+    assert_eq!(body["from"], "2026-11-25T23:00:00+08:00");
+    assert_eq!(body["to"], "2026-11-26T00:00:00+08:00");
+    assert_eq!(
+        body["by"],
+        serde_json::json!(["model", "project", "key_fingerprint"])
+    );
+    assert_eq!(body["rows"][0]["state"], "closed");
+    assert_eq!(body["rows"][0]["revision"], 0);
+    assert_eq!(body["total"]["cost_total"], hour_cost(&pool).await);
+    assert_eq!(
+        files(reports.path()),
+        vec![
+            "bill-2026-11-25T23+0800-r0.csv",
+            "bill-2026-11-25T23+0800-r0.json"
+        ]
+    );
+    let on_disk: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(reports.path().join("bill-2026-11-25T23+0800-r0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(on_disk, body, "the file and the POST carry the same report");
+
+    // A restart: nothing is delivered twice.
+    let t = t
+        .restart_at(
+            up.upstream(),
+            clock.clone(),
+            with_reports(reports.path(), &url),
+        )
+        .await;
+    assert!(t.app.deliver_reports().await.unwrap().is_empty());
+    assert_eq!(receiver.settled().await, vec![r0]);
+
+    // A late row: revision 1, delivered under its own key, with the new total.
+    clock.set(at("2026-11-25T16:20:00Z"));
+    late_row(&t, 1).await;
+    roll_until_done(&t.app).await;
+    let r1 = "2026-11-25T23:00:00+08:00/r1";
+    assert_eq!(receiver.wait_for(2).await, vec![r0, r1]);
+    assert_eq!(
+        receiver.body_of(r1)["total"]["cost_total"],
+        hour_cost(&pool).await
+    );
+    assert_ne!(receiver.body_of(r1)["total"], receiver.body_of(r0)["total"]);
+    assert_eq!(files(reports.path()).len(), 4);
+
+    // The receiver fails once: counted, shown, and retried after the backoff (1 s on the app's clock).
+    receiver.answers.lock().unwrap().push_back(500);
+    clock.set(at("2026-11-25T16:30:00Z"));
+    late_row(&t, 2).await;
+    roll_until_done(&t.app).await;
+    let mut failed = false;
+    for _ in 0..200 {
+        let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+        if metrics.contains("deepseek_meter_report_delivery_failures_total{target=\"webhook\"} 1") {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failed, "the failure is counted");
+    let mut ready = serde_json::Value::Null;
+    for _ in 0..100 {
+        ready = t
+            .http
+            .get(t.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["report_deliveries"]["pending"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["report_deliveries"]["pending"], 1, "{ready}");
+    assert_eq!(ready["report_deliveries"]["failing"], 1, "{ready}");
+    assert_eq!(
+        ready["report_deliveries"]["last_error"], "the receiver answered HTTP 500",
+        "{ready}"
+    );
+    assert!(
+        !ready.to_string().contains("receiver-secret"),
+        "the webhook URL is never shown"
+    );
+    assert_eq!(
+        files(reports.path()).len(),
+        6,
+        "the directory got revision 2 anyway"
+    );
+    // Not before the backoff.
+    assert!(t.app.deliver_reports().await.unwrap().is_empty());
+    clock.advance(chrono::Duration::seconds(1));
+    let r2 = "2026-11-25T23:00:00+08:00/r2";
+    assert_eq!(receiver.wait_for(3).await, vec![r0, r1, r2]);
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bill_deliveries WHERE destination LIKE '%receiver-secret%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
+    t.audit(&[]).await;
+}
+
+/// Two sidecars on one database, both delivering to the same webhook and directory: each (hour, revision)
+/// arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_deliver_each_hour_once() {
+    let Setup {
+        receiver,
+        url,
+        reports,
+        up,
+        clock,
+        t,
+    } = Setup::start().await;
+    let (other, _journal2) = t
+        .beside(
+            up.upstream(),
+            clock.clone(),
+            with_reports(reports.path(), &url),
+        )
+        .await;
+    call(&t, &up).await;
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    registered(&pool).await;
+    roll_until_done(&t.app).await;
+    clock.set(at("2026-11-25T16:10:00Z"));
+    // Both sidecars roll and deliver at once, besides their background rounds.
+    let (a, b) = tokio::join!(t.app.roll_bill(), other.roll_bill());
+    assert!(a.unwrap().is_ok() && b.unwrap().is_ok());
+    let (a, b) = tokio::join!(t.app.deliver_reports(), other.deliver_reports());
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(
+        receiver.wait_for(1).await,
+        vec!["2026-11-25T23:00:00+08:00/r0"]
+    );
+    assert_eq!(receiver.got.lock().unwrap().len(), 1, "one POST in all");
+    let rows: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT revision, destination, outcome FROM bill_deliveries ORDER BY destination",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "one per destination: {rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.0 == 0 && r.2.as_deref() == Some("delivered")),
+        "{rows:?}"
+    );
+    other.shutdown().await;
+    t.audit(&[]).await;
+}
