@@ -1,5 +1,6 @@
-//! Reading a report from `hourly_bill` (never from the ledger: a month's report reads the month's bill rows
-//! only, DESIGN §12). One query per report, grouped in SQL: periods are `date_trunc` in the billing time zone,
+//! Reading a report from `hourly_bill` — or, when it groups by model only, from `hourly_model_bill`, the same
+//! hours summed by model — never from the ledger: a month's report reads the month's bill rows only
+//! (DESIGN §12). One query per report, grouped in SQL: periods are `date_trunc` in the billing time zone,
 //! so a day or month is a calendar window there.
 
 use super::report::{Format, Granularity, Group, HourState, Report, ReportQuery, ReportRow, Sums};
@@ -65,6 +66,12 @@ pub async fn rows<'e>(
         Granularity::Day => "date_trunc('day', billing_hour, $3)",
         Granularity::Month => "date_trunc('month', billing_hour, $3)",
     };
+    // Grouped by model only (or not at all): the per-model rollup holds the same sums in far fewer rows.
+    let table = if by.iter().all(|g| *g == Group::Model) {
+        "hourly_model_bill"
+    } else {
+        "hourly_bill"
+    };
     // Column names come from the `Group` enum, never from the request.
     let groups: String = by.iter().map(|g| format!(", {}", g.column())).collect();
     let sql = format!(
@@ -73,7 +80,7 @@ pub async fn rows<'e>(
             sum(input_tokens)::bigint, sum(cached_tokens)::bigint, sum(reasoning_tokens)::bigint,
             sum(answer_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_total),
             min(CASE state WHEN 'open' THEN 0 WHEN 'provisional' THEN 1 ELSE 2 END), max(revision)
-         FROM hourly_bill
+         FROM {table}
          WHERE billing_hour >= $1 AND billing_hour < $2 AND $3 <> '' -- ($3 typed even when unused)
          GROUP BY 1{groups}
          ORDER BY 1{groups}"

@@ -116,7 +116,7 @@ pub struct QueryError(pub String);
 
 impl ReportQuery {
     /// From the texts of `--from`, `--to`, `--by`, `--granularity` (or the route's parameters). `now` gives
-    /// the defaults: from the start of today in `timezone` to now.
+    /// the defaults: from the start of today in `timezone` to the end of the running hour.
     pub fn parse(
         from: Option<&str>,
         to: Option<&str>,
@@ -131,7 +131,8 @@ impl ReportQuery {
         };
         let to = match to.filter(|s| !s.is_empty()) {
             Some(s) => parse_instant(s, timezone).map_err(|e| QueryError(format!("to: {e}")))?,
-            None => now,
+            // The end of the running hour: the open hour is in, and the window reads as whole hours.
+            None => start_of(Granularity::Hour, now, timezone) + chrono::Duration::hours(1),
         };
         if to <= from {
             return Err(QueryError(format!(
@@ -546,7 +547,7 @@ mod tests {
         let q =
             ReportQuery::parse(None, None, Some("key, model,key"), Some("DAY"), BJ, now).unwrap();
         assert_eq!(q.from, at("2026-11-24T16:00:00Z"));
-        assert_eq!(q.to, now);
+        assert_eq!(q.to, at("2026-11-25T06:00:00Z"));
         assert_eq!(q.by, vec![Group::Key, Group::Model]);
         assert_eq!(q.granularity, Granularity::Day);
         let e = ReportQuery::parse(None, None, Some("team"), None, BJ, now).unwrap_err();

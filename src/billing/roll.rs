@@ -142,6 +142,27 @@ impl Bill {
             .bind(&hours)
             .execute(&mut *tx)
             .await?;
+            // The same hours by model (for reports that group by model only), from the rows just written.
+            sqlx::query(
+                "INSERT INTO hourly_model_bill (billing_hour, model, calls, unpriced_calls, estimated_calls,
+                    input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens, cost_total, state,
+                    revision, closed_at)
+                 SELECT billing_hour, model, sum(calls), sum(unpriced_calls), sum(estimated_calls),
+                    sum(input_tokens), sum(cached_tokens), sum(reasoning_tokens), sum(answer_tokens),
+                    sum(output_tokens), sum(cost_total), min(state), min(revision), min(closed_at)
+                 FROM hourly_bill WHERE billing_hour = ANY($1)
+                 GROUP BY billing_hour, model
+                 ON CONFLICT (billing_hour, model) DO UPDATE SET
+                    calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpriced_calls,
+                    estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
+                    cached_tokens = EXCLUDED.cached_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
+                    answer_tokens = EXCLUDED.answer_tokens, output_tokens = EXCLUDED.output_tokens,
+                    cost_total = EXCLUDED.cost_total, state = EXCLUDED.state, revision = EXCLUDED.revision,
+                    closed_at = EXCLUDED.closed_at",
+            )
+            .bind(&hours)
+            .execute(&mut *tx)
+            .await?;
         }
         // Ended hours become provisional; provisional hours past their grace close.
         let mut changed: Vec<DateTime<Utc>> = sqlx::query_scalar(
@@ -166,14 +187,16 @@ impl Bill {
         changed.extend(&closed);
         if !changed.is_empty() {
             // The bill's rows carry their hour's state.
-            sqlx::query(
-                "UPDATE hourly_bill b SET state = h.state, revision = h.revision, closed_at = h.closed_at
-                 FROM bill_hours h
-                 WHERE b.billing_hour = h.billing_hour AND h.billing_hour = ANY($1)",
-            )
-            .bind(&changed)
-            .execute(&mut *tx)
-            .await?;
+            for table in ["hourly_bill", "hourly_model_bill"] {
+                sqlx::query(&format!(
+                    "UPDATE {table} b SET state = h.state, revision = h.revision, closed_at = h.closed_at
+                     FROM bill_hours h
+                     WHERE b.billing_hour = h.billing_hour AND h.billing_hour = ANY($1)"
+                ))
+                .bind(&changed)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(Rolled {

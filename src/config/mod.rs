@@ -62,7 +62,7 @@ pub struct ReportArgs {
     /// `2026-11`). Default: the start of today in the billing zone.
     #[arg(long)]
     pub from: Option<String>,
-    /// End of the window (exclusive), written as `--from`. Default: now.
+    /// End of the window (exclusive), written as `--from`. Default: the end of the running hour.
     #[arg(long)]
     pub to: Option<String>,
     /// Grouping columns: any of model, project, key (comma-separated).

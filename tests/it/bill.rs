@@ -198,7 +198,26 @@ async fn the_bill_is_the_ledgers_sums_and_hours_close_after_the_grace() {
         ("closed".into(), 0, Some(at("2026-11-25T17:10:00Z"))),
         "an hour without new rows is left as it was"
     );
+    assert_eq!(
+        by_model(&pool, "hourly_model_bill").await,
+        by_model(&pool, "hourly_bill").await
+    );
     t.audit(&[]).await;
+}
+
+/// (hour, model) → calls, tokens, cost, state, revision, closed_at: the per-model rollup, or hourly_bill summed.
+async fn by_model(pool: &sqlx::PgPool, table: &str) -> Vec<serde_json::Value> {
+    let rows: Vec<(serde_json::Value,)> = sqlx::query_as(&format!(
+        "SELECT json_build_array(billing_hour, model, sum(calls), sum(input_tokens), sum(cached_tokens),
+            sum(reasoning_tokens), sum(answer_tokens), sum(output_tokens), sum(unpriced_calls),
+            sum(estimated_calls), sum(cost_total)::text, min(state), min(revision), min(closed_at))
+         FROM {table} GROUP BY billing_hour, model ORDER BY billing_hour, model"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!rows.is_empty());
+    rows.into_iter().map(|r| r.0).collect()
 }
 
 /// Two sidecars on one database, each with its roller: one exact bill, nothing counted twice.

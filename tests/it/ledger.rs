@@ -4,6 +4,7 @@
 
 use crate::helpers::captures::*;
 use crate::helpers::*;
+use deepseek_meter::clock::Clock;
 use deepseek_meter::config::Upstream;
 use deepseek_meter::journal::OnFull;
 use serde_json::Value;
@@ -471,21 +472,33 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
             role.0
         ),
         format!(
-            "GRANT SELECT, INSERT, UPDATE ON bill_hours, hourly_bill, meter_instances TO {}",
+            "GRANT SELECT, INSERT, UPDATE ON bill_hours, hourly_bill, hourly_model_bill, meter_instances, \
+             bill_deliveries TO {}",
             role.0
         ),
+        format!("GRANT SELECT, INSERT ON report_destinations TO {}", role.0),
     ] {
         sqlx::query(&sql).execute(&pool).await.unwrap();
     }
     owner.app.shutdown().await;
 
-    let journal = tempfile::tempdir().unwrap();
+    // The writer runs the whole sidecar: a call, the bill's rolls (the hour closes), the report's delivery.
     let as_writer = format!("postgres://{}@{}/{}", role.0, pg_addr(), owner.db.name);
-    let app = LedgerApp::start_on(&owner.db, journal.path(), Upstream::Sim, |s| {
-        let l = s.ledger.as_mut().unwrap();
-        l.database_url = as_writer.clone();
-        l.migrate = false;
-    })
+    let reports = tempfile::tempdir().unwrap();
+    let clock = Clock::manual("2026-11-25T10:30:00Z".parse().unwrap());
+    let journal = tempfile::tempdir().unwrap();
+    let app = sidecar(
+        &owner.db,
+        journal.path(),
+        Upstream::Sim,
+        clock.clone(),
+        |s| {
+            let l = s.ledger.as_mut().unwrap();
+            l.database_url = as_writer.clone();
+            l.migrate = false;
+            l.report_dir = Some(reports.path().to_owned());
+        },
+    )
     .await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let resp = http
@@ -499,6 +512,33 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
     flush(&app).await;
     let row = get_text(&http, &format!("http://{}/v1/calls/{id}", app.admin_addr)).await;
     assert!(row.contains(&id), "{row}");
+    app.roll_bill()
+        .await
+        .unwrap()
+        .expect("the writer rolls the bill");
+    clock.set("2026-11-25T11:10:00Z".parse().unwrap());
+    let rolled = app
+        .roll_bill()
+        .await
+        .unwrap()
+        .expect("the writer closes hours");
+    assert!(rolled.skipped || rolled.closed == 1, "{rolled:?}");
+    let mut delivered = false;
+    for _ in 0..100 {
+        app.deliver_reports()
+            .await
+            .expect("the writer delivers reports");
+        if reports
+            .path()
+            .join("bill-2026-11-25T18+0800-r0.json")
+            .exists()
+        {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(delivered, "the closed hour's report was delivered");
     app.shutdown().await;
     owner
         .db

@@ -273,7 +273,7 @@ impl LedgerApp {
 }
 
 /// A sidecar on `db` and `journal`, reading `clock`.
-async fn sidecar(
+pub async fn sidecar(
     db: &TestDb,
     journal: &std::path::Path,
     upstream: Upstream,
