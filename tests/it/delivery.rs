@@ -385,3 +385,87 @@ async fn two_sidecars_deliver_each_hour_once() {
     other.shutdown().await;
     t.audit(&[]).await;
 }
+
+/// `libfaketime` (Debian's `faketime`, installed by `.ci/run`): the real binary runs on a clock that starts at
+/// the given UTC time and then ticks in real time (timers keep the real monotonic clock).
+fn fake_clock(start: &str) -> [(&'static str, String); 3] {
+    [
+        (
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".to_owned(),
+        ),
+        ("FAKETIME", format!("@{start}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+}
+
+/// The real binary at 23:59:57 Beijing time: a call, the hour ends, its grace (1 s) passes, and the webhook gets
+/// its report once; SIGTERM and a restart repeat nothing; a late row for the hour makes revision 1, delivered
+/// under its own key by the restarted binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_binary_delivers_each_closed_hour_once_across_a_restart() {
+    use crate::helpers::bin::{Bin, SERVE_ON_SIM};
+    assert!(
+        Path::new(&fake_clock("")[0].1).exists(),
+        "libfaketime is installed (apt-get install faketime; .ci/run does)"
+    );
+    let (receiver, url) = Receiver::start().await;
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let journal_dir = journal.path().display().to_string();
+    let args: Vec<&str> = SERVE_ON_SIM
+        .iter()
+        .copied()
+        .chain([
+            "--database-url",
+            &db.url,
+            "--journal-dir",
+            &journal_dir,
+            "--billing-grace",
+            "1s",
+            "--report-webhook",
+            &url,
+        ])
+        .collect();
+    let start = |at: &str| {
+        let clock = fake_clock(at);
+        let env: Vec<(&str, &str)> = clock.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Bin::start(&args, &env, &["proxy_addr"])
+    };
+    let mut bin = start("2026-11-25 15:59:57");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = http
+        .post(format!("http://{}{COMPAT_PATH}", bin.addrs[0]))
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = call_id(&resp);
+    resp.bytes().await.unwrap();
+    let r0 = "2026-11-25T23:00:00+08:00/r0";
+    assert_eq!(receiver.wait_for(1).await, vec![r0], "{:?}", bin.log());
+    assert_eq!(receiver.body_of(r0)["rows"][0]["state"], "closed");
+    assert!(bin.sigterm().success());
+
+    let mut bin = start("2026-11-25 16:00:30");
+    assert_eq!(receiver.settled().await, vec![r0], "nothing repeated");
+    let pool = db.pool().await;
+    let ledger = deepseek_meter::ledger::Ledger::connect_lazy(&db.url).unwrap();
+    let late = deepseek_meter::record::CallRecord {
+        billing_hour: at("2026-11-25T15:00:00Z"),
+        finished_at: at("2026-11-25T15:45:00Z"),
+        started_at: at("2026-11-25T15:44:59Z"),
+        ..a_record(1)
+    };
+    let late_id = late.call_id.to_string();
+    assert_eq!(ledger.insert(&[late]).await.unwrap(), 1);
+    let r1 = "2026-11-25T23:00:00+08:00/r1";
+    assert_eq!(receiver.wait_for(2).await, vec![r0, r1], "{:?}", bin.log());
+    assert_eq!(receiver.body_of(r1)["rows"][0]["revision"], 1);
+    assert_eq!(receiver.body_of(r1)["total"]["calls"], 2);
+    assert!(bin.sigterm().success());
+    db.audit(&[id, late_id].into_iter().collect(), journal.path())
+        .await;
+    pool.close().await;
+}
