@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/calls/{call_id}", get(call))
         .route("/v1/bill/hourly", get(bill_hourly))
+        .route("/v1/budgets", get(budgets))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -35,6 +36,10 @@ pub fn router(state: AppState) -> Router {
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(j) = &state.journal {
         state.metrics.instance.publish_backlog(&j.backlog());
+    }
+    if let Some(b) = state.meter.budgets() {
+        let now = state.meter.now();
+        state.metrics.instance.publish_budgets(&b.snapshot(now));
     }
     // Only while the database answers: a scrape during an outage must not wait on it.
     if let Some(ledger) = state
@@ -112,6 +117,40 @@ async fn call(
             Err(ApiError::LedgerUnavailable)
         }
     }
+}
+
+/// Each budget: scope, window (with the zone's offset), limit, spent, reserved, remaining, state, and the
+/// thresholds crossed in the window. Money as decimal strings.
+async fn budgets(State(state): State<AppState>) -> Json<serde_json::Value> {
+    use crate::billing::report::{local, money};
+    let tz = state.timezone;
+    let now = state.meter.now();
+    let list: Vec<serde_json::Value> = state
+        .meter
+        .budgets()
+        .map(|b| b.snapshot(now))
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.budget.name,
+                "period": s.budget.period.as_str(),
+                "action": s.budget.action.as_str(),
+                "scope": s.budget.scope,
+                "window_start": local(s.window_start, tz),
+                "window_end": local(s.window_end, tz),
+                "limit_yuan": money(s.budget.limit),
+                "spent_yuan": money(s.spent),
+                "reserved_yuan": money(s.reserved),
+                "remaining_yuan": money(s.remaining()),
+                "state": s.state(),
+                "spent_known": s.ledger_known,
+                "thresholds": s.budget.thresholds.iter().map(|t| money(*t)).collect::<Vec<_>>(),
+                "thresholds_crossed": s.raised.iter().map(|t| money(*t)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "timezone": tz.name(), "budgets": list }))
 }
 
 /// The parameters of `GET /v1/bill/hourly`, as `deepseek-meter report` takes them.

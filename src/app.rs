@@ -80,11 +80,15 @@ struct LedgerTasks {
     drain: CancellationToken,
     ship_deadline: Duration,
     bill: Bill,
+    /// This sidecar in `meter_instances` (its heartbeat).
+    instance: uuid::Uuid,
     /// Stops the roller (after its last round) and the deliverer (after its current delivery).
     billing_stop: CancellationToken,
     roller: tokio::task::JoinHandle<()>,
     deliverer: Deliverer,
     delivering: tokio::task::JoinHandle<()>,
+    /// Budgets' refresher and alert deliverer (a finished task when no budget is configured).
+    budgeting: tokio::task::JoinHandle<()>,
     delivery_status: StatusCell,
     /// The shipper's oldest unshipped billing hour, for the heartbeat.
     holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
@@ -104,9 +108,20 @@ impl App {
             _ => None,
         };
         let state = app_state(&settings, injected, metrics, ledger_tasks.as_ref());
+        let budgets = start_budgets(&settings, &state, ledger_tasks.as_ref())?;
         let ledger_tasks = ledger_tasks.map(|mut t| {
+            if let Some(tracker) = &budgets {
+                t.budgeting = tokio::spawn(refresh_budgets(
+                    tracker.clone(),
+                    t.ledger.pool().clone(),
+                    state.clone(),
+                    settings.alert_webhook.clone(),
+                    t.billing_stop.clone(),
+                ));
+            }
             t.roller = tokio::spawn(roll_bill(
                 t.bill.clone(),
+                t.instance,
                 state.meter.clone(),
                 t.holding.clone(),
                 t.billing_stop.clone(),
@@ -175,11 +190,13 @@ impl App {
         let _ = shipped.wait_for(|p| *p >= end).await;
     }
 
-    /// One roll of the hourly bill now (tests; the roller also runs every second). `None` without a ledger.
+    /// One round of the roller now: this sidecar's heartbeat, then a roll of the hourly bill (tests; the
+    /// roller also runs every second). `None` without a ledger.
     pub async fn roll_bill(&self) -> Option<Result<bill::Rolled, sqlx::Error>> {
         let tasks = self.ledger_tasks.as_ref()?;
         let meter = &self.state.meter;
-        Some(tasks.bill.roll(meter.now(), meter.open_hour()).await)
+        let oldest = *tasks.holding.borrow();
+        Some(roller_round(&tasks.bill, tasks.instance, meter, oldest).await)
     }
 
     /// Makes every report delivery that is due now (tests; the deliverer also runs every second). Empty
@@ -232,7 +249,7 @@ impl App {
             // 6: the roller's last round; the deliverer's current delivery.
             tasks.billing_stop.cancel();
             let bound = crate::webhook::WEBHOOK_TIMEOUT + Duration::from_secs(2);
-            for mut task in [tasks.roller, tasks.delivering] {
+            for mut task in [tasks.roller, tasks.delivering, tasks.budgeting] {
                 if tokio::time::timeout(bound, &mut task).await.is_err() {
                     task.abort();
                 }
@@ -350,10 +367,12 @@ fn start_ledger(
         bill,
         holding,
         billing_stop: CancellationToken::new(),
+        instance: uuid::Uuid::now_v7(),
         // Started once the meter exists (its clock says which hour is open).
         roller: tokio::spawn(async {}),
         deliverer: Deliverer::new(ledger.pool().clone(), timezone, destinations),
         delivering: tokio::spawn(async {}),
+        budgeting: tokio::spawn(async {}),
         delivery_status: StatusCell::default(),
         journal,
         ledger,
@@ -371,11 +390,11 @@ fn start_ledger(
 /// stopped, one last round.
 async fn roll_bill(
     bill: Bill,
+    instance: uuid::Uuid,
     meter: crate::meter::Meter,
     holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
     stop: CancellationToken,
 ) {
-    let instance = uuid::Uuid::now_v7();
     let mut tick = tokio::time::interval(bill::ROLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -384,17 +403,24 @@ async fn roll_bill(
             _ = tick.tick() => false,
         };
         let oldest = *holding.borrow();
-        let round = async {
-            bill.heartbeat(instance, meter.now(), oldest).await?;
-            bill.roll(meter.now(), meter.open_hour()).await
-        };
-        if let Err(e) = round.await {
+        if let Err(e) = roller_round(&bill, instance, &meter, oldest).await {
             tracing::debug!(error = %e, "hourly bill roll failed; retrying next round");
         }
         if last {
             return;
         }
     }
+}
+
+/// One round of the roller: this sidecar's heartbeat (holding `oldest`), then one roll.
+async fn roller_round(
+    bill: &Bill,
+    instance: uuid::Uuid,
+    meter: &crate::meter::Meter,
+    oldest: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<bill::Rolled, sqlx::Error> {
+    bill.heartbeat(instance, meter.now(), oldest).await?;
+    bill.roll(meter.now(), meter.open_hour()).await
 }
 
 /// The deliverer: every [`bill::ROLL_EVERY`], the closings not yet queued for this sidecar's destinations,
@@ -446,6 +472,113 @@ async fn deliver_reports(
             metrics.publish_deliveries_pending(s.pending);
             if let Ok(mut cell) = status.lock() {
                 *cell = s;
+            }
+        }
+    }
+}
+
+/// The budgets of the settings, if any: their tracker on the meter, seeded with what this sidecar journaled
+/// and has not shipped (so a restart, even with the database away, keeps what was spent).
+fn start_budgets(
+    settings: &Settings,
+    state: &AppState,
+    ledger_tasks: Option<&LedgerTasks>,
+) -> anyhow::Result<Option<Arc<crate::budget::tracker::Tracker>>> {
+    if settings.budgets.is_empty() {
+        return Ok(None);
+    }
+    let meter = &state.meter;
+    let tracker = Arc::new(crate::budget::tracker::Tracker::new(
+        settings.budgets.clone(),
+        settings.billing_timezone,
+        settings.budget_reservation,
+        settings.budget_when_database_down,
+        meter.now(),
+    ));
+    if let Some(tasks) = ledger_tasks {
+        let now = meter.now();
+        let seeded = tasks
+            .journal
+            .for_each_unshipped(|r| {
+                tracker.settle(
+                    r.call_id,
+                    &r.attribution(),
+                    r.billing_hour,
+                    r.cost_total,
+                    now,
+                )
+            })
+            .context("reading the journal for budgets")?;
+        if seeded > 0 {
+            tracing::info!(
+                records = seeded,
+                "budgets count the journal's unshipped calls"
+            );
+        }
+    }
+    meter.set_budgets(tracker.clone());
+    Ok(Some(tracker))
+}
+
+/// Budgets, every second: read each budget's spent (and which of this sidecar's calls reached the ledger),
+/// record the thresholds crossed (once across sidecars: the one that records a crossing raises it — a `warn`
+/// line and the metric), and POST due alerts to `--alert-webhook`. Postgres away: the tracker keeps counting
+/// this sidecar's calls; crossings wait.
+async fn refresh_budgets(
+    tracker: Arc<crate::budget::tracker::Tracker>,
+    pool: sqlx::PgPool,
+    state: AppState,
+    alert_webhook: Option<http::Uri>,
+    stop: CancellationToken,
+) {
+    use crate::budget::store;
+    let hook = alert_webhook.and_then(|u| crate::webhook::Webhook::new(u).ok());
+    let mut tick = tokio::time::interval(bill::ROLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metrics = &state.metrics.instance;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = state.meter.now();
+        let windows = tracker.windows(now);
+        let ids = tracker.unshipped_ids();
+        match store::refresh(
+            &pool,
+            tracker.budgets(),
+            &windows,
+            state.meter.open_hour(),
+            &ids,
+        )
+        .await
+        {
+            Ok(r) => tracker.refreshed(&r.spent, &r.in_ledger, &r.raised),
+            Err(e) => tracing::debug!(error = %e, "budget refresh failed; retrying next round"),
+        }
+        let mut unrecorded = Vec::new();
+        for c in tracker.take_crossings() {
+            let payload = store::payload(&c, state.timezone);
+            match store::record(&pool, &c, &payload, now, hook.is_some()).await {
+                Ok(true) => {
+                    metrics.budget_alert_raised(&c.budget.name);
+                    tracing::warn!(budget = %c.budget.name, threshold = %c.threshold, spent = %c.spent,
+                        limit = %c.budget.limit, "budget threshold crossed");
+                }
+                Ok(false) => {}
+                Err(_) => unrecorded.push(c),
+            }
+        }
+        tracker.requeue(unrecorded);
+        if let Some(hook) = &hook {
+            while !stop.is_cancelled() {
+                match store::deliver_one(&pool, hook, state.meter.now()).await {
+                    Ok(Some(Ok(()))) => {}
+                    Ok(Some(Err(error))) => {
+                        tracing::warn!(%error, "budget alert delivery failed; retrying with backoff");
+                    }
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
     }

@@ -45,6 +45,10 @@ pub enum ApiError {
     LedgerUnavailable,
     #[error("{0}")]
     BadReportQuery(String),
+    #[error("Budget `{budget}` has no room for this call; nothing was forwarded.")]
+    BudgetExceeded { budget: String },
+    #[error("Budget `{budget}` cannot be checked (the ledger database is unreachable); nothing was forwarded.")]
+    BudgetUnknown { budget: String },
 }
 
 impl ApiError {
@@ -53,7 +57,10 @@ impl ApiError {
             ApiError::NotFound | ApiError::NoLedger | ApiError::CallNotFound => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::JournalFull | ApiError::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::JournalFull
+            | ApiError::LedgerUnavailable
+            | ApiError::BudgetUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestBodyUnreadable | ApiError::BadCallId | ApiError::BadReportQuery(_) => {
                 StatusCode::BAD_REQUEST
@@ -81,6 +88,8 @@ impl ApiError {
             ApiError::CallNotFound => "CallNotFound",
             ApiError::LedgerUnavailable => "LedgerUnavailable",
             ApiError::BadReportQuery(_) => "InvalidReportQuery",
+            ApiError::BudgetExceeded { .. } => "BudgetExceeded",
+            ApiError::BudgetUnknown { .. } => "BudgetUnavailable",
         }
     }
 
@@ -186,5 +195,25 @@ mod tests {
         assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
         assert_eq!(json(resp).await["error"]["code"], "Unauthorized");
         assert_eq!(ApiError::BadCallId.into_response().status(), 400);
+    }
+
+    #[tokio::test]
+    async fn a_budget_refusal_is_a_429_in_each_protocols_shape() {
+        let id = Uuid::now_v7();
+        let err = ApiError::BudgetExceeded {
+            budget: "alpha-daily".into(),
+        };
+        let compat = err.for_call(Protocol::OpenAi, id);
+        assert_eq!(compat.status(), 429);
+        let body = json(compat).await;
+        assert_eq!(body["error"]["code"], "BudgetExceeded");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        let native = err.for_call(Protocol::DashScope, id);
+        assert_eq!(native.status(), 429);
+        assert_eq!(
+            json(native).await,
+            serde_json::json!({"code": "BudgetExceeded", "request_id": id.to_string(),
+                "message": "Budget `alpha-daily` has no room for this call; nothing was forwarded."})
+        );
     }
 }

@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod app;
 pub mod billing;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -7,6 +7,7 @@
 //! hour in the billing time zone) and the price entry in force, so the three always agree. The record is
 //! built here, complete; nothing downstream changes it.
 
+use crate::budget::tracker::Tracker;
 use crate::clock::Clock;
 use crate::metrics::InstanceMetrics;
 use crate::pricing::{self, PriceBook};
@@ -60,6 +61,8 @@ struct Inner {
     clock: Clock,
     metrics: InstanceMetrics,
     recorder: Arc<dyn Recorder>,
+    /// Set once at startup when budgets are configured: every finished call settles its reservation here.
+    budgets: std::sync::OnceLock<Arc<Tracker>>,
 }
 
 impl Meter {
@@ -77,8 +80,23 @@ impl Meter {
                 clock,
                 metrics,
                 recorder,
+                budgets: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The budgets every call is admitted against and settled in (once, at startup).
+    pub fn set_budgets(&self, tracker: Arc<Tracker>) {
+        let _ = self.inner.budgets.set(tracker);
+    }
+
+    pub fn budgets(&self) -> Option<&Arc<Tracker>> {
+        self.inner.budgets.get()
+    }
+
+    /// The worst-case cost of a request (`None`: the model has no price).
+    pub fn worst_case(&self, request: &crate::budget::limits::Request<'_>) -> Option<Decimal> {
+        crate::budget::limits::worst_case_cost(&self.inner.prices, request, self.now())
     }
 
     /// Wall time as billing sees it (a call's start is read here too).
@@ -108,6 +126,15 @@ impl Meter {
         let label = me.prices.model_label(&facts.model);
         let (record, by_class) = self.complete(facts);
         me.metrics.observe_call(&record, label, by_class.as_ref());
+        if let Some(budgets) = me.budgets.get() {
+            budgets.settle(
+                record.call_id,
+                &record.attribution(),
+                record.billing_hour,
+                record.cost_total,
+                record.finished_at,
+            );
+        }
         // The ledger row is the durable record of every call; the log line is for people. Calls that went
         // wrong or cannot be billed exactly (unpriced, usage not reported) are logged at info; the rest at
         // debug, which costs nothing when off (enable with METER_LOG=info,deepseek_meter::call=debug).

@@ -119,6 +119,16 @@ impl CallRecord {
         }
     }
 
+    /// What the call is attributed to, as budgets see it.
+    pub fn attribution(&self) -> crate::budget::Attribution<'_> {
+        crate::budget::Attribution {
+            project: self.project.as_deref(),
+            model: &self.model,
+            key_fingerprint: self.key_fingerprint.as_deref(),
+            end_user: self.end_user.as_deref(),
+        }
+    }
+
     pub fn tokens(&self) -> Tokens {
         Tokens {
             input: self.input_tokens,

@@ -127,6 +127,9 @@ impl Shipper {
             }
             self.ledger.reachable.store(true, Ordering::Relaxed);
             backoff.reset();
+            // Shipped: this batch holds no hour open any more (before the commit is seen, so a caller that
+            // waited for the commit never reads a stale hold).
+            self.holding.send_replace(None);
             self.cursor.commit().await;
             if batch.len() < BATCH {
                 linger(&stop).await;

@@ -7,7 +7,7 @@
 //! decimal.
 
 use super::report::{local, money, Granularity, Report, ReportRow};
-use chrono::{DateTime, Months, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -101,31 +101,13 @@ fn periods(report: &Report, chart: &[ReportRow]) -> Vec<DateTime<Utc>> {
     let mut p = super::report::start_of(q.granularity, q.from, q.timezone);
     while p < q.to && all.len() <= MAX_CONTINUOUS_BARS {
         all.push(p);
-        p = next(q.granularity, p, q.timezone);
+        p = super::report::next_period(q.granularity, p, q.timezone);
     }
     if all.len() > MAX_CONTINUOUS_BARS {
         all = chart.iter().map(|r| r.period).collect();
         all.dedup();
     }
     all
-}
-
-fn next(g: Granularity, p: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
-    let after = match g {
-        Granularity::Hour => p + chrono::Duration::hours(1),
-        // A day or month later in the zone's calendar (not 24 h: a clock change makes days of 23 or 25 h).
-        Granularity::Day => p
-            .with_timezone(&tz)
-            .checked_add_days(chrono::Days::new(1))
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or(p + chrono::Duration::days(1)),
-        Granularity::Month => p
-            .with_timezone(&tz)
-            .checked_add_months(Months::new(1))
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or(p + chrono::Duration::days(31)),
-    };
-    super::report::start_of(g, after, tz).max(p + chrono::Duration::hours(1))
 }
 
 fn chart_svg(report: &Report, chart: &[ReportRow]) -> String {

@@ -229,6 +229,19 @@ pub fn start_of(g: Granularity, at: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
         .unwrap_or(at)
 }
 
+/// The start of the period after the one starting at `p`: an hour, or a calendar day or month in `tz` (not
+/// 24 h: a clock change makes days of 23 or 25 hours).
+pub fn next_period(g: Granularity, p: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+    let local = p.with_timezone(&tz);
+    let after = match g {
+        Granularity::Hour => Some(local + chrono::Duration::hours(1)),
+        Granularity::Day => local.checked_add_days(chrono::Days::new(1)),
+        Granularity::Month => local.checked_add_months(chrono::Months::new(1)),
+    }
+    .map_or(p + chrono::Duration::days(31), |t| t.with_timezone(&Utc));
+    start_of(g, after, tz).max(p + chrono::Duration::hours(1))
+}
+
 /// An instant in the billing zone, RFC 3339 with the zone's offset (`2026-11-25T23:00:00+08:00`).
 pub fn local(at: DateTime<Utc>, tz: Tz) -> String {
     at.with_timezone(&tz)

@@ -10,6 +10,8 @@
 #[macro_use]
 pub mod table;
 
+use crate::budget::tracker::{Reservation, WhenUnknown};
+use crate::budget::Budget;
 use crate::journal::{Durability, JournalConfig, OnFull};
 use crate::pricing::PriceBook;
 use chrono_tz::Tz;
@@ -142,6 +144,13 @@ serve_settings! {
     /// URL that receives each closed hour's report as a JSON POST (with an `Idempotency-Key`).
     report_webhook: Option<http::Uri> = None, env "METER_REPORT_WEBHOOK", parse optional_url,
         clap(hide_env_values = true);
+    /// URL that receives each budget threshold crossing as a JSON POST (with an `Idempotency-Key`).
+    alert_webhook: Option<http::Uri> = None, env "METER_ALERT_WEBHOOK", parse optional_url,
+        clap(hide_env_values = true);
+    /// How `block` budgets admit calls: `worst-case` (reserve each call's worst case) or `none` (while spent < limit).
+    budget_reservation: Reservation = Some("worst-case"), env "METER_BUDGET_RESERVATION", parse choice;
+    /// A `block` budget whose spent is unknown (database away): `open` (serve, count, warn) or `closed` (503).
+    budget_when_database_down: WhenUnknown = Some("open"), env "METER_BUDGET_WHEN_DATABASE_DOWN", parse choice;
     /// Do not create or migrate the database at startup.
     no_migrate: bool = Some("false"), env "METER_NO_MIGRATE", parse flag,
         clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
@@ -175,6 +184,11 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// `[[budget]]` tables of the config file.
+    pub budgets: Vec<Budget>,
+    pub budget_reservation: Reservation,
+    pub budget_when_database_down: WhenUnknown,
+    pub alert_webhook: Option<http::Uri>,
 }
 
 impl Settings {
@@ -182,7 +196,12 @@ impl Settings {
     pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Settings, SettingError> {
         let v = ServeValues::resolve(&args, &file)?;
         let prices = load_prices(v.prices.as_deref(), v.billing_timezone)?;
+        let budgets = crate::budget::parse(file.budget.as_ref()).map_err(SettingError::budget)?;
         Ok(Settings {
+            budgets,
+            budget_reservation: v.budget_reservation,
+            budget_when_database_down: v.budget_when_database_down,
+            alert_webhook: v.alert_webhook,
             ledger: Some(LedgerSettings {
                 database_url: v.database_url,
                 journal: JournalConfig {
@@ -253,9 +272,9 @@ pub const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
 /// How long shutdown keeps shipping (step 5 of the shutdown order).
 pub const SHIP_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A setting that cannot be used. Displays as one line naming the flag, variable and file key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting --{} ({env}, config key `{key}`): {problem}", key.replace('_', "-"))]
+/// A setting that cannot be used. Displays as one line naming the flag, variable and file key (or, for a
+/// `[[budget]]` table, the budget).
+#[derive(Debug)]
 pub struct SettingError {
     pub key: &'static str,
     pub env: &'static str,
@@ -266,7 +285,38 @@ impl SettingError {
     pub fn new(key: &'static str, env: &'static str, problem: String) -> SettingError {
         SettingError { key, env, problem }
     }
+
+    /// A `[[budget]]` table of the config file that cannot be used.
+    pub fn budget(problem: String) -> SettingError {
+        SettingError {
+            key: "budget",
+            env: "",
+            problem,
+        }
+    }
 }
+
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.env.is_empty() {
+            return write!(
+                f,
+                "invalid [[{}]] in the config file: {}",
+                self.key, self.problem
+            );
+        }
+        write!(
+            f,
+            "invalid setting --{} ({}, config key `{}`): {}",
+            self.key.replace('_', "-"),
+            self.env,
+            self.key,
+            self.problem
+        )
+    }
+}
+
+impl std::error::Error for SettingError {}
 
 /// The config file could not be read or has an unknown key.
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,8 @@ macro_rules! serve_settings {
         #[serde(deny_unknown_fields)]
         pub struct FileConfig {
             $(pub $name: Option<toml::Value>,)*
+            /// `[[budget]]` tables (`crate::budget::parse`): not flags, only the file has them.
+            pub budget: Option<toml::Value>,
         }
 
         /// Every setting of `serve`, parsed and validated.

@@ -242,6 +242,25 @@ impl Journal {
         }
     }
 
+    /// Hands every record not shipped yet (from the checkpoint to what the writer has published) to `visit`,
+    /// in order, a batch at a time; returns how many. Blocking file reads, meant for startup (budgets count
+    /// what this sidecar journaled and has not shipped). Reads only: the shipper's cursor is not moved.
+    pub fn for_each_unshipped(&self, mut visit: impl FnMut(CallRecord)) -> io::Result<u64> {
+        let end = *self.end.borrow();
+        let mut at = segment::read_checkpoint(&self.dir);
+        let scratch = JournalStats::default();
+        let mut n = 0;
+        loop {
+            let (batch, next) = segment::read_batch(&self.dir, at, end, 10_000, &scratch)?;
+            if batch.is_empty() {
+                return Ok(n);
+            }
+            n += batch.len() as u64;
+            batch.into_iter().for_each(&mut visit);
+            at = next;
+        }
+    }
+
     /// The backlog as it stands (readiness, metrics, shutdown).
     pub fn backlog(&self) -> Backlog {
         Backlog {

@@ -5,7 +5,7 @@
 use crate::journal::Backlog;
 use crate::record::CallRecord;
 use crate::usage::CallStatus;
-use prometheus::{CounterVec, HistogramVec, IntCounter, IntCounterVec, IntGauge};
+use prometheus::{CounterVec, GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use rust_decimal::Decimal;
 
 metrics! {
@@ -49,6 +49,20 @@ metrics! {
         report_delivery_failures: IntCounterVec = "deepseek_meter_report_delivery_failures_total" ["target"],
         /// Report deliveries of this sidecar's destinations not made yet.
         report_deliveries_pending: IntGauge = "deepseek_meter_report_deliveries_pending" [],
+        /// A budget's limit in its current window.
+        budget_limit: GaugeVec = "deepseek_meter_budget_limit_yuan" ["budget"],
+        /// Spent in a budget's current window: the ledger (every sidecar) and this sidecar's calls not yet in it.
+        budget_spent: GaugeVec = "deepseek_meter_budget_spent_yuan" ["budget"],
+        /// Worst-case costs of this sidecar's calls in flight, reserved against a `block` budget.
+        budget_reserved: GaugeVec = "deepseek_meter_budget_reserved_yuan" ["budget"],
+        /// When a budget's current window ends (it resets), Unix seconds.
+        budget_window_end: GaugeVec = "deepseek_meter_budget_window_end_timestamp_seconds" ["budget"],
+        /// Calls refused (429) by a `block` budget.
+        budget_rejections: IntCounterVec = "deepseek_meter_budget_rejections_total" ["budget"],
+        /// Calls served without a budget check while the budget's spent was unknown (database away, `open`).
+        budget_unchecked: IntCounterVec = "deepseek_meter_budget_unchecked_calls_total" ["budget"],
+        /// Threshold alerts this sidecar raised (each crossing is raised by one sidecar, once).
+        budget_alerts: IntCounterVec = "deepseek_meter_budget_alerts_total" ["budget"],
     }
 }
 
@@ -145,6 +159,37 @@ impl InstanceMetrics {
 
     pub fn publish_deliveries_pending(&self, pending: i64) {
         self.report_deliveries_pending.set(pending);
+    }
+
+    pub fn budget_rejected(&self, budget: &str) {
+        self.budget_rejections.with_label_values(&[budget]).inc();
+    }
+
+    pub fn budget_unchecked(&self, budget: &str) {
+        self.budget_unchecked.with_label_values(&[budget]).inc();
+    }
+
+    pub fn budget_alert_raised(&self, budget: &str) {
+        self.budget_alerts.with_label_values(&[budget]).inc();
+    }
+
+    /// Each budget's gauges, as of a scrape.
+    pub fn publish_budgets(&self, budgets: &[crate::budget::tracker::Snapshot]) {
+        use rust_decimal::prelude::ToPrimitive;
+        for s in budgets {
+            let name = [s.budget.name.as_str()];
+            let f = |d: Decimal| d.to_f64().unwrap_or(0.0);
+            self.budget_limit
+                .with_label_values(&name)
+                .set(f(s.budget.limit));
+            self.budget_spent.with_label_values(&name).set(f(s.spent));
+            self.budget_reserved
+                .with_label_values(&name)
+                .set(f(s.reserved));
+            self.budget_window_end
+                .with_label_values(&name)
+                .set(s.window_end.timestamp() as f64);
+        }
     }
 
     /// The journal's gauges, as of a scrape.

@@ -169,6 +169,8 @@ fn has_dot_segment(path: &str) -> bool {
 /// A request on its way upstream.
 struct Outgoing {
     request: Request<Full<Bytes>>,
+    /// Length of the client's body (a bound on its prompt tokens, for budgets).
+    body_bytes: usize,
     /// The proxy asked for usage the client did not: drop the usage-only chunk from the client's stream.
     strip_usage_chunk: bool,
 }
@@ -239,6 +241,12 @@ impl Proxy {
                 return self.refuse(ctx, metered, ApiError::ProxyError, how).await;
             }
         };
+        if metered {
+            if let Err(refusal) = self.admit(&ctx, outgoing.body_bytes) {
+                let how = NoResponse::Unanswered(CallStatus::Rejected);
+                return self.refuse(ctx, metered, refusal, how).await;
+            }
+        }
         // While the upstream has the request and has not answered, the client may leave: hyper then drops
         // this future, and the guard records the call (the upstream may bill what it started).
         let in_flight = InFlight {
@@ -273,6 +281,50 @@ impl Proxy {
             }
         };
         self.respond(response, ctx, metered, outgoing.strip_usage_chunk)
+    }
+
+    /// The call against the `block` budgets that cover it (`crate::budget`): admitted with its worst case
+    /// reserved, or refused (`BudgetExceeded` 429, or 503 while a budget cannot be checked with
+    /// `--budget-when-database-down closed`).
+    fn admit(&self, ctx: &CallContext, body_bytes: usize) -> Result<(), ApiError> {
+        let meter = &self.inner.state.meter;
+        let Some(budgets) = meter.budgets() else {
+            return Ok(());
+        };
+        let model = ctx.info.model.as_deref().unwrap_or("unknown");
+        let a = crate::budget::Attribution {
+            project: ctx.project.as_deref(),
+            model,
+            key_fingerprint: ctx.key_fingerprint.as_deref(),
+            end_user: ctx.end_user.as_deref(),
+        };
+        if !budgets.blocks(&a) {
+            return Ok(());
+        }
+        let worst = meter.worst_case(&crate::budget::limits::Request {
+            model,
+            body_bytes,
+            max_output_tokens: ctx.info.max_output_tokens,
+            enable_thinking: ctx.info.enable_thinking,
+        });
+        let metrics = &self.inner.state.metrics.instance;
+        match budgets.admit(ctx.call_id, &a, worst, meter.now()) {
+            Ok(admission) => {
+                for budget in &admission.unchecked {
+                    metrics.budget_unchecked(budget);
+                    tracing::warn!(call_id = %ctx.call_id, budget, "budget spent unknown (database unreachable): call served unchecked");
+                }
+                Ok(())
+            }
+            Err(crate::budget::tracker::Refusal::Exceeded { budget }) => {
+                metrics.budget_rejected(&budget);
+                Err(ApiError::BudgetExceeded { budget })
+            }
+            Err(crate::budget::tracker::Refusal::Unknown { budget }) => {
+                metrics.budget_rejected(&budget);
+                Err(ApiError::BudgetUnknown { budget })
+            }
+        }
     }
 
     /// What is known of the call from its head: key identity and attribution, taken before the headers
@@ -424,6 +476,7 @@ impl Proxy {
         let request = request.body(Full::new(upstream_body)).ok()?;
         Some(Outgoing {
             request,
+            body_bytes: ctx.request_body.len(),
             strip_usage_chunk,
         })
     }

@@ -119,6 +119,11 @@ pub struct RequestInfo {
     pub incremental_output: bool,
     /// The body did not parse as a JSON object. It is forwarded all the same; the upstream judges it.
     pub malformed: bool,
+    /// The most output the client allowed: `max_completion_tokens` or `max_tokens` (OpenAI-compatible),
+    /// `parameters.max_tokens` (native). Budgets reserve by it.
+    pub max_output_tokens: Option<u64>,
+    /// `enable_thinking` as the client set it (top level, or native `parameters`): `None` when absent.
+    pub enable_thinking: Option<bool>,
 }
 
 /// The result of reading a request: its facts and, when the proxy must ask for usage on the client's
@@ -140,6 +145,22 @@ struct RequestHead<'a> {
     stream_options: Option<serde_json::Value>,
     #[serde(default)]
     parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    max_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    enable_thinking: Option<serde_json::Value>,
+}
+
+/// A token count as a client may write it: a non-negative integer (or an integral float).
+fn count(v: Option<&serde_json::Value>) -> Option<u64> {
+    let v = v?;
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+            .map(|f| f as u64)
+    })
 }
 
 /// Reads a request body. `native_sse` is whether the native `X-DashScope-SSE: enable` header was sent.
@@ -181,6 +202,9 @@ pub fn inspect_request(protocol: Protocol, body: &[u8], native_sse: bool) -> Ins
                     client_wants_usage,
                     incremental_output: true,
                     malformed: false,
+                    max_output_tokens: count(head.max_completion_tokens.as_ref())
+                        .or_else(|| count(head.max_tokens.as_ref())),
+                    enable_thinking: head.enable_thinking.as_ref().and_then(|v| v.as_bool()),
                 },
                 rewritten_body,
             }
@@ -192,6 +216,7 @@ pub fn inspect_request(protocol: Protocol, body: &[u8], native_sse: bool) -> Ins
                 .and_then(|p| p.get("incremental_output"))
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false);
+            let parameter = |name: &str| head.parameters.as_ref().and_then(|p| p.get(name));
             InspectedRequest {
                 info: RequestInfo {
                     model,
@@ -199,6 +224,10 @@ pub fn inspect_request(protocol: Protocol, body: &[u8], native_sse: bool) -> Ins
                     client_wants_usage: true,
                     incremental_output,
                     malformed: false,
+                    max_output_tokens: count(parameter("max_tokens")),
+                    enable_thinking: parameter("enable_thinking")
+                        .or(head.enable_thinking.as_ref())
+                        .and_then(|v| v.as_bool()),
                 },
                 rewritten_body: None,
             }

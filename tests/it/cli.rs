@@ -32,6 +32,13 @@ fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
     )
     .unwrap();
     let neg = neg.to_str().unwrap();
+    let budget = dir.path().join("budget.toml");
+    std::fs::write(
+        &budget,
+        "upstream = \"sim\"\n[[budget]]\nname = \"alpha-daily\"\nperiod = \"day\"\nlimit_yuan = \"0\"\naction = \"block\"\n",
+    )
+    .unwrap();
+    let budget = budget.to_str().unwrap();
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (&["serve", "--listen", "not-an-address"], &[], "--listen"),
@@ -48,6 +55,16 @@ fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
         ),
         (&["--config", cfg, "serve"], &[], "listen_addr"),
         (&["serve", "--prices", neg], &[], "--prices"),
+        (
+            &["--config", budget, "serve"],
+            &[],
+            "invalid [[budget]] in the config file: budget \"alpha-daily\": limit_yuan must be greater than 0",
+        ),
+        (
+            &["serve", "--budget-reservation", "maybe"],
+            &[],
+            "--budget-reservation",
+        ),
         (
             &["prices"],
             &[("METER_PRICES", neg)],

@@ -517,12 +517,10 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
         .unwrap()
         .expect("the writer rolls the bill");
     clock.set("2026-11-25T11:10:00Z".parse().unwrap());
-    let rolled = app
-        .roll_bill()
+    app.roll_bill()
         .await
         .unwrap()
         .expect("the writer closes hours");
-    assert!(rolled.skipped || rolled.closed == 1, "{rolled:?}");
     let mut delivered = false;
     for _ in 0..100 {
         app.deliver_reports()

@@ -11,6 +11,7 @@ mod helpers;
 mod bill;
 mod billing_time;
 mod billing_truth;
+mod budgets;
 mod cli;
 mod delivery;
 mod durability;

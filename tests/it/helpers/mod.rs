@@ -129,6 +129,17 @@ impl LedgerApp {
         }
     }
 
+    /// A test's own sidecar on `db` and `journal`, with the verbs of this type.
+    pub fn adopt(app: App, db: TestDb, journal: tempfile::TempDir) -> LedgerApp {
+        LedgerApp {
+            app,
+            db,
+            journal,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            seen: Mutex::default(),
+        }
+    }
+
     /// Another sidecar on this one's database, with a journal of its own (dropped with the returned dir).
     pub async fn beside(
         &self,

@@ -1,0 +1,418 @@
+//! Budgets (issue 12) through the front door: the real app on a clock the test sets, a scripted upstream, a
+//! real Postgres. A `block` budget refuses in each protocol's shape and the upstream never sees the call; an
+//! `alert` budget never refuses; windows are Beijing calendar windows and reset at their boundary; spent
+//! survives a restart and a database outage; thresholds are raised once, across a restart; and 64 concurrent
+//! streams never take spent past the limit with worst-case reservation.
+
+use crate::helpers::*;
+use chrono::{DateTime, Utc};
+use deepseek_meter::clock::Clock;
+use deepseek_meter::config::Settings;
+use rust_decimal::Decimal;
+use serde_json::Value;
+use std::time::Duration;
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+const V3_JSON: &str = r#"{"choices":[{"message":{"content":"ok","role":"assistant"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":6,"completion_tokens":64,"total_tokens":70},"model":"deepseek-v3","id":"chatcmpl-v3"}"#;
+/// 6 × 2 + 64 × 8 per million (deepseek-v3).
+const V3_COST: &str = "0.000524";
+/// Asks for at most 64 output tokens: the worst case is the body's bytes × 2 + 64 × 8 per million.
+const V3_BODY: &str =
+    r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"max_tokens":64}"#;
+
+/// A deepseek-v3 stream that bills 6 input and 64 output tokens (with the usage chunk the proxy asks for).
+const V3_STREAM: [&str; 4] = [
+    "data: {\"choices\":[{\"delta\":{\"content\":\"ok\",\"role\":\"assistant\"},\"finish_reason\":null,\"index\":0}],\"object\":\"chat.completion.chunk\",\"model\":\"deepseek-v3\",\"id\":\"s\"}\n\n",
+    "data: {\"choices\":[{\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\",\"index\":0}],\"object\":\"chat.completion.chunk\",\"model\":\"deepseek-v3\",\"id\":\"s\"}\n\n",
+    "data: {\"choices\":[],\"object\":\"chat.completion.chunk\",\"usage\":{\"prompt_tokens\":6,\"completion_tokens\":64,\"total_tokens\":70},\"model\":\"deepseek-v3\",\"id\":\"s\"}\n\n",
+    "data: [DONE]\n\n",
+];
+
+/// Settings with these `[[budget]]` tables (TOML).
+fn with_budgets(toml_text: &str) -> impl FnOnce(&mut Settings) {
+    let table: toml::Table = toml::from_str(toml_text).unwrap();
+    let budgets = deepseek_meter::budget::parse(table.get("budget")).unwrap();
+    move |s: &mut Settings| s.budgets = budgets
+}
+
+async fn budgets(t: &LedgerApp) -> Value {
+    t.http
+        .get(t.admin_url("/v1/budgets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until every budget's spent is known (the refresher read the ledger) and equals `spent`.
+async fn spent_is(t: &LedgerApp, name: &str, spent: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = budgets(t).await;
+        let b = last["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap()
+            .clone();
+        if b["spent_known"] == true && b["spent_yuan"] == spent {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never reached spent {spent}: {last}");
+}
+
+async fn post(t: &LedgerApp, path: &str, body: &str, project: &str) -> reqwest::Response {
+    let resp = t
+        .http
+        .post(t.url(path))
+        .bearer_auth("sk-budget-test-0001")
+        .header("x-meter-project", project)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    t.saw(&call_id(&resp));
+    resp
+}
+
+/// Room for two deepseek-v3 calls' worst cases, not three: the third is refused with a 429 in the
+/// OpenAI-compatible shape, the fourth (native) in the native shape; both are `rejected` rows and the upstream
+/// never saw them. An `alert` budget far exceeded refuses nothing. Another project is not covered.
+#[tokio::test]
+async fn a_block_budget_refuses_in_each_protocols_shape_and_an_alert_budget_never_does() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, V3_JSON));
+    let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
+    let t = LedgerApp::start_at(
+        up.upstream(),
+        clock.clone(),
+        with_budgets(
+            r#"
+            [[budget]]
+            name = "alpha-daily"
+            period = "day"
+            limit_yuan = "0.0015"
+            project = "alpha"
+            action = "block"
+            [[budget]]
+            name = "all-hourly"
+            period = "hour"
+            limit_yuan = "0.0001"
+            action = "alert"
+            "#,
+        ),
+    )
+    .await;
+    spent_is(&t, "alpha-daily", "0").await;
+    for _ in 0..2 {
+        let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 429);
+    let refused = call_id(&resp);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "BudgetExceeded");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("alpha-daily"));
+    let native = r#"{"model":"deepseek-v3","input":{"messages":[{"role":"user","content":"hi"}]},"parameters":{"max_tokens":64}}"#;
+    let resp = post(&t, NATIVE_PATH, native, "alpha").await;
+    assert_eq!(resp.status(), 429);
+    let id = call_id(&resp);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "BudgetExceeded");
+    assert_eq!(body["request_id"], id.as_str());
+    // Another project is not covered by the block budget; the alert budget (long past its limit) refuses
+    // nothing.
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "beta").await;
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        3,
+        "the refused calls never reached the upstream"
+    );
+    let row = t.row(&refused).await;
+    assert_eq!(
+        (&row["status"], &row["http_status"], &row["error_code"]),
+        (
+            &Value::from("rejected"),
+            &Value::from(429),
+            &Value::from("BudgetExceeded")
+        )
+    );
+    let b = spent_is(&t, "alpha-daily", "0.001048").await;
+    assert_eq!(b["window_start"], "2026-11-25T00:00:00+08:00");
+    assert_eq!(b["window_end"], "2026-11-26T00:00:00+08:00");
+    assert_eq!(b["limit_yuan"], "0.0015");
+    assert_eq!(b["reserved_yuan"], "0");
+    let alert = spent_is(&t, "all-hourly", "0.001572").await;
+    assert_eq!(alert["state"], "alerting");
+    assert_eq!(
+        alert["thresholds_crossed"],
+        serde_json::json!(["0.5", "0.8", "1"])
+    );
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    for line in [
+        "deepseek_meter_budget_rejections_total{budget=\"alpha-daily\"} 2",
+        "deepseek_meter_budget_limit_yuan{budget=\"alpha-daily\"} 0.0015",
+        "deepseek_meter_budget_window_end_timestamp_seconds{budget=\"alpha-daily\"} 1795622400",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+    t.audit(&[]).await;
+}
+
+/// Day windows are Beijing days: spent at 23:59 is gone at 00:00 (16:00 UTC), when the new day starts empty.
+#[tokio::test]
+async fn a_day_window_resets_at_midnight_in_beijing() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, V3_JSON));
+    let clock = Clock::manual(at("2026-11-25T15:59:00Z"));
+    let t = LedgerApp::start_at(
+        up.upstream(),
+        clock.clone(),
+        with_budgets(
+            "[[budget]]\nname = \"daily\"\nperiod = \"day\"\nlimit_yuan = 1\naction = \"block\"\n\
+             [[budget]]\nname = \"monthly\"\nperiod = \"month\"\nlimit_yuan = 1\naction = \"block\"\n",
+        ),
+    )
+    .await;
+    spent_is(&t, "daily", "0").await;
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    resp.bytes().await.unwrap();
+    spent_is(&t, "daily", V3_COST).await;
+    clock.set(at("2026-11-25T16:00:00Z"));
+    let b = spent_is(&t, "daily", "0").await;
+    assert_eq!(b["window_start"], "2026-11-26T00:00:00+08:00");
+    let m = spent_is(&t, "monthly", V3_COST).await;
+    assert_eq!(m["window_start"], "2026-11-01T00:00:00+08:00");
+    assert_eq!(m["window_end"], "2026-12-01T00:00:00+08:00");
+    t.audit(&[]).await;
+}
+
+/// Spent survives a database outage (the calls journaled meanwhile count, and the budget still refuses) and
+/// a restart (the journal's unshipped calls and the ledger both count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_survives_a_database_outage_and_a_restart() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, V3_JSON));
+    let pg = FaultProxy::start(pg_addr()).await;
+    let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
+    let budget = "[[budget]]\nname = \"daily\"\nperiod = \"day\"\nlimit_yuan = \"0.0015\"\naction = \"block\"\n";
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let via_proxy = pg.url_for(&db.url);
+    let tweak = |url: String| {
+        move |s: &mut Settings| {
+            with_budgets(budget)(s);
+            s.ledger.as_mut().unwrap().database_url = url;
+        }
+    };
+    let app = sidecar(
+        &db,
+        journal.path(),
+        up.upstream(),
+        clock.clone(),
+        tweak(via_proxy.clone()),
+    )
+    .await;
+    let t = LedgerApp::adopt(app, db, journal);
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    resp.bytes().await.unwrap();
+    spent_is(&t, "daily", V3_COST).await;
+    pg.set_down(true);
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    // The second call is journaled, not shipped: it counts all the same, and the third is refused.
+    let b = budgets(&t).await;
+    assert_eq!(b["budgets"][0]["spent_yuan"], "0.001048", "{b}");
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 429);
+    resp.bytes().await.unwrap();
+    // A restart while the database is still away: the journal's unshipped call is counted at once.
+    let t = t
+        .restart_at(up.upstream(), clock.clone(), tweak(via_proxy.clone()))
+        .await;
+    let b = budgets(&t).await;
+    assert_eq!(
+        b["budgets"][0]["spent_yuan"], V3_COST,
+        "the journal's part: {b}"
+    );
+    assert_eq!(
+        b["budgets"][0]["spent_known"], false,
+        "the ledger's part is unknown: {b}"
+    );
+    pg.set_down(false);
+    spent_is(&t, "daily", "0.001048").await;
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 429, "still no room after the restart");
+    resp.bytes().await.unwrap();
+    t.audit(&[]).await;
+}
+
+/// What one receiver got: each threshold alert's idempotency key and payload.
+async fn alert_receiver() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    String,
+) {
+    use axum::http::HeaderMap;
+    let got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>> = Default::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let key = headers["idempotency-key"].to_str().unwrap().to_owned();
+                sink.lock()
+                    .unwrap()
+                    .push((key, serde_json::from_slice(&body).unwrap()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (got, url)
+}
+
+/// Each threshold crossing is POSTed once, with the budget, scope, window, limit, spent and threshold; a
+/// restart raises none again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_threshold_is_alerted_once_across_a_restart() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, V3_JSON));
+    let (got, url) = alert_receiver().await;
+    let clock = Clock::manual(at("2026-11-25T05:10:00Z"));
+    let tweak = |url: String| {
+        move |s: &mut Settings| {
+            with_budgets(
+                "[[budget]]\nname = \"alpha-hourly\"\nperiod = \"hour\"\nlimit_yuan = \"0.001\"\n\
+                 project = \"alpha\"\naction = \"alert\"\nthresholds = [0.5, 1.0]\n",
+            )(s);
+            s.alert_webhook = Some(url.parse().unwrap());
+        }
+    };
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), tweak(url.clone())).await;
+    spent_is(&t, "alpha-hourly", "0").await;
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await; // 0.000524: past 50 %
+    resp.bytes().await.unwrap();
+    let wait = |n: usize| {
+        let got = got.clone();
+        async move {
+            for _ in 0..200 {
+                if got.lock().unwrap().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            got.lock().unwrap().clone()
+        }
+    };
+    let first = wait(1).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].0, "alpha-hourly/2026-11-25T05:00:00Z/0.5");
+    assert_eq!(
+        first[0].1,
+        serde_json::json!({"budget": "alpha-hourly", "scope": {"project": "alpha"}, "period": "hour",
+            "action": "alert", "window_start": "2026-11-25T13:00:00+08:00",
+            "window_end": "2026-11-25T14:00:00+08:00", "limit_yuan": "0.001", "spent_yuan": "0.000524",
+            "threshold": "0.5"})
+    );
+    let t = t
+        .restart_at(up.upstream(), clock.clone(), tweak(url.clone()))
+        .await;
+    spent_is(&t, "alpha-hourly", V3_COST).await;
+    // Two refresher rounds later, still one: not raised again after the restart.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(got.lock().unwrap().len(), 1);
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await; // 0.001048: past 100 %
+    resp.bytes().await.unwrap();
+    let all = wait(2).await;
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "alpha-hourly/2026-11-25T05:00:00Z/0.5",
+            "alpha-hourly/2026-11-25T05:00:00Z/1"
+        ]
+    );
+    t.audit(&[]).await;
+}
+
+/// 64 concurrent streaming calls against a `block` budget with room for about ten: with worst-case
+/// reservation spent never passes the limit; without (`--budget-reservation none`) it passes it by what was
+/// in flight. Prints the figures for the README.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_never_take_spent_past_the_limit_with_worst_case_reservation() {
+    use deepseek_meter::budget::tracker::Reservation;
+    for reservation in [Reservation::WorstCase, Reservation::None] {
+        let up = ScriptedUpstream::start().await;
+        up.answer_always(Script::sse(
+            V3_STREAM.iter().map(|e| e.as_bytes().to_vec()).collect(),
+        ));
+        let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
+        // A deepseek-v3 stream of 6 + 64 tokens (0.000524) asked with max_tokens 64: its worst case is
+        // (body bytes × 2 + 64 × 8) per million, about 0.00072. Room for about ten.
+        let limit = "0.0055";
+        let t = LedgerApp::start_at(up.upstream(), clock.clone(), move |s| {
+            with_budgets(&format!(
+                "[[budget]]\nname = \"tight\"\nperiod = \"day\"\nlimit_yuan = \"{limit}\"\naction = \"block\"\n"
+            ))(s);
+            s.budget_reservation = reservation;
+        })
+        .await;
+        spent_is(&t, "tight", "0").await;
+        let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":64}"#;
+        let calls = (0..64).map(|_| {
+            let t = &t;
+            async move {
+                let resp = post(t, COMPAT_PATH, body, "alpha").await;
+                let status = resp.status().as_u16();
+                resp.bytes().await.unwrap();
+                status
+            }
+        });
+        let statuses = futures_util::future::join_all(calls).await;
+        let admitted = statuses.iter().filter(|s| **s == 200).count();
+        assert_eq!(
+            admitted + statuses.iter().filter(|s| **s == 429).count(),
+            64
+        );
+        flush(&t.app).await;
+        let pool = t.db.pool().await;
+        let spent: Decimal =
+            sqlx::query_scalar("SELECT coalesce(sum(cost_total), 0) FROM usage_ledger")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        println!(
+            "RESULT budget concurrency reservation={reservation:?}: 64 streams, {admitted} admitted, spent {spent} of limit {limit}"
+        );
+        if reservation == Reservation::WorstCase {
+            assert!(spent <= d(limit), "spent {spent} > limit {limit}");
+            assert!(admitted >= 5, "room for about ten: {admitted}");
+        }
+        t.audit(&[]).await;
+    }
+}
