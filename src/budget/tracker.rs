@@ -62,15 +62,48 @@ pub struct Admission {
     pub unchecked: Vec<String>,
 }
 
+/// Costs by call, with their running total (an admission reads the total, never sums the calls).
+#[derive(Debug, Default)]
+struct Tally {
+    /// call id → (billing hour, cost).
+    items: HashMap<Uuid, (DateTime<Utc>, Decimal)>,
+    total: Decimal,
+}
+
+impl Tally {
+    fn insert(&mut self, id: Uuid, hour: DateTime<Utc>, cost: Decimal) {
+        if let Some((_, old)) = self.items.insert(id, (hour, cost)) {
+            self.total -= old;
+        }
+        self.total += cost;
+    }
+
+    fn remove(&mut self, id: &Uuid) {
+        if let Some((_, cost)) = self.items.remove(id) {
+            self.total -= cost;
+        }
+    }
+
+    /// Keeps the calls whose billing hour is in `[start, end)`.
+    fn within(self, start: DateTime<Utc>, end: DateTime<Utc>) -> Tally {
+        let items: HashMap<_, _> = self
+            .items
+            .into_iter()
+            .filter(|(_, (hour, _))| *hour >= start && *hour < end)
+            .collect();
+        let total = items.values().map(|(_, c)| *c).sum();
+        Tally { items, total }
+    }
+}
+
 #[derive(Debug)]
 struct Window {
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     ledger: Option<Decimal>,
     refreshed_at: Option<std::time::Instant>,
-    /// call id → (billing hour, cost).
-    unshipped: HashMap<Uuid, (DateTime<Utc>, Decimal)>,
-    reserved: HashMap<Uuid, Decimal>,
+    unshipped: Tally,
+    reserved: Tally,
     /// Thresholds (indexes into the budget's) already raised in this window.
     raised: BTreeSet<usize>,
 }
@@ -82,18 +115,18 @@ impl Window {
             end,
             ledger: None,
             refreshed_at: None,
-            unshipped: HashMap::new(),
-            reserved: HashMap::new(),
+            unshipped: Tally::default(),
+            reserved: Tally::default(),
             raised: BTreeSet::new(),
         }
     }
 
     fn spent(&self) -> Decimal {
-        self.ledger.unwrap_or_default() + self.unshipped.values().map(|(_, c)| *c).sum::<Decimal>()
+        self.ledger.unwrap_or_default() + self.unshipped.total
     }
 
     fn reserved(&self) -> Decimal {
-        self.reserved.values().sum()
+        self.reserved.total
     }
 
     fn known(&self) -> bool {
@@ -208,10 +241,7 @@ impl Tracker {
                 let mut next = Window::new(s, e);
                 // Calls in flight keep their reservation; finished calls of the new window keep counting.
                 next.reserved = std::mem::take(&mut w.reserved);
-                next.unshipped = std::mem::take(&mut w.unshipped)
-                    .into_iter()
-                    .filter(|(_, (hour, _))| *hour >= s && *hour < e)
-                    .collect();
+                next.unshipped = std::mem::take(&mut w.unshipped).within(s, e);
                 *w = next;
             }
         }
@@ -265,7 +295,7 @@ impl Tracker {
                     && b.scope.covers(a)
                     && !admission.unchecked.contains(&b.name)
                 {
-                    w.reserved.insert(call_id, cost);
+                    w.reserved.insert(call_id, w.start, cost);
                     admission.reserved_in.push(b.name.clone());
                 }
             }
@@ -292,7 +322,7 @@ impl Tracker {
             w.reserved.remove(&call_id);
             if let Some(cost) = cost.filter(|c| !c.is_zero()) {
                 if b.scope.covers(a) && billing_hour >= w.start && billing_hour < w.end {
-                    w.unshipped.insert(call_id, (billing_hour, cost));
+                    w.unshipped.insert(call_id, billing_hour, cost);
                 }
             }
         }
@@ -306,7 +336,7 @@ impl Tracker {
         };
         let mut ids: Vec<Uuid> = windows
             .iter()
-            .flat_map(|w| w.unshipped.keys().copied())
+            .flat_map(|w| w.unshipped.items.keys().copied())
             .collect();
         ids.sort_unstable();
         ids.dedup();

@@ -70,7 +70,7 @@ impl Receiver {
 
     /// Waits until `n` deliveries were answered 2xx, then a little longer to catch any extra one.
     async fn wait_for(&self, n: usize) -> Vec<String> {
-        for _ in 0..200 {
+        for _ in 0..400 {
             if self.delivered().len() >= n {
                 break;
             }
@@ -399,7 +399,7 @@ fn fake_clock(start: &str) -> [(&'static str, String); 3] {
     ]
 }
 
-/// The real binary at 23:59:57 Beijing time: a call, the hour ends, its grace (1 s) passes, and the webhook gets
+/// The real binary at 23:59:52 Beijing time: a call, the hour ends, its grace (1 s) passes, and the webhook gets
 /// its report once; SIGTERM and a restart repeat nothing; a late row for the hour makes revision 1, delivered
 /// under its own key by the restarted binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +432,7 @@ async fn the_real_binary_delivers_each_closed_hour_once_across_a_restart() {
         let env: Vec<(&str, &str)> = clock.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Bin::start(&args, &env, &["proxy_addr"])
     };
-    let mut bin = start("2026-11-25 15:59:57");
+    let mut bin = start("2026-11-25 15:59:52");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let resp = http
         .post(format!("http://{}{COMPAT_PATH}", bin.addrs[0]))
