@@ -142,6 +142,13 @@ pub fn parse(value: Option<&toml::Value>) -> Result<Vec<Budget>, String> {
     let Some(tables) = value.as_array() else {
         return Err("`budget` must be an array of tables ([[budget]])".into());
     };
+    if tables.len() > tracker::MAX_BUDGETS {
+        return Err(format!(
+            "{} budgets: at most {} can be configured",
+            tables.len(),
+            tracker::MAX_BUDGETS
+        ));
+    }
     let mut budgets: Vec<Budget> = Vec::with_capacity(tables.len());
     for (i, t) in tables.iter().enumerate() {
         let which = t.get("name").and_then(toml::Value::as_str).map_or_else(

@@ -4,8 +4,10 @@
 //!
 //! Per budget and window:
 //! - `ledger`: spent in the ledger as of the last refresh (`None` until the first refresh of the window);
-//! - `unshipped`: this sidecar's finished calls in the window that the last refresh did not find in the ledger
-//!   (seeded from the journal at startup, so a restart or a database outage loses none);
+//! - the total of this sidecar's finished calls in the window that the last refresh did not find in the
+//!   ledger (seeded from the journal at startup, so a restart or a database outage loses none). The calls
+//!   themselves are kept once, whatever the number of budgets covering them (a long outage holds up to the
+//!   journal's cap of them: about 100 bytes each);
 //! - `reserved`: worst-case costs of admitted calls still in flight (`block` budgets only).
 //!
 //! The admission is one short critical section (a mutex, no await): the check and the reservation happen
@@ -65,34 +67,52 @@ pub struct Admission {
 /// Costs by call, with their running total (an admission reads the total, never sums the calls).
 #[derive(Debug, Default)]
 struct Tally {
-    /// call id → (billing hour, cost).
-    items: HashMap<Uuid, (DateTime<Utc>, Decimal)>,
+    items: HashMap<Uuid, Decimal>,
     total: Decimal,
 }
 
 impl Tally {
-    fn insert(&mut self, id: Uuid, hour: DateTime<Utc>, cost: Decimal) {
-        if let Some((_, old)) = self.items.insert(id, (hour, cost)) {
+    fn insert(&mut self, id: Uuid, cost: Decimal) {
+        if let Some(old) = self.items.insert(id, cost) {
             self.total -= old;
         }
         self.total += cost;
     }
 
     fn remove(&mut self, id: &Uuid) {
-        if let Some((_, cost)) = self.items.remove(id) {
+        if let Some(cost) = self.items.remove(id) {
             self.total -= cost;
         }
     }
+}
 
-    /// Keeps the calls whose billing hour is in `[start, end)`.
-    fn within(self, start: DateTime<Utc>, end: DateTime<Utc>) -> Tally {
-        let items: HashMap<_, _> = self
-            .items
-            .into_iter()
-            .filter(|(_, (hour, _))| *hour >= start && *hour < end)
-            .collect();
-        let total = items.values().map(|(_, c)| *c).sum();
-        Tally { items, total }
+#[derive(Debug, Clone, Copy)]
+struct Unshipped {
+    billing_hour: DateTime<Utc>,
+    cost: Decimal,
+    /// The budgets (bit i: budget i) whose current window counts it.
+    budgets: u64,
+}
+
+/// Budgets per config file: each unshipped call keeps its budgets in a 64-bit mask.
+pub const MAX_BUDGETS: usize = 64;
+
+#[derive(Debug, Default)]
+struct State {
+    windows: Vec<Window>,
+    unshipped: HashMap<Uuid, Unshipped>,
+}
+
+impl State {
+    /// Forgets an unshipped call (it reached the ledger), taking its cost out of its budgets' totals.
+    fn forget(&mut self, id: &Uuid) {
+        if let Some(u) = self.unshipped.remove(id) {
+            for (i, w) in self.windows.iter_mut().enumerate() {
+                if u.budgets & (1 << i) != 0 {
+                    w.unshipped -= u.cost;
+                }
+            }
+        }
     }
 }
 
@@ -102,7 +122,8 @@ struct Window {
     end: DateTime<Utc>,
     ledger: Option<Decimal>,
     refreshed_at: Option<std::time::Instant>,
-    unshipped: Tally,
+    /// Total cost of the unshipped calls this window counts.
+    unshipped: Decimal,
     reserved: Tally,
     /// Thresholds (indexes into the budget's) already raised in this window.
     raised: BTreeSet<usize>,
@@ -115,14 +136,14 @@ impl Window {
             end,
             ledger: None,
             refreshed_at: None,
-            unshipped: Tally::default(),
+            unshipped: Decimal::ZERO,
             reserved: Tally::default(),
             raised: BTreeSet::new(),
         }
     }
 
     fn spent(&self) -> Decimal {
-        self.ledger.unwrap_or_default() + self.unshipped.total
+        self.ledger.unwrap_or_default() + self.unshipped
     }
 
     fn reserved(&self) -> Decimal {
@@ -141,7 +162,7 @@ pub struct Tracker {
     timezone: Tz,
     reservation: Reservation,
     when_unknown: WhenUnknown,
-    windows: Mutex<Vec<Window>>,
+    state: Mutex<State>,
     /// Crossings seen and not yet recorded in Postgres (the refresher takes them; put back on failure).
     crossings: Mutex<Vec<Crossing>>,
 }
@@ -213,7 +234,10 @@ impl Tracker {
             timezone,
             reservation,
             when_unknown,
-            windows: Mutex::new(windows),
+            state: Mutex::new(State {
+                windows,
+                unshipped: HashMap::new(),
+            }),
             crossings: Mutex::new(Vec::new()),
         }
     }
@@ -233,18 +257,29 @@ impl Tracker {
             .any(|b| b.action == Action::Block && b.scope.covers(a))
     }
 
-    /// Moves every window to the one holding `now` (a new window starts empty, its ledger part unknown).
-    fn roll(&self, windows: &mut [Window], now: DateTime<Utc>) {
-        for (b, w) in self.budgets.iter().zip(windows.iter_mut()) {
-            if now >= w.end || now < w.start {
-                let (s, e) = window_of(b.period.granularity(), now, self.timezone);
-                let mut next = Window::new(s, e);
-                // Calls in flight keep their reservation; finished calls of the new window keep counting.
-                next.reserved = std::mem::take(&mut w.reserved);
-                next.unshipped = std::mem::take(&mut w.unshipped).within(s, e);
-                *w = next;
+    /// Moves every window to the one holding `now` (a new window starts with its ledger part unknown; calls
+    /// in flight keep their reservations; unshipped calls of the new window keep counting).
+    fn roll(&self, state: &mut State, now: DateTime<Utc>) {
+        for (i, b) in self.budgets.iter().enumerate() {
+            let w = &mut state.windows[i];
+            if now < w.end && now >= w.start {
+                continue;
             }
+            let (s, e) = window_of(b.period.granularity(), now, self.timezone);
+            let mut next = Window::new(s, e);
+            next.reserved = std::mem::take(&mut w.reserved);
+            for u in state.unshipped.values_mut() {
+                if u.budgets & (1 << i) != 0 {
+                    if u.billing_hour >= s && u.billing_hour < e {
+                        next.unshipped += u.cost;
+                    } else {
+                        u.budgets &= !(1 << i);
+                    }
+                }
+            }
+            state.windows[i] = next;
         }
+        state.unshipped.retain(|_, u| u.budgets != 0);
     }
 
     /// Admits or refuses a call covered by `a` whose worst case is `worst` (`None`: unpriced, reserves
@@ -256,10 +291,11 @@ impl Tracker {
         worst: Option<Decimal>,
         now: DateTime<Utc>,
     ) -> Result<Admission, Refusal> {
-        let Ok(mut windows) = self.windows.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return Ok(Admission::default());
         };
-        self.roll(&mut windows, now);
+        self.roll(&mut state, now);
+        let windows = &mut state.windows;
         let cost = worst.unwrap_or_default();
         let mut admission = Admission::default();
         for (b, w) in self.budgets.iter().zip(windows.iter()) {
@@ -295,7 +331,7 @@ impl Tracker {
                     && b.scope.covers(a)
                     && !admission.unchecked.contains(&b.name)
                 {
-                    w.reserved.insert(call_id, w.start, cost);
+                    w.reserved.insert(call_id, cost);
                     admission.reserved_in.push(b.name.clone());
                 }
             }
@@ -314,42 +350,55 @@ impl Tracker {
         cost: Option<Decimal>,
         now: DateTime<Utc>,
     ) {
-        let Ok(mut windows) = self.windows.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
-        self.roll(&mut windows, now);
-        for (b, w) in self.budgets.iter().zip(windows.iter_mut()) {
+        self.roll(&mut state, now);
+        state.forget(&call_id);
+        let mut budgets = 0u64;
+        let cost = cost.filter(|c| !c.is_zero());
+        for (i, (b, w)) in self
+            .budgets
+            .iter()
+            .zip(state.windows.iter_mut())
+            .enumerate()
+        {
             w.reserved.remove(&call_id);
-            if let Some(cost) = cost.filter(|c| !c.is_zero()) {
+            if let Some(cost) = cost {
                 if b.scope.covers(a) && billing_hour >= w.start && billing_hour < w.end {
-                    w.unshipped.insert(call_id, billing_hour, cost);
+                    w.unshipped += cost;
+                    budgets |= 1 << i;
                 }
             }
         }
-        self.cross(&mut windows);
+        if let (Some(cost), true) = (cost, budgets != 0) {
+            state.unshipped.insert(
+                call_id,
+                Unshipped {
+                    billing_hour,
+                    cost,
+                    budgets,
+                },
+            );
+        }
+        self.cross(&mut state.windows);
     }
 
     /// The unshipped call ids of every window, for the refresh to look up in the ledger.
     pub fn unshipped_ids(&self) -> Vec<Uuid> {
-        let Ok(windows) = self.windows.lock() else {
+        let Ok(state) = self.state.lock() else {
             return Vec::new();
         };
-        let mut ids: Vec<Uuid> = windows
-            .iter()
-            .flat_map(|w| w.unshipped.items.keys().copied())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        state.unshipped.keys().copied().collect()
     }
 
     /// The windows a refresh should count, per budget: (start, end).
     pub fn windows(&self, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
-        let Ok(mut windows) = self.windows.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return Vec::new();
         };
-        self.roll(&mut windows, now);
-        windows.iter().map(|w| (w.start, w.end)).collect()
+        self.roll(&mut state, now);
+        state.windows.iter().map(|w| (w.start, w.end)).collect()
     }
 
     /// A refresh's result, read in one snapshot: each budget's spent in the ledger for the window it was
@@ -361,14 +410,16 @@ impl Tracker {
         in_ledger: &[Uuid],
         already_raised: &[(String, DateTime<Utc>, Decimal)],
     ) {
-        let Ok(mut windows) = self.windows.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
+        for id in in_ledger {
+            state.forget(id);
+        }
         let now = std::time::Instant::now();
-        for ((b, w), (start, ledger)) in self.budgets.iter().zip(windows.iter_mut()).zip(spent) {
-            for id in in_ledger {
-                w.unshipped.remove(id);
-            }
+        for ((b, w), (start, ledger)) in
+            self.budgets.iter().zip(state.windows.iter_mut()).zip(spent)
+        {
             if *start == w.start {
                 w.ledger = Some(*ledger);
                 w.refreshed_at = Some(now);
@@ -381,7 +432,7 @@ impl Tracker {
                 }
             }
         }
-        self.cross(&mut windows);
+        self.cross(&mut state.windows);
     }
 
     /// The crossings queued so far (to record and raise); [`Tracker::requeue`] those that could not be.
@@ -424,13 +475,13 @@ impl Tracker {
     }
 
     pub fn snapshot(&self, now: DateTime<Utc>) -> Vec<Snapshot> {
-        let Ok(mut windows) = self.windows.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return Vec::new();
         };
-        self.roll(&mut windows, now);
+        self.roll(&mut state, now);
         self.budgets
             .iter()
-            .zip(windows.iter())
+            .zip(state.windows.iter())
             .map(|(b, w)| Snapshot {
                 budget: b.clone(),
                 window_start: w.start,
@@ -540,6 +591,33 @@ mod tests {
             d("0.6"),
             "calls in flight keep their reservations"
         );
+    }
+
+    #[test]
+    fn an_unshipped_call_counts_in_every_budget_covering_it_until_the_ledger_has_it() {
+        let now = at("2026-11-25T05:30:00Z");
+        let mut hourly = budget(Period::Hour, "10", Action::Alert);
+        hourly.name = "hourly".into();
+        let t = Tracker::new(
+            vec![budget(Period::Day, "10", Action::Alert), hourly],
+            chrono_tz::Asia::Shanghai,
+            Reservation::WorstCase,
+            WhenUnknown::Open,
+            now,
+        );
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        t.settle(a, &CALL, at("2026-11-25T05:00:00Z"), Some(d("1")), now);
+        t.settle(b, &CALL, at("2026-11-25T05:00:00Z"), Some(d("2")), now);
+        assert_eq!(t.unshipped_ids().len(), 2, "each call kept once");
+        let spent = |at| t.snapshot(at).iter().map(|s| s.spent).collect::<Vec<_>>();
+        assert_eq!(spent(now), vec![d("3"), d("3")]);
+        t.refreshed(&[], &[a], &[]);
+        assert_eq!(spent(now), vec![d("2"), d("2")]);
+        // The next hour: the hourly budget no longer counts it, the day still does.
+        assert_eq!(spent(at("2026-11-25T06:00:00Z")), vec![d("2"), d("0")]);
+        // The next day: nobody counts it, and it is forgotten.
+        assert_eq!(spent(at("2026-11-25T16:00:00Z")), vec![d("0"), d("0")]);
+        assert!(t.unshipped_ids().is_empty());
     }
 
     #[test]
