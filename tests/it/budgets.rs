@@ -179,7 +179,8 @@ async fn a_block_budget_refuses_in_each_protocols_shape_and_an_alert_budget_neve
     t.audit(&[]).await;
 }
 
-/// Day windows are Beijing days: spent at 23:59 is gone at 00:00 (16:00 UTC), when the new day starts empty.
+/// Day windows are Beijing days: spent at 23:59 is gone at 00:00 (16:00 UTC), when the new day (and hour)
+/// starts empty; the month goes on.
 #[tokio::test]
 async fn a_day_window_resets_at_midnight_in_beijing() {
     let up = ScriptedUpstream::start().await;
@@ -190,7 +191,8 @@ async fn a_day_window_resets_at_midnight_in_beijing() {
         clock.clone(),
         with_budgets(
             "[[budget]]\nname = \"daily\"\nperiod = \"day\"\nlimit_yuan = 1\naction = \"block\"\n\
-             [[budget]]\nname = \"monthly\"\nperiod = \"month\"\nlimit_yuan = 1\naction = \"block\"\n",
+             [[budget]]\nname = \"monthly\"\nperiod = \"month\"\nlimit_yuan = 1\naction = \"block\"\n\
+             [[budget]]\nname = \"hourly\"\nperiod = \"hour\"\nlimit_yuan = 1\naction = \"alert\"\n",
         ),
     )
     .await;
@@ -198,7 +200,11 @@ async fn a_day_window_resets_at_midnight_in_beijing() {
     let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
     resp.bytes().await.unwrap();
     spent_is(&t, "daily", V3_COST).await;
+    spent_is(&t, "hourly", V3_COST).await;
     clock.set(at("2026-11-25T16:00:00Z"));
+    let h = spent_is(&t, "hourly", "0").await;
+    assert_eq!(h["window_start"], "2026-11-26T00:00:00+08:00");
+    assert_eq!(h["window_end"], "2026-11-26T01:00:00+08:00");
     let b = spent_is(&t, "daily", "0").await;
     assert_eq!(b["window_start"], "2026-11-26T00:00:00+08:00");
     let m = spent_is(&t, "monthly", V3_COST).await;
