@@ -79,6 +79,9 @@ macro_rules! metrics {
         }
 
         impl $name {
+            /// Every metric name this struct declares (dashboards and alert rules are checked against them).
+            pub const NAMES: &'static [&'static str] = &[$($metric),*];
+
             pub fn new() -> Result<Self, prometheus::Error> {
                 let registry = prometheus::Registry::new();
                 $(

@@ -34,6 +34,14 @@ impl Metrics {
         })
     }
 
+    /// Every metric name the sidecar can expose on `/metrics` (a vector without samples yet is not printed).
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        InstanceMetrics::NAMES
+            .iter()
+            .chain(ServiceMetrics::NAMES)
+            .copied()
+    }
+
     /// The text exposition of both registries.
     pub fn render(&self) -> String {
         let mut families = self.instance.registry().gather();

@@ -13,6 +13,7 @@ mod billing_time;
 mod billing_truth;
 mod budgets;
 mod cli;
+mod dashboards;
 mod delivery;
 mod durability;
 mod faults;
