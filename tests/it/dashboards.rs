@@ -78,3 +78,219 @@ fn the_prometheus_and_alertmanager_configurations_are_valid() {
     run("promtool", &["check", "config", "prometheus.yml"]);
     run("amtool", &["check-config", "alertmanager.yml"]);
 }
+
+use crate::helpers::*;
+use chrono::{DateTime, Utc};
+use deepseek_meter::clock::Clock;
+use deepseek_meter::config::Upstream;
+use serde_json::Value;
+use std::time::Duration;
+
+fn dashboard(file: &str) -> Value {
+    let text = std::fs::read_to_string(dashboards().join(file)).unwrap();
+    // Provisioning loads a dashboard as it is: no import-wizard inputs (grafana/grafana#10786).
+    assert!(
+        !text.contains("__inputs") && !text.contains("${DS_"),
+        "{file} uses import-wizard placeholders"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+/// (panel title, its targets' `expr` or `rawSql`).
+fn queries(dash: &Value, key: &str) -> Vec<(String, Vec<String>)> {
+    dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let targets = p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t[key].as_str().unwrap().to_owned())
+                .collect();
+            (p["title"].as_str().unwrap().to_owned(), targets)
+        })
+        .collect()
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// A child process killed when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A sidecar on the simulator with a budget and a closed billing hour, and traffic of every kind the
+/// dashboard shows: thinking and plain models, streams, an upstream error, an unpriced model.
+async fn busy_sidecar() -> LedgerApp {
+    let clock = Clock::manual(at("2026-11-25T10:30:00Z"));
+    let t = LedgerApp::start_at(Upstream::Sim, clock.clone(), |s| {
+        let table: toml::Table = toml::from_str(
+            "[[budget]]\nname = \"daily\"\nperiod = \"day\"\nlimit_yuan = 10\naction = \"block\"\n",
+        )
+        .unwrap();
+        s.budgets = deepseek_meter::budget::parse(table.get("budget")).unwrap();
+    })
+    .await;
+    traffic(&t).await;
+    flush(&t.app).await;
+    t.app.roll_bill().await.unwrap().unwrap();
+    clock.set(at("2026-11-25T11:11:00Z"));
+    t.app.roll_bill().await.unwrap().unwrap();
+    t
+}
+
+async fn traffic(t: &LedgerApp) {
+    let calls: [(&str, Option<&str>); 5] = [
+        (
+            r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#,
+            None,
+        ),
+        (
+            r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"hi"}],"stream":true,"enable_thinking":true}"#,
+            None,
+        ),
+        (
+            r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+            None,
+        ),
+        (
+            r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#,
+            Some("429"),
+        ),
+        (
+            r#"{"model":"mystery-model","messages":[{"role":"user","content":"hi"}]}"#,
+            None,
+        ),
+    ];
+    for (body, fault) in calls {
+        let mut req = t
+            .http
+            .post(t.url(COMPAT_PATH))
+            .bearer_auth("sk-dashboard-test-01")
+            .body(body);
+        if let Some(f) = fault {
+            req = req.header("x-sim-fault", f);
+        }
+        let resp = req.send().await.unwrap();
+        t.saw(&call_id(&resp));
+        resp.bytes().await.unwrap();
+    }
+}
+
+/// A real Prometheus scrapes the sidecar every second while it takes calls; every PromQL expression of the
+/// Prometheus dashboard parses, and every panel returns data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_of_the_prometheus_dashboard_returns_data_from_a_real_prometheus() {
+    let t = busy_sidecar().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n  - job_name: deepseek-meter\n    static_configs:\n      - targets: [\"{}\"]\n",
+            t.app.admin_addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prometheus = Child(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (apt-get install prometheus; .ci/run does)"),
+    );
+    let api = format!("http://127.0.0.1:{port}/api/v1/query");
+    // Calls between scrapes, so that rates and quantiles have two samples to work from.
+    for _ in 0..6 {
+        traffic(&t).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let dash = dashboard("deepseek-meter.json");
+    let mut empty = Vec::new();
+    for (title, exprs) in queries(&dash, "expr") {
+        let mut has_data = false;
+        for expr in &exprs {
+            let mut body = Value::Null;
+            for _ in 0..100 {
+                let Ok(resp) = t
+                    .http
+                    .get(&api)
+                    .query(&[("query", expr.as_str())])
+                    .send()
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue; // Prometheus still starting
+                };
+                body = resp.json::<Value>().await.unwrap_or_default();
+                if body["status"] == "success"
+                    && body["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty())
+                {
+                    break;
+                }
+                assert_ne!(body["errorType"], "bad_data", "{title}: {expr}: {body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(body["status"], "success", "{title}: {expr}: {body}");
+            has_data |= body["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty());
+        }
+        if !has_data {
+            empty.push(title);
+        }
+    }
+    assert!(empty.is_empty(), "panels without data: {empty:?}");
+    t.audit(&[]).await;
+}
+
+/// Every SQL query of the bill dashboard runs, as Grafana would send it (its time-filter macro expanded),
+/// against a database holding a bill, and returns rows.
+#[tokio::test]
+async fn every_sql_query_of_the_bill_dashboard_returns_rows() {
+    let t = busy_sidecar().await;
+    let pool = t.db.pool().await;
+    let dash = dashboard("deepseek-meter-bill.json");
+    for (title, sqls) in queries(&dash, "rawSql") {
+        for sql in sqls {
+            let sql = sql.replace(
+                "$__timeFilter(billing_hour)",
+                "billing_hour BETWEEN '2026-11-24T00:00:00Z' AND '2026-11-27T00:00:00Z'",
+            );
+            assert!(!sql.contains("$__"), "{title}: an unexpanded macro: {sql}");
+            let rows = sqlx::query(&sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{title}: {e}: {sql}"));
+            assert!(!rows.is_empty(), "{title}: no rows: {sql}");
+        }
+    }
+    t.audit(&[]).await;
+}
