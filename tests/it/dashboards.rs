@@ -294,3 +294,136 @@ async fn every_sql_query_of_the_bill_dashboard_returns_rows() {
     }
     t.audit(&[]).await;
 }
+
+/// The alert path end to end: a sidecar's budget passes 80 %; a real Prometheus (scraping every second, with
+/// the rules of `alerts.yml` — `DeepseekMeterBudgetNearLimit`'s `for:` shortened to 0s, its durations being
+/// the unit tests' business) fires `DeepseekMeterBudgetNearLimit`; a real Alertmanager with the route of
+/// `alertmanager.yml` (waits shortened, receiver URL pointed at the test) POSTs it to a webhook receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_past_80_percent_reaches_a_webhook_through_prometheus_and_alertmanager() {
+    use std::sync::{Arc, Mutex};
+    // The receiver.
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // The sidecar: an alert budget of 0.0013; two deepseek-r1 calls on the simulator cost 0.001064 (82 %).
+    let t = LedgerApp::start(Upstream::Sim, |s| {
+        let table: toml::Table = toml::from_str(
+            "[[budget]]\nname = \"team-daily\"\nperiod = \"day\"\nlimit_yuan = \"0.0013\"\naction = \"alert\"\n",
+        )
+        .unwrap();
+        s.budgets = deepseek_meter::budget::parse(table.get("budget")).unwrap();
+    })
+    .await;
+    for _ in 0..2 {
+        let resp = t
+            .http
+            .post(t.url(COMPAT_PATH))
+            .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        t.saw(&call_id(&resp));
+        resp.bytes().await.unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (am_port, prom_port) = (free_port(), free_port());
+    let route = std::fs::read_to_string(dashboards().join("alertmanager.yml"))
+        .unwrap()
+        .replace("http://127.0.0.1:5001/alerts", &receiver)
+        .replace("group_wait: 30s", "group_wait: 1s")
+        .replace("group_interval: 5m", "group_interval: 1s");
+    assert!(route.contains(&receiver));
+    std::fs::write(dir.path().join("alertmanager.yml"), route).unwrap();
+    let rules = std::fs::read_to_string(dashboards().join("alerts.yml")).unwrap();
+    let near = rules.find("alert: DeepseekMeterBudgetNearLimit").unwrap();
+    let rules = format!(
+        "{}{}",
+        &rules[..near],
+        rules[near..].replacen("for: 1m", "for: 0s", 1)
+    );
+    std::fs::write(dir.path().join("alerts.yml"), rules).unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [alerts.yml]\n\
+             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\n\
+             scrape_configs:\n  - job_name: deepseek-meter\n    static_configs:\n      - targets: [\"{}\"]\n",
+            t.app.admin_addr
+        ),
+    )
+    .unwrap();
+    let _alertmanager = Child(
+        std::process::Command::new("prometheus-alertmanager")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("alertmanager.yml").display()
+            ))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("am").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager is installed (.ci/run installs it)"),
+    );
+    let _prometheus = Child(
+        std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (.ci/run installs it)"),
+    );
+    let mut alert = None;
+    for _ in 0..600 {
+        alert = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
+            .find(|a| a["labels"]["alertname"] == "DeepseekMeterBudgetNearLimit");
+        if alert.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alert = alert.expect("the alert reached the webhook within 60 s");
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["labels"]["budget"], "team-daily");
+    assert_eq!(alert["labels"]["severity"], "warning");
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("Budget team-daily is at 8") && summary.ends_with("% of its limit."),
+        "{summary}"
+    );
+    t.audit(&[]).await;
+}
