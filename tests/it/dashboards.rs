@@ -427,3 +427,116 @@ async fn a_budget_past_80_percent_reaches_a_webhook_through_prometheus_and_alert
     );
     t.audit(&[]).await;
 }
+
+/// `deploy/`: the promises each file makes, checked where no container runtime or systemd runs here.
+#[test]
+fn the_deployment_files_keep_their_promises() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let read = |f: &str| std::fs::read_to_string(deploy.join(f)).unwrap();
+    // What a stop needs: the drain deadline, then the journal's shipping.
+    let drain_ms: u64 = deepseek_meter::config::SERVE_SETTINGS
+        .iter()
+        .find(|s| s.key == "drain_timeout_ms")
+        .and_then(|s| s.default)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stop_needs = drain_ms / 1000 + deepseek_meter::config::SHIP_DEADLINE.as_secs();
+    let number_after = |text: &str, key: &str| -> u64 {
+        let at = text.find(key).unwrap_or_else(|| panic!("{key} is set")) + key.len();
+        text[at..]
+            .trim_start_matches([' ', ':', '='])
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+
+    let docker = read("Dockerfile");
+    assert_eq!(
+        docker.matches("\nFROM ").count() + usize::from(docker.starts_with("FROM ")),
+        2,
+        "multi-stage"
+    );
+    let user = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "non-root: {user}"
+    );
+
+    let unit = read("deepseek-meter.service");
+    for line in [
+        "DynamicUser=yes",
+        "StateDirectory=deepseek-meter",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ProtectHome=yes",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit sets {line}");
+    }
+    assert!(number_after(&unit, "TimeoutStopSec") > stop_needs);
+
+    let pod = read("kubernetes.yaml");
+    assert!(number_after(&pod, "terminationGracePeriodSeconds") > stop_needs);
+    for promise in [
+        "restartPolicy: Always",
+        "readOnlyRootFilesystem: true",
+        "runAsNonRoot: true",
+        "persistentVolumeClaim:",
+        "METER_ADMIN_TOKEN",
+        "http://127.0.0.1:8787/compatible-mode/v1",
+        "preStop:",
+    ] {
+        assert!(pod.contains(promise), "the pod has {promise}");
+    }
+
+    let compose = read("compose.yaml");
+    for service in [
+        "postgres:",
+        "deepseek-meter:",
+        "prometheus:",
+        "alertmanager:",
+        "grafana:",
+    ] {
+        assert!(
+            compose.contains(&format!("\n  {service}")),
+            "compose runs {service}"
+        );
+    }
+    assert!(number_after(&compose, "stop_grace_period") > stop_needs);
+    for line in compose
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ports:"))
+    {
+        assert!(
+            line.contains("\"127.0.0.1:"),
+            "published on loopback only: {line}"
+        );
+    }
+    // Its Prometheus configuration, beside the rules it loads.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        deploy.join("prometheus-compose.yml"),
+        dir.path().join("prometheus.yml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        dashboards().join("alerts.yml"),
+        dir.path().join("alerts.yml"),
+    )
+    .unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
