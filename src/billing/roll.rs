@@ -35,6 +35,14 @@ pub const ROLL_EVERY: Duration = Duration::from_secs(1);
 /// (its rows then arrive later, as a new revision of their hour).
 pub const INSTANCE_STALE: Duration = Duration::from_secs(120);
 
+/// An upsert's update of a bill row: every sum and the hour's state, recomputed (never added to).
+const RECOMPUTED: &str = "calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpriced_calls,
+    estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
+    cached_tokens = EXCLUDED.cached_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
+    answer_tokens = EXCLUDED.answer_tokens, output_tokens = EXCLUDED.output_tokens,
+    cost_total = EXCLUDED.cost_total, state = EXCLUDED.state, revision = EXCLUDED.revision,
+    closed_at = EXCLUDED.closed_at";
+
 /// What one roll did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rolled {
@@ -120,7 +128,7 @@ impl Bill {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO hourly_bill (billing_hour, model, project, key_fingerprint, calls, unpriced_calls,
                     estimated_calls, input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens,
                     cost_total, state, revision, closed_at)
@@ -131,19 +139,13 @@ impl Bill {
                  FROM usage_ledger l JOIN bill_hours h USING (billing_hour)
                  WHERE l.billing_hour = ANY($1)
                  GROUP BY l.billing_hour, l.model, l.project, l.key_fingerprint, h.state, h.revision, h.closed_at
-                 ON CONFLICT (billing_hour, model, project, key_fingerprint) DO UPDATE SET
-                    calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpriced_calls,
-                    estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
-                    cached_tokens = EXCLUDED.cached_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
-                    answer_tokens = EXCLUDED.answer_tokens, output_tokens = EXCLUDED.output_tokens,
-                    cost_total = EXCLUDED.cost_total, state = EXCLUDED.state, revision = EXCLUDED.revision,
-                    closed_at = EXCLUDED.closed_at",
-            )
+                 ON CONFLICT (billing_hour, model, project, key_fingerprint) DO UPDATE SET {RECOMPUTED}"
+            ))
             .bind(&hours)
             .execute(&mut *tx)
             .await?;
             // The same hours by model (for reports that group by model only), from the rows just written.
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO hourly_model_bill (billing_hour, model, calls, unpriced_calls, estimated_calls,
                     input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens, cost_total, state,
                     revision, closed_at)
@@ -152,14 +154,8 @@ impl Bill {
                     sum(output_tokens), sum(cost_total), min(state), min(revision), min(closed_at)
                  FROM hourly_bill WHERE billing_hour = ANY($1)
                  GROUP BY billing_hour, model
-                 ON CONFLICT (billing_hour, model) DO UPDATE SET
-                    calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpriced_calls,
-                    estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
-                    cached_tokens = EXCLUDED.cached_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
-                    answer_tokens = EXCLUDED.answer_tokens, output_tokens = EXCLUDED.output_tokens,
-                    cost_total = EXCLUDED.cost_total, state = EXCLUDED.state, revision = EXCLUDED.revision,
-                    closed_at = EXCLUDED.closed_at",
-            )
+                 ON CONFLICT (billing_hour, model) DO UPDATE SET {RECOMPUTED}"
+            ))
             .bind(&hours)
             .execute(&mut *tx)
             .await?;
