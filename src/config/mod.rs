@@ -197,6 +197,17 @@ impl Settings {
         let v = ServeValues::resolve(&args, &file)?;
         let prices = load_prices(v.prices.as_deref(), v.billing_timezone)?;
         let budgets = crate::budget::parse(file.budget.as_ref()).map_err(SettingError::budget)?;
+        // The admin API (calls, bills, budgets) is open only on loopback; anywhere else it needs the token.
+        if !v.admin_listen.ip().is_loopback() && v.admin_token.is_none() {
+            return Err(SettingError::new(
+                "admin_listen",
+                "METER_ADMIN_LISTEN",
+                format!(
+                    "{} is not a loopback address: set --admin-token (METER_ADMIN_TOKEN) too, or listen on 127.0.0.1",
+                    v.admin_listen
+                ),
+            ));
+        }
         Ok(Settings {
             budgets,
             budget_reservation: v.budget_reservation,
@@ -562,6 +573,32 @@ mod tests {
             err.contains("--idle-timeout-ms") && !err.contains('\n'),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_admin_listener_beyond_loopback_needs_the_token() {
+        let beyond = |token: Option<&str>| {
+            Settings::resolve(
+                ServeArgs {
+                    admin_listen: Some("0.0.0.0:9787".into()),
+                    admin_token: token.map(str::to_owned),
+                    ..Default::default()
+                },
+                FileConfig::default(),
+            )
+        };
+        let err = beyond(None).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid setting --admin-listen (METER_ADMIN_LISTEN, config key `admin_listen`): 0.0.0.0:9787 is not a \
+             loopback address: set --admin-token (METER_ADMIN_TOKEN) too, or listen on 127.0.0.1"
+        );
+        assert!(beyond(Some("secret")).is_ok());
+        let loopback = ServeArgs {
+            admin_listen: Some("[::1]:9787".into()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(loopback, FileConfig::default()).is_ok());
     }
 
     #[test]

@@ -66,6 +66,11 @@ fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
             "--budget-reservation",
         ),
         (
+            &["serve", "--admin-listen", "0.0.0.0:0"],
+            &[("METER_ADMIN_TOKEN", "")],
+            "invalid setting --admin-listen (METER_ADMIN_LISTEN, config key `admin_listen`): 0.0.0.0:0 is not a loopback address: set --admin-token (METER_ADMIN_TOKEN) too",
+        ),
+        (
             &["prices"],
             &[("METER_PRICES", neg)],
             "m@2025-01-01: input price -1 is negative",
