@@ -36,6 +36,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Report(r) => Box::new(std::mem::take(&mut r.serve)),
     };
     args.dashscope_api_key = std::env::var("DASHSCOPE_API_KEY").ok();
+    args.dashscope_api_key_file = std::env::var("DASHSCOPE_API_KEY_FILE").ok();
     let settings = Settings::resolve(*args, config::load_file(cli.config.as_deref())?)?;
     match cli.command {
         Command::Serve(_) => App::start(settings).await?.run_until(signal).await,

@@ -109,6 +109,8 @@ serve_settings! {
     /// Bearer token required on the admin listener.
     admin_token: Option<String> = None, env "METER_ADMIN_TOKEN", parse secret,
         clap(hide_env_values = true);
+    /// A file holding the admin token (instead of `--admin-token`: no secret on a command line or in the environment).
+    admin_token_file: Option<PathBuf> = None, env "METER_ADMIN_TOKEN_FILE", parse optional_path;
     /// Largest request body accepted, in bytes.
     max_body_bytes: u64 = Some("8388608"), env "METER_MAX_BODY_BYTES", parse positive;
     /// Upstream connect timeout, in milliseconds.
@@ -197,8 +199,27 @@ impl Settings {
         let v = ServeValues::resolve(&args, &file)?;
         let prices = load_prices(v.prices.as_deref(), v.billing_timezone)?;
         let budgets = crate::budget::parse(file.budget.as_ref()).map_err(SettingError::budget)?;
+        let admin_token = match (&v.admin_token, &v.admin_token_file) {
+            (Some(_), Some(_)) => Err("give --admin-token or its file, not both".to_owned()),
+            (token, None) => Ok(token.clone()),
+            (None, Some(path)) => read_secret(path).map(Some),
+        }
+        .map_err(|p| SettingError::new("admin_token_file", "METER_ADMIN_TOKEN_FILE", p))?;
+        let dashscope_api_key = match (
+            args.dashscope_api_key.as_deref().filter(|k| !k.is_empty()),
+            args.dashscope_api_key_file
+                .as_deref()
+                .filter(|f| !f.is_empty()),
+        ) {
+            (Some(_), Some(_)) => {
+                Err("set DASHSCOPE_API_KEY or DASHSCOPE_API_KEY_FILE, not both".to_owned())
+            }
+            (key, None) => Ok(key.map(str::to_owned)),
+            (None, Some(path)) => read_secret(Path::new(path)).map(Some),
+        }
+        .map_err(|p| SettingError::env_only("DASHSCOPE_API_KEY_FILE", p))?;
         // The admin API (calls, bills, budgets) is open only on loopback; anywhere else it needs the token.
-        if !v.admin_listen.ip().is_loopback() && v.admin_token.is_none() {
+        if !v.admin_listen.ip().is_loopback() && admin_token.is_none() {
             return Err(SettingError::new(
                 "admin_listen",
                 "METER_ADMIN_LISTEN",
@@ -233,8 +254,8 @@ impl Settings {
             listen: v.listen,
             admin_listen: v.admin_listen,
             upstream: v.upstream,
-            admin_token: v.admin_token,
-            dashscope_api_key: args.dashscope_api_key.filter(|k| !k.is_empty()),
+            admin_token,
+            dashscope_api_key,
             prices,
             max_body_bytes: usize::try_from(v.max_body_bytes).unwrap_or(usize::MAX),
             connect_timeout: v.connect_timeout_ms,
@@ -297,6 +318,15 @@ impl SettingError {
         SettingError { key, env, problem }
     }
 
+    /// A setting that is only an environment variable (`DASHSCOPE_API_KEY_FILE`).
+    pub fn env_only(env: &'static str, problem: String) -> SettingError {
+        SettingError {
+            key: "",
+            env,
+            problem,
+        }
+    }
+
     /// A `[[budget]]` table of the config file that cannot be used.
     pub fn budget(problem: String) -> SettingError {
         SettingError {
@@ -309,6 +339,9 @@ impl SettingError {
 
 impl std::fmt::Display for SettingError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            return write!(f, "invalid setting {}: {}", self.env, self.problem);
+        }
         if self.env.is_empty() {
             return write!(
                 f,
@@ -421,6 +454,17 @@ fn duration(raw: Option<&str>) -> Result<Duration, String> {
         return Err(format!("{raw:?} is longer than a week"));
     }
     Ok(d)
+}
+
+/// A secret from a file: its text without the surrounding whitespace (the final newline an editor adds). The
+/// problem never quotes the content.
+fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret.to_owned())
 }
 
 fn optional_path(raw: Option<&str>) -> Result<Option<PathBuf>, String> {

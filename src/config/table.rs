@@ -31,6 +31,9 @@ macro_rules! serve_settings {
             /// API key injected upstream when the client sent no Authorization header.
             #[arg(skip)]
             pub dashscope_api_key: Option<String>,
+            /// `DASHSCOPE_API_KEY_FILE`: a file holding that key (the Kubernetes and systemd credentials way).
+            #[arg(skip)]
+            pub dashscope_api_key_file: Option<String>,
         }
 
         /// Keys of the TOML config file. Unknown keys are an error: a typo must not silently fall back to a

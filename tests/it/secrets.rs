@@ -1,6 +1,7 @@
 //! Keys never leave the door: a canary API key sent through every kind of call, error and fault, and a
 //! second canary injected from `DASHSCOPE_API_KEY`, are searched for in the logs (every level), the ledger,
-//! the journal files, `/metrics`, `/readyz` and every call's `/v1/calls/{id}`. Zero hits.
+//! the journal files, `/metrics`, `/readyz` and every call's `/v1/calls/{id}`. Zero hits. Secrets read from
+//! files (`--admin-token-file`, `DASHSCOPE_API_KEY_FILE`) work and stay out of the log too.
 
 use crate::helpers::bin::{Bin, SERVE_ON_SIM};
 use crate::helpers::*;
@@ -150,4 +151,116 @@ async fn a_canary_key_appears_nowhere() {
     assert!(
         rows.iter().any(|r| r.contains("sk-…4e6f")) && rows.iter().any(|r| r.contains("sk-…2c3d"))
     );
+}
+
+/// Secrets from files (the Kubernetes and systemd credentials way): `--admin-token-file` guards the admin
+/// listener with the file's token (its final newline ignored), and `DASHSCOPE_API_KEY_FILE` is the key injected
+/// upstream for a client without `Authorization`; neither secret reaches the log. Giving a secret and its file
+/// both, or an empty file, stops startup with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_read_from_files() {
+    use crate::helpers::captures::COMPAT_R1_JSON;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "file-admin-token-7c1f\n").unwrap();
+    let key_file = dir.path().join("dashscope-key");
+    std::fs::write(&key_file, "sk-from-a-file-0000000000009f3e\n").unwrap();
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, COMPAT_R1_JSON));
+    let upstream = match up.upstream() {
+        deepseek_meter::config::Upstream::Url(u) => u.to_string(),
+        deepseek_meter::config::Upstream::Sim => unreachable!(),
+    };
+    let token_path = token_file.to_str().unwrap();
+    let db = TestDb::new().await;
+    let journal = dir.path().join("journal");
+    let mut bin = Bin::start(
+        &[
+            "serve",
+            "--database-url",
+            &db.url,
+            "--journal-dir",
+            journal.to_str().unwrap(),
+            "--upstream",
+            upstream.trim_end_matches('/'),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            token_path,
+        ],
+        &[
+            ("METER_LOG", "trace"),
+            ("DASHSCOPE_API_KEY_FILE", key_file.to_str().unwrap()),
+        ],
+        &["proxy_addr", "admin_addr"],
+    );
+    let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let metrics = format!("http://{admin}/metrics");
+    assert_eq!(http.get(&metrics).send().await.unwrap().status(), 401);
+    let with_token = http
+        .get(&metrics)
+        .bearer_auth("file-admin-token-7c1f")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    let resp = http
+        .post(format!("http://{proxy}{COMPAT_PATH}"))
+        .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(
+        up.last_seen().header("authorization"),
+        Some("Bearer sk-from-a-file-0000000000009f3e")
+    );
+    assert!(bin.sigterm().success());
+    let log = bin.log().join("\n");
+    assert!(
+        !log.contains("sk-from-a-file") && !log.contains("file-admin-token"),
+        "a secret in the log"
+    );
+
+    // Both a secret and its file, or an empty file: one line, exit 2.
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let empty = dir.path().join("empty");
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        (
+            &["serve", "--admin-token", "x", "--admin-token-file", token_path],
+            &[],
+            "invalid setting --admin-token-file (METER_ADMIN_TOKEN_FILE, config key `admin_token_file`): give --admin-token or its file, not both",
+        ),
+        (
+            &["serve"],
+            &[("DASHSCOPE_API_KEY", "sk-x"), ("DASHSCOPE_API_KEY_FILE", key_file.to_str().unwrap())],
+            "invalid setting DASHSCOPE_API_KEY_FILE: set DASHSCOPE_API_KEY or DASHSCOPE_API_KEY_FILE, not both",
+        ),
+        (
+            &["serve", "--admin-token-file", empty.to_str().unwrap()],
+            &[],
+            "is empty",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let out = std::process::Command::new(crate::helpers::bin::BIN)
+            .args(args)
+            .env_remove("DASHSCOPE_API_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("file-admin-token"),
+            "the content is never quoted"
+        );
+    }
 }
