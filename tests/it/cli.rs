@@ -181,9 +181,13 @@ fn every_call_is_logged_when_the_call_target_is_at_debug() {
 /// A text log written to a pipe or a file is plain: no ANSI colour codes (they are for terminals).
 #[test]
 fn a_text_log_to_a_pipe_has_no_colour_codes() {
+    // A journal of its own and a database that is never there: the test leaves nothing behind.
+    let journal = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["--log-format", "text"])
         .args(SERVE_ON_SIM)
+        .args(["--journal-dir", journal.path().to_str().unwrap()])
+        .args(["--database-url", "postgres://127.0.0.1:1/never"])
         .env("METER_LOG", "debug")
         .env_remove("DASHSCOPE_API_KEY")
         .stderr(std::process::Stdio::piped())
