@@ -143,6 +143,7 @@ impl App {
                 api_key: settings.dashscope_api_key.clone(),
                 max_body_bytes: settings.max_body_bytes,
                 idle_timeout: settings.idle_timeout,
+                client_token: settings.client_token.clone(),
             },
         )?;
         let proxy_listener = bind(settings.listen, "--listen").await?;

@@ -45,6 +45,8 @@ pub enum ApiError {
     LedgerUnavailable,
     #[error("{0}")]
     BadReportQuery(String),
+    #[error("This proxy lends its API key only to clients with the right X-Meter-Client-Token (or send your own Authorization).")]
+    ClientToken,
     #[error("Budget `{budget}` has no room for this call; nothing was forwarded.")]
     BudgetExceeded { budget: String },
     #[error("Budget `{budget}` cannot be checked (the ledger database is unreachable); nothing was forwarded.")]
@@ -68,7 +70,7 @@ impl ApiError {
             ApiError::ProxyError => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::ClientToken => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -89,6 +91,7 @@ impl ApiError {
             ApiError::LedgerUnavailable => "LedgerUnavailable",
             ApiError::BadReportQuery(_) => "InvalidReportQuery",
             ApiError::BudgetExceeded { .. } => "BudgetExceeded",
+            ApiError::ClientToken => "MeterClientTokenInvalid",
             ApiError::BudgetUnknown { .. } => "BudgetUnavailable",
         }
     }

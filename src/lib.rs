@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod billing;
 pub mod budget;
 pub mod clock;

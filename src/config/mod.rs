@@ -111,6 +111,11 @@ serve_settings! {
         clap(hide_env_values = true);
     /// A file holding the admin token (instead of `--admin-token`: no secret on a command line or in the environment).
     admin_token_file: Option<PathBuf> = None, env "METER_ADMIN_TOKEN_FILE", parse optional_path;
+    /// Token a client without its own `Authorization` sends (`X-Meter-Client-Token`) to use the injected key.
+    client_token: Option<String> = None, env "METER_CLIENT_TOKEN", parse secret,
+        clap(hide_env_values = true);
+    /// A file holding the client token (instead of `--client-token`).
+    client_token_file: Option<PathBuf> = None, env "METER_CLIENT_TOKEN_FILE", parse optional_path;
     /// Largest request body accepted, in bytes.
     max_body_bytes: u64 = Some("8388608"), env "METER_MAX_BODY_BYTES", parse positive;
     /// Upstream connect timeout, in milliseconds.
@@ -175,6 +180,8 @@ pub struct Settings {
     pub upstream: Upstream,
     pub admin_token: Option<String>,
     pub dashscope_api_key: Option<String>,
+    /// Required (`X-Meter-Client-Token`) from clients that use the injected key, when set.
+    pub client_token: Option<String>,
     /// Read with its `effective_from` dates at midnight in the billing time zone.
     pub prices: PriceBook,
     /// `None`: records stay in memory (tests, embedding).
@@ -205,6 +212,12 @@ impl Settings {
             (None, Some(path)) => read_secret(path).map(Some),
         }
         .map_err(|p| SettingError::new("admin_token_file", "METER_ADMIN_TOKEN_FILE", p))?;
+        let client_token = match (&v.client_token, &v.client_token_file) {
+            (Some(_), Some(_)) => Err("give --client-token or its file, not both".to_owned()),
+            (token, None) => Ok(token.clone()),
+            (None, Some(path)) => read_secret(path).map(Some),
+        }
+        .map_err(|p| SettingError::new("client_token_file", "METER_CLIENT_TOKEN_FILE", p))?;
         let dashscope_api_key = match (
             args.dashscope_api_key.as_deref().filter(|k| !k.is_empty()),
             args.dashscope_api_key_file
@@ -218,6 +231,18 @@ impl Settings {
             (None, Some(path)) => read_secret(Path::new(path)).map(Some),
         }
         .map_err(|p| SettingError::env_only("DASHSCOPE_API_KEY_FILE", p))?;
+        // The injected key is lent only on loopback, or to clients with the client token.
+        if dashscope_api_key.is_some() && !v.listen.ip().is_loopback() && client_token.is_none() {
+            return Err(SettingError::new(
+                "listen",
+                "METER_LISTEN",
+                format!(
+                    "{} is not a loopback address and DASHSCOPE_API_KEY is set: anyone who reaches it would use \
+                     the key; set --client-token (METER_CLIENT_TOKEN) too, or listen on 127.0.0.1",
+                    v.listen
+                ),
+            ));
+        }
         // The admin API (calls, bills, budgets) is open only on loopback; anywhere else it needs the token.
         if !v.admin_listen.ip().is_loopback() && admin_token.is_none() {
             return Err(SettingError::new(
@@ -256,6 +281,7 @@ impl Settings {
             upstream: v.upstream,
             admin_token,
             dashscope_api_key,
+            client_token,
             prices,
             max_body_bytes: usize::try_from(v.max_body_bytes).unwrap_or(usize::MAX),
             connect_timeout: v.connect_timeout_ms,

@@ -6,6 +6,9 @@ use uuid::Uuid;
 
 pub const PROJECT_HEADER: &str = "x-meter-project";
 pub const USER_HEADER: &str = "x-meter-user";
+/// The client token (`--client-token`): what a client without its own `Authorization` shows to use the injected
+/// key. Never forwarded.
+pub const CLIENT_TOKEN_HEADER: &str = "x-meter-client-token";
 /// Attribution values longer than this are cut: they are labels, not payloads.
 const MAX_ATTRIBUTION_LEN: usize = 128;
 
@@ -46,6 +49,7 @@ fn is_not_forwarded(name: &HeaderName) -> bool {
             | "content-length"
             | PROJECT_HEADER
             | USER_HEADER
+            | CLIENT_TOKEN_HEADER
             | CALL_ID_HEADER
     )
 }

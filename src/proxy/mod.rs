@@ -60,6 +60,8 @@ struct Inner {
     max_body_bytes: usize,
     /// Longest silence allowed from the upstream, before its response head or between body reads.
     idle_timeout: Duration,
+    /// `--client-token`: what a client without its own `Authorization` must show to use the injected key.
+    client_token: Option<String>,
 }
 
 /// The proxy's own settings.
@@ -67,6 +69,7 @@ pub struct ProxyOptions {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
+    pub client_token: Option<String>,
 }
 
 /// A call whose request is with the upstream, not yet answered. Dropped unsettled (the client left, or the
@@ -198,6 +201,7 @@ impl Proxy {
                 api_key_header,
                 max_body_bytes: options.max_body_bytes,
                 idle_timeout: options.idle_timeout,
+                client_token: options.client_token,
             }),
         })
     }
@@ -234,6 +238,10 @@ impl Proxy {
                     .await
             }
         };
+        if !self.client_may_call(&parts.headers) {
+            let how = NoResponse::Unanswered(CallStatus::Rejected);
+            return self.refuse(ctx, metered, ApiError::ClientToken, how).await;
+        }
         let outgoing = match self.outgoing(&parts, body, &mut ctx, metered) {
             Some(o) => o,
             None => {
@@ -351,6 +359,20 @@ impl Proxy {
             end_user: header_text(headers, USER_HEADER),
             request_id_header: None,
         }
+    }
+
+    /// With `--client-token`, a client without its own `Authorization` (one that would use the injected key)
+    /// must send the client token; a client with its own key is unaffected.
+    fn client_may_call(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.inner.client_token else {
+            return true;
+        };
+        if headers.contains_key(header::AUTHORIZATION) {
+            return true;
+        }
+        headers
+            .get(headers::CLIENT_TOKEN_HEADER)
+            .is_some_and(|given| crate::auth::matches(given.as_bytes(), token.as_bytes()))
     }
 
     /// The configured key, for a request that has no Authorization at all (not merely an unreadable one).

@@ -264,3 +264,136 @@ async fn secrets_are_read_from_files() {
         );
     }
 }
+
+/// The injected key is lent only to clients with the client token: with `--client-token`, a call without its own
+/// `Authorization` needs `X-Meter-Client-Token` — missing or wrong: 401 in the caller's shape, a `rejected` row,
+/// nothing forwarded; right: forwarded with the injected key and without the client token. A client with its own
+/// key is unaffected. A non-loopback `--listen` with `DASHSCOPE_API_KEY` and no client token stops startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injected_key_is_lent_only_with_the_client_token() {
+    use crate::helpers::captures::COMPAT_R1_JSON;
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, COMPAT_R1_JSON));
+    let upstream = match up.upstream() {
+        deepseek_meter::config::Upstream::Url(u) => u.to_string(),
+        deepseek_meter::config::Upstream::Sim => unreachable!(),
+    };
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let mut bin = Bin::start(
+        &[
+            "serve",
+            "--upstream",
+            upstream.trim_end_matches('/'),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--journal-dir",
+            journal.path().to_str().unwrap(),
+        ],
+        &[
+            ("DASHSCOPE_API_KEY", INJECTED),
+            ("METER_CLIENT_TOKEN", "client-token-5d2e"),
+            ("METER_LOG", "trace"),
+        ],
+        &["proxy_addr", "admin_addr"],
+    );
+    let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body = r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#;
+    let native = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"hi"}]}}"#;
+    let call = |path: &'static str, body: &'static str, token: Option<&'static str>, own: bool| {
+        let http = http.clone();
+        let url = format!("http://{proxy}{path}");
+        async move {
+            let mut req = http.post(url).body(body);
+            if let Some(t) = token {
+                req = req.header("x-meter-client-token", t);
+            }
+            if own {
+                req = req.bearer_auth("sk-the-clients-own-key-1234");
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let id = call_id(&resp);
+            (
+                status,
+                id,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let seen_before = || up.seen.lock().unwrap().len();
+    let mut refused = Vec::new();
+    for (path, body, token) in [
+        (COMPAT_PATH, body, None),
+        (COMPAT_PATH, body, Some("client-token-wrong")),
+        (NATIVE_PATH, native, None),
+    ] {
+        let n = seen_before();
+        let (status, id, answer) = call(path, body, token, false).await;
+        assert_eq!(status, 401, "{answer}");
+        let code = if path == COMPAT_PATH {
+            &answer["error"]["code"]
+        } else {
+            &answer["code"]
+        };
+        assert_eq!(code, "MeterClientTokenInvalid", "{answer}");
+        assert_eq!(seen_before(), n, "nothing forwarded");
+        refused.push(id);
+    }
+    let (status, _, _) = call(COMPAT_PATH, body, Some("client-token-5d2e"), false).await;
+    assert_eq!(status, 200);
+    let seen = up.last_seen();
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {INJECTED}").as_str())
+    );
+    assert_eq!(seen.header("x-meter-client-token"), None, "never forwarded");
+    let (status, _, _) = call(COMPAT_PATH, body, None, true).await;
+    assert_eq!(status, 200, "a client with its own key is unaffected");
+    assert_eq!(
+        up.last_seen().header("authorization"),
+        Some("Bearer sk-the-clients-own-key-1234")
+    );
+    // The refused call's row, once shipped.
+    let url = format!("http://{admin}/v1/calls/{}", refused[0]);
+    let mut row = serde_json::Value::Null;
+    for _ in 0..200 {
+        row = serde_json::from_str(&get_text(&http, &url).await).unwrap_or_default();
+        if row["status"] == "rejected" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (&row["status"], &row["http_status"]),
+        (&"rejected".into(), &401.into())
+    );
+    assert!(bin.sigterm().success());
+    let log = bin.log().join("\n");
+    assert!(
+        !log.contains("client-token-5d2e") && !log.contains(INJECTED),
+        "a secret in the log"
+    );
+
+    // Beyond loopback with the key and no client token: refused at startup.
+    let out = std::process::Command::new(crate::helpers::bin::BIN)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env("DASHSCOPE_API_KEY", INJECTED)
+        .env_remove("METER_CLIENT_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("invalid setting --listen (METER_LISTEN")
+            && stderr.contains("set --client-token (METER_CLIENT_TOKEN)")
+            && !stderr.contains(INJECTED),
+        "{stderr}"
+    );
+}
