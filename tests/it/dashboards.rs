@@ -271,12 +271,27 @@ async fn every_panel_of_the_prometheus_dashboard_returns_data_from_a_real_promet
     t.audit(&[]).await;
 }
 
-/// Every SQL query of the bill dashboard runs, as Grafana would send it (its time-filter macro expanded),
-/// against a database holding a bill, and returns rows.
+/// Every SQL query of the bill dashboard runs, as Grafana would send it (its time-filter macro expanded), as
+/// the README's read-only Grafana role, against a database holding a bill, and returns rows; that role cannot
+/// read the ledger.
 #[tokio::test]
 async fn every_sql_query_of_the_bill_dashboard_returns_rows() {
+    let role = format!("dm_grafana_{}", uuid::Uuid::now_v7().simple());
+    let _drop_role = DropRole(role.clone());
     let t = busy_sidecar().await;
     let pool = t.db.pool().await;
+    // The README's read-only role for Grafana: the bill, not the ledger.
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT CONNECT ON DATABASE \"{}\" TO {role}", t.db.name),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON hourly_bill, hourly_model_bill, bill_hours TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    let reader = sqlx::PgPool::connect(&format!("postgres://{role}@{}/{}", pg_addr(), t.db.name))
+        .await
+        .unwrap();
     let dash = dashboard("deepseek-meter-bill.json");
     for (title, sqls) in queries(&dash, "rawSql") {
         for sql in sqls {
@@ -286,13 +301,29 @@ async fn every_sql_query_of_the_bill_dashboard_returns_rows() {
             );
             assert!(!sql.contains("$__"), "{title}: an unexpanded macro: {sql}");
             let rows = sqlx::query(&sql)
-                .fetch_all(&pool)
+                .fetch_all(&reader)
                 .await
                 .unwrap_or_else(|e| panic!("{title}: {e}: {sql}"));
             assert!(!rows.is_empty(), "{title}: no rows: {sql}");
         }
     }
+    let err = sqlx::query("SELECT end_user, key_hint FROM usage_ledger LIMIT 1")
+        .fetch_all(&reader)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("permission denied"), "{err}");
+    reader.close().await;
     t.audit(&[]).await;
+}
+
+/// A role dropped when the test ends (after its database: declare it first).
+struct DropRole(String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        admin_sql(format!("DROP ROLE IF EXISTS {}", self.0));
+    }
 }
 
 /// The alert path end to end: a sidecar's budget passes 80 %; a real Prometheus (scraping every second, with
