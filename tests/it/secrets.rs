@@ -397,3 +397,134 @@ async fn the_injected_key_is_lent_only_with_the_client_token() {
         "{stderr}"
     );
 }
+
+/// The canary key through everything built on the ledger: the hourly bill and its per-model rollup, the hour
+/// states, the heartbeats, the delivery outbox and its destinations, the budget alerts; the delivered report
+/// files and webhook POSTs; the alert POSTs; `/v1/bill/hourly`, `/v1/budgets`, `/metrics`. Zero hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
+    use chrono::{DateTime, Utc};
+    use deepseek_meter::clock::Clock;
+    use std::sync::{Arc, Mutex};
+    let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    // One receiver for both webhooks: every body it got.
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/{any}",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let reports = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(at("2026-11-25T15:30:00Z"));
+    let t = LedgerApp::start_at(
+        deepseek_meter::config::Upstream::Sim,
+        clock.clone(),
+        |s| {
+            let table: toml::Table = toml::from_str(
+                "[[budget]]\nname = \"tiny\"\nperiod = \"day\"\nlimit_yuan = \"0.000001\"\naction = \"alert\"\n",
+            )
+            .unwrap();
+            s.budgets = deepseek_meter::budget::parse(table.get("budget")).unwrap();
+            s.alert_webhook = Some(format!("{base}/alerts").parse().unwrap());
+            let l = s.ledger.as_mut().unwrap();
+            l.report_dir = Some(reports.path().to_owned());
+            l.report_webhook = Some(format!("{base}/reports").parse().unwrap());
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let resp = t
+            .http
+            .post(t.url(COMPAT_PATH))
+            .bearer_auth(CANARY)
+            .header("x-meter-project", "canary")
+            .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        t.saw(&call_id(&resp));
+        resp.bytes().await.unwrap();
+    }
+    flush(&t.app).await;
+    // The budget's alerts first (its day ends at 16:00 UTC, which the clock passes next).
+    for _ in 0..200 {
+        if bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("\"threshold\""))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    t.app.roll_bill().await.unwrap().unwrap();
+    clock.set(at("2026-11-25T16:10:00Z"));
+    t.app.roll_bill().await.unwrap().unwrap();
+    // Wait for the report (webhook and files) and the budget's alerts.
+    let mut texts: Vec<String> = Vec::new();
+    for _ in 0..200 {
+        t.app.deliver_reports().await.unwrap();
+        let got = bodies.lock().unwrap().clone();
+        let report = got.iter().any(|b| b.contains("\"rows\""));
+        let alert = got.iter().any(|b| b.contains("\"threshold\""));
+        if report && alert && std::fs::read_dir(reports.path()).unwrap().count() == 2 {
+            texts = got;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !texts.is_empty(),
+        "a report and an alert were delivered: {:?}, files {:?}",
+        bodies.lock().unwrap(),
+        std::fs::read_dir(reports.path()).unwrap().count()
+    );
+    for f in std::fs::read_dir(reports.path()).unwrap() {
+        texts.push(std::fs::read_to_string(f.unwrap().path()).unwrap());
+    }
+    for path in [
+        "/v1/bill/hourly?from=2026-11-25&to=2026-11-27&by=model,project,key",
+        "/v1/budgets",
+        "/metrics",
+    ] {
+        texts.push(get_text(&t.http, &t.admin_url(path)).await);
+    }
+    let pool = t.db.pool().await;
+    for table in [
+        "hourly_bill",
+        "hourly_model_bill",
+        "bill_hours",
+        "bill_dirty_hours",
+        "meter_instances",
+        "bill_deliveries",
+        "report_destinations",
+        "budget_alerts",
+    ] {
+        let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT t::text FROM {table} t"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        texts.extend(rows.into_iter().map(|r| r.0));
+    }
+    assert!(
+        texts.iter().any(|t| t.contains("canary")),
+        "the calls are in what was searched"
+    );
+    for secret in [CANARY, &CANARY[3..]] {
+        assert!(
+            !texts.iter().any(|t| t.contains(secret)),
+            "the key in a bill, report or alert"
+        );
+    }
+    t.audit(&[]).await;
+}
