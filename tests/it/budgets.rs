@@ -4,6 +4,7 @@
 //! survives a restart and a database outage; thresholds are raised once, across a restart; and 64 concurrent
 //! streams never take spent past the limit with worst-case reservation.
 
+use crate::helpers::receiver::WebhookReceiver;
 use crate::helpers::*;
 use chrono::{DateTime, Utc};
 use deepseek_meter::clock::Clock;
@@ -274,40 +275,14 @@ async fn spent_survives_a_database_outage_and_a_restart() {
     t.audit(&[]).await;
 }
 
-/// What one receiver got: each threshold alert's idempotency key and payload.
-async fn alert_receiver() -> (
-    std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
-    String,
-) {
-    use axum::http::HeaderMap;
-    let got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>> = Default::default();
-    let sink = got.clone();
-    let app = axum::Router::new().route(
-        "/alerts",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let key = headers["idempotency-key"].to_str().unwrap().to_owned();
-                sink.lock()
-                    .unwrap()
-                    .push((key, serde_json::from_slice(&body).unwrap()));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (got, url)
-}
-
 /// Each threshold crossing is POSTed once, with the budget, scope, window, limit, spent and threshold; a
 /// restart raises none again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_threshold_is_alerted_once_across_a_restart() {
     let up = ScriptedUpstream::start().await;
     up.answer_always(Script::json(200, V3_JSON));
-    let (got, url) = alert_receiver().await;
+    let (receiver, base) = WebhookReceiver::start().await;
+    let url = format!("{base}/alerts");
     let clock = Clock::manual(at("2026-11-25T05:10:00Z"));
     let tweak = |url: String| {
         move |s: &mut Settings| {
@@ -322,24 +297,10 @@ async fn each_threshold_is_alerted_once_across_a_restart() {
     spent_is(&t, "alpha-hourly", "0").await;
     let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await; // 0.000524: past 50 %
     resp.bytes().await.unwrap();
-    let wait = |n: usize| {
-        let got = got.clone();
-        async move {
-            for _ in 0..200 {
-                if got.lock().unwrap().len() >= n {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            got.lock().unwrap().clone()
-        }
-    };
-    let first = wait(1).await;
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!(first[0].0, "alpha-hourly/2026-11-25T05:00:00Z/0.5");
+    let first = receiver.wait_for(1).await;
+    assert_eq!(first, vec!["alpha-hourly/2026-11-25T05:00:00Z/0.5"]);
     assert_eq!(
-        first[0].1,
+        receiver.body_of(&first[0]),
         serde_json::json!({"budget": "alpha-hourly", "scope": {"project": "alpha"}, "period": "hour",
             "action": "alert", "window_start": "2026-11-25T13:00:00+08:00",
             "window_end": "2026-11-25T14:00:00+08:00", "limit_yuan": "0.001", "spent_yuan": "0.000524",
@@ -350,14 +311,11 @@ async fn each_threshold_is_alerted_once_across_a_restart() {
         .await;
     spent_is(&t, "alpha-hourly", V3_COST).await;
     // Two refresher rounds later, still one: not raised again after the restart.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(got.lock().unwrap().len(), 1);
+    assert_eq!(receiver.settled().await.len(), 1);
     let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await; // 0.001048: past 100 %
     resp.bytes().await.unwrap();
-    let all = wait(2).await;
-    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
-        keys,
+        receiver.wait_for(2).await,
         vec![
             "alpha-hourly/2026-11-25T05:00:00Z/0.5",
             "alpha-hourly/2026-11-25T05:00:00Z/1"

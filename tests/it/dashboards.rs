@@ -332,25 +332,8 @@ impl Drop for DropRole {
 /// `alertmanager.yml` (waits shortened, receiver URL pointed at the test) POSTs it to a webhook receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_past_80_percent_reaches_a_webhook_through_prometheus_and_alertmanager() {
-    use std::sync::{Arc, Mutex};
-    // The receiver.
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = got.clone();
-    let app = axum::Router::new().route(
-        "/alerts",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap());
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = format!("http://{}/alerts", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (receiver, base) = crate::helpers::receiver::WebhookReceiver::start().await;
+    let receiver_url = format!("{base}/alerts");
 
     // The sidecar: an alert budget of 0.0013; two deepseek-r1 calls on the simulator cost 0.001064 (82 %).
     let t = LedgerApp::start(Upstream::Sim, |s| {
@@ -377,10 +360,10 @@ async fn a_budget_past_80_percent_reaches_a_webhook_through_prometheus_and_alert
     let (am_port, prom_port) = (free_port(), free_port());
     let route = std::fs::read_to_string(dashboards().join("alertmanager.yml"))
         .unwrap()
-        .replace("http://127.0.0.1:5001/alerts", &receiver)
+        .replace("http://127.0.0.1:5001/alerts", &receiver_url)
         .replace("group_wait: 30s", "group_wait: 1s")
         .replace("group_interval: 5m", "group_interval: 1s");
-    assert!(route.contains(&receiver));
+    assert!(route.contains(&receiver_url));
     std::fs::write(dir.path().join("alertmanager.yml"), route).unwrap();
     let rules = std::fs::read_to_string(dashboards().join("alerts.yml")).unwrap();
     let near = rules.find("alert: DeepseekMeterBudgetNearLimit").unwrap();
@@ -436,9 +419,8 @@ async fn a_budget_past_80_percent_reaches_a_webhook_through_prometheus_and_alert
     );
     let mut alert = None;
     for _ in 0..600 {
-        alert = got
-            .lock()
-            .unwrap()
+        alert = receiver
+            .bodies()
             .iter()
             .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
             .find(|a| a["labels"]["alertname"] == "DeepseekMeterBudgetNearLimit");

@@ -3,97 +3,23 @@
 //! with backoff after a failure, which is counted and shown in `/readyz`. A webhook receiver runs in the test.
 
 use crate::helpers::captures::*;
+use crate::helpers::receiver::WebhookReceiver;
 use crate::helpers::*;
 use crate::reports::roll_until_done;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use deepseek_meter::clock::Clock;
 use deepseek_meter::config::Settings;
-use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn at(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
-/// What the receiver got: each request's idempotency key, answer status and body.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, u16, serde_json::Value)>>>,
-    /// Statuses to answer with, in order; 200 once empty.
-    answers: Arc<Mutex<VecDeque<u16>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, String) {
-        let r = Receiver::default();
-        let app = axum::Router::new()
-            .route("/hooks/bill", axum::routing::post(receive))
-            .with_state(r.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/hooks/bill?token=receiver-secret",
-            listener.local_addr().unwrap()
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (r, url)
-    }
-
-    /// The keys answered 2xx, in order.
-    fn delivered(&self) -> Vec<String> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, s, _)| *s == 200)
-            .map(|(k, _, _)| k.clone())
-            .collect()
-    }
-
-    /// What was delivered after the deliverers had two more rounds (when nothing more should come).
-    async fn settled(&self) -> Vec<String> {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        self.delivered()
-    }
-
-    fn body_of(&self, key: &str) -> serde_json::Value {
-        let got = self.got.lock().unwrap();
-        got.iter()
-            .find(|(k, s, _)| k == key && *s == 200)
-            .unwrap()
-            .2
-            .clone()
-    }
-
-    /// Waits until `n` deliveries were answered 2xx, then a little longer to catch any extra one.
-    async fn wait_for(&self, n: usize) -> Vec<String> {
-        for _ in 0..400 {
-            if self.delivered().len() >= n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        self.delivered()
-    }
-}
-
-async fn receive(
-    State(r): State<Receiver>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let status = r.answers.lock().unwrap().pop_front().unwrap_or(200);
-    let key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let json = serde_json::from_slice(&body).unwrap_or_default();
-    r.got.lock().unwrap().push((key, status, json));
-    StatusCode::from_u16(status).unwrap()
+/// The test's receiver: its report webhook URL carries a secret, which must never be stored.
+async fn receiver() -> (WebhookReceiver, String) {
+    let (r, base) = WebhookReceiver::start().await;
+    (r, format!("{base}/hooks/bill?token=receiver-secret"))
 }
 
 fn with_reports(dir: &Path, webhook: &str) -> impl FnOnce(&mut Settings) {
@@ -168,7 +94,7 @@ async fn hour_cost(pool: &sqlx::PgPool) -> String {
 
 /// A receiver, a report directory, and a sidecar delivering to both on a clock at 23:30 Beijing time.
 struct Setup {
-    receiver: Receiver,
+    receiver: WebhookReceiver,
     url: String,
     reports: tempfile::TempDir,
     up: ScriptedUpstream,
@@ -178,7 +104,7 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
-        let (receiver, url) = Receiver::start().await;
+        let (receiver, url) = receiver().await;
         let reports = tempfile::tempdir().unwrap();
         let up = ScriptedUpstream::start().await;
         let clock = Clock::manual(at("2026-11-25T15:30:00Z"));
@@ -409,7 +335,7 @@ async fn the_real_binary_delivers_each_closed_hour_once_across_a_restart() {
         Path::new(&fake_clock("")[0].1).exists(),
         "libfaketime is installed (apt-get install faketime; .ci/run does)"
     );
-    let (receiver, url) = Receiver::start().await;
+    let (receiver, url) = receiver().await;
     let db = TestDb::new().await;
     let journal = tempfile::tempdir().unwrap();
     let journal_dir = journal.path().display().to_string();

@@ -405,24 +405,10 @@ async fn the_injected_key_is_lent_only_with_the_client_token() {
 async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     use chrono::{DateTime, Utc};
     use deepseek_meter::clock::Clock;
-    use std::sync::{Arc, Mutex};
     let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-    // One receiver for both webhooks: every body it got.
-    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = bodies.clone();
-    let app = axum::Router::new().route(
-        "/{any}",
-        axum::routing::post(move |body: String| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    // One receiver for both webhooks: every body it got, as text.
+    let (receiver, base) = crate::helpers::receiver::WebhookReceiver::start().await;
+    let bodies = || -> Vec<String> { receiver.bodies().iter().map(|b| b.to_string()).collect() };
     let reports = tempfile::tempdir().unwrap();
     let clock = Clock::manual(at("2026-11-25T15:30:00Z"));
     let t = LedgerApp::start_at(
@@ -457,12 +443,7 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     flush(&t.app).await;
     // The budget's alerts first (its day ends at 16:00 UTC, which the clock passes next).
     for _ in 0..200 {
-        if bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|b| b.contains("\"threshold\""))
-        {
+        if bodies().iter().any(|b| b.contains("\"threshold\"")) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -474,7 +455,7 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     let mut texts: Vec<String> = Vec::new();
     for _ in 0..200 {
         t.app.deliver_reports().await.unwrap();
-        let got = bodies.lock().unwrap().clone();
+        let got = bodies();
         let report = got.iter().any(|b| b.contains("\"rows\""));
         let alert = got.iter().any(|b| b.contains("\"threshold\""));
         if report && alert && std::fs::read_dir(reports.path()).unwrap().count() == 2 {
@@ -486,7 +467,7 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     assert!(
         !texts.is_empty(),
         "a report and an alert were delivered: {:?}, files {:?}",
-        bodies.lock().unwrap(),
+        bodies(),
         std::fs::read_dir(reports.path()).unwrap().count()
     );
     for f in std::fs::read_dir(reports.path()).unwrap() {

@@ -2,6 +2,7 @@
 
 pub mod bin;
 pub mod captures;
+pub mod receiver;
 
 use deepseek_meter::app::{App, Injected};
 use deepseek_meter::clock::Clock;
