@@ -138,6 +138,8 @@ fn record(i: u64, now: DateTime<Utc>) -> CallRecord {
         key_hint: None,
         project: Some(format!("project-{}", i % 20)),
         end_user: None,
+        workspace: None,
+        api_key_id: None,
     }
 }
 

@@ -57,6 +57,8 @@ fn record(i: u64) -> CallRecord {
         key_hint: Some("sk-…abcd".into()),
         project: Some(format!("project-{}", i % 10)),
         end_user: Some(format!("user-{}", i % 1000)),
+        workspace: None,
+        api_key_id: None,
     }
 }
 

@@ -201,12 +201,46 @@ pub fn price_book(data: &[u8]) {
 pub type Oracle = fn(&[u8]);
 
 /// Every oracle by target name.
-pub const TARGETS: [(&str, Oracle); 5] = [
+/// The bill-detail importer: any bytes read to lines or to an error naming a line of the input (1 = the
+/// header), never a panic; read lines hold whole token counts within the ledger's bound, and reading is a
+/// pure function of the bytes.
+pub fn bill_csv(data: &[u8]) {
+    use deepseek_meter::reconcile::import::{read, Columns};
+    let tz = DEFAULT_TIMEZONE;
+    let first = read(data, &Columns::default(), tz);
+    match &first {
+        Ok(bill) => {
+            for l in &bill.lines {
+                assert!(l.tokens <= deepseek_meter::usage::Tokens::MAX);
+                assert!(!l.model.is_empty() && !l.workspace.is_empty());
+            }
+        }
+        Err(e) => {
+            let lines = data.split(|b| *b == b'\n').count() as u64 + 1;
+            assert!(e.line >= 1 && e.line <= lines, "line {} of {lines}", e.line);
+            assert!(!e.problem.is_empty());
+        }
+    }
+    let again = read(data, &Columns::default(), tz);
+    assert_eq!(
+        first
+            .as_ref()
+            .map(|b| b.lines.clone())
+            .map_err(Clone::clone),
+        again
+            .as_ref()
+            .map(|b| b.lines.clone())
+            .map_err(Clone::clone)
+    );
+}
+
+pub const TARGETS: [(&str, Oracle); 6] = [
     ("tap_sse", tap_sse),
     ("tap_json", tap_json),
     ("tap_encoded", tap_encoded),
     ("request_rewrite", request_rewrite),
     ("price_book", price_book),
+    ("bill_csv", bill_csv),
 ];
 
 /// The members of a JSON object as raw text, in order (duplicates kept).

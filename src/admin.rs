@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls/{call_id}", get(call))
         .route("/v1/bill/hourly", get(bill_hourly))
         .route("/v1/budgets", get(budgets))
+        .route("/v1/reconcile", get(reconcile))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -62,6 +63,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let closed = crate::billing::last_closed_hour(ledger.pool());
         if let Ok(Ok(hour)) = tokio::time::timeout(SERVICE_METRICS_TIMEOUT, closed).await {
             state.metrics.service.publish_last_closed_hour(hour);
+        }
+        let drift = crate::reconcile::store::latest_drift(ledger.pool());
+        if let Ok(Ok(rows)) = tokio::time::timeout(SERVICE_METRICS_TIMEOUT, drift).await {
+            let labelled: Vec<_> = rows
+                .iter()
+                .map(|(model, d)| (state.meter.model_label(model), *d))
+                .collect();
+            state.metrics.service.publish_reconcile_drift(&labelled);
         }
     }
     (
@@ -150,7 +159,13 @@ async fn budgets(State(state): State<AppState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(json!({ "timezone": tz.name(), "budgets": list }))
+    // Where `block` budgets are decided: Postgres once it has their definitions, else this sidecar.
+    let coordination = match &state.budget_coordinator {
+        Some(c) if c.ready() => "postgres",
+        Some(_) => "postgres-pending",
+        None => "local",
+    };
+    Json(json!({ "timezone": tz.name(), "coordination": coordination, "budgets": list }))
 }
 
 /// The parameters of `GET /v1/bill/hourly`, as `deepseek-meter report` takes them.
@@ -169,14 +184,10 @@ async fn bill_hourly(
     Query(p): Query<BillParams>,
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError::BadReportQuery(m);
-    let format = match p.format.as_deref().filter(|f| !f.is_empty()) {
-        None => Format::Json,
-        Some(f) => <Format as clap::ValueEnum>::from_str(f, true).map_err(|_| {
-            bad(format!(
-                "format: {f:?} is not one of json, csv, table, html"
-            ))
-        })?,
-    };
+    let format = format_param(
+        p.format.as_deref(),
+        &[Format::Json, Format::Csv, Format::Table, Format::Html],
+    )?;
     let query = ReportQuery::parse(
         p.from.as_deref(),
         p.to.as_deref(),
@@ -193,6 +204,77 @@ async fn bill_hourly(
             tracing::warn!(error = %e, "bill read failed");
             ApiError::LedgerUnavailable
         })?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], text).into_response())
+}
+
+/// A `format` query parameter: one of `offered` (absent or empty: JSON).
+fn format_param(given: Option<&str>, offered: &[Format]) -> Result<Format, ApiError> {
+    let Some(f) = given.filter(|f| !f.is_empty()) else {
+        return Ok(Format::Json);
+    };
+    <Format as clap::ValueEnum>::from_str(f, true)
+        .ok()
+        .filter(|f| offered.contains(f))
+        .ok_or_else(|| {
+            let names: Vec<String> = offered
+                .iter()
+                .filter_map(clap::ValueEnum::to_possible_value)
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            ApiError::BadReportQuery(format!("format: {f:?} is not one of {}", names.join(", ")))
+        })
+}
+
+/// The parameters of `GET /v1/reconcile`, as `deepseek-meter reconcile` takes them (no upload: it compares
+/// the bill lines already imported).
+#[derive(Debug, serde::Deserialize)]
+struct ReconcileParams {
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+}
+
+/// The ledger against the imported platform bill over `[from, to)` (`format` json by default, csv or table);
+/// the run is recorded as the command's is.
+async fn reconcile(
+    State(state): State<AppState>,
+    Query(p): Query<ReconcileParams>,
+) -> Result<Response, ApiError> {
+    use crate::billing::report::parse_instant;
+    let bad = |m: String| ApiError::BadReportQuery(m);
+    let format = format_param(
+        p.format.as_deref(),
+        &[Format::Json, Format::Csv, Format::Table],
+    )?;
+    let tz = state.timezone;
+    let instant = |name: &str, v: Option<&str>| match v {
+        None | Some("") => Err(bad(format!("{name}: required (a time like 2026-11-25T13)"))),
+        Some(t) => parse_instant(t, tz).map_err(|e| bad(format!("{name}: {e}"))),
+    };
+    let from = instant("from", p.from.as_deref())?;
+    let to = instant("to", p.to.as_deref())?;
+    if from >= to {
+        return Err(bad("to: must be after from".into()));
+    }
+    let ledger = state.ledger.as_ref().ok_or(ApiError::NoLedger)?;
+    let cx = crate::reconcile::Context {
+        config: &state.reconcile,
+        keys: &state.api_keys,
+        prices: state.meter.prices(),
+        timezone: tz,
+    };
+    let req = crate::reconcile::Request {
+        bill: None,
+        from: Some(from),
+        to: Some(to),
+    };
+    let outcome = crate::reconcile::reconcile(ledger.pool(), &cx, req, state.meter.now(), &|_| {})
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reconciliation failed");
+            ApiError::LedgerUnavailable
+        })?;
+    let text = crate::reconcile::render::render(&outcome.reconciliation, format, tz);
     Ok(([(header::CONTENT_TYPE, format.content_type())], text).into_response())
 }
 

@@ -18,6 +18,7 @@
 use crate::admin;
 use crate::billing::delivery::{Attempt, Deliverer, Destinations, StatusCell};
 use crate::billing::{self as bill, Bill};
+use crate::budget::coordinated::{Coordination, Coordinator};
 use crate::clock::Clock;
 use crate::config::{LedgerSettings, Settings, Upstream as UpstreamSetting};
 use crate::journal::{Journal, Position, WriterHandle};
@@ -144,6 +145,7 @@ impl App {
                 max_body_bytes: settings.max_body_bytes,
                 idle_timeout: settings.idle_timeout,
                 client_token: settings.client_token.clone(),
+                api_keys: settings.api_keys.clone(),
             },
         )?;
         let proxy_listener = bind(settings.listen, "--listen").await?;
@@ -297,6 +299,22 @@ fn app_state(
         deliveries: ledger_tasks.map(|t| t.delivery_status.clone()),
         timezone: settings.billing_timezone,
         admin_token: settings.admin_token.clone(),
+        api_keys: settings.api_keys.clone(),
+        reconcile: settings.reconcile.clone(),
+        budget_coordinator: ledger_tasks
+            .filter(|_| {
+                settings.budget_coordination == Coordination::Postgres
+                    && !settings.budgets.is_empty()
+            })
+            .map(|t| {
+                Arc::new(Coordinator::new(
+                    t.ledger.pool().clone(),
+                    t.instance,
+                    &settings.budgets,
+                    settings.billing_timezone,
+                    settings.budget_reservation,
+                ))
+            }),
     }
 }
 
@@ -545,6 +563,19 @@ async fn refresh_budgets(
         let now = state.meter.now();
         let windows = tracker.windows(now);
         let ids = tracker.unshipped_ids();
+        if let Some(c) = &state.budget_coordinator {
+            let swept = async {
+                c.publish().await?;
+                c.sweep(
+                    now,
+                    chrono::Duration::from_std(bill::INSTANCE_STALE).unwrap_or_default(),
+                )
+                .await
+            };
+            if let Err(e) = swept.await {
+                tracing::debug!(error = %e, "budget coordination upkeep failed; retrying next round");
+            }
+        }
         match store::refresh(
             &pool,
             tracker.budgets(),

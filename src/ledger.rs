@@ -86,6 +86,8 @@ impl Ledger {
         let mut key_hint = Vec::with_capacity(n);
         let mut project = Vec::with_capacity(n);
         let mut end_user = Vec::with_capacity(n);
+        let mut workspace = Vec::with_capacity(n);
+        let mut api_key_id = Vec::with_capacity(n);
         let mut ttft_ms = Vec::with_capacity(n);
         let mut duration_ms = Vec::with_capacity(n);
         let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -114,6 +116,8 @@ impl Ledger {
             key_hint.push(r.key_hint.as_deref());
             project.push(r.project.as_deref());
             end_user.push(r.end_user.as_deref());
+            workspace.push(r.workspace.as_deref());
+            api_key_id.push(r.api_key_id.as_deref());
             ttft_ms.push(r.ttft_ms);
             duration_ms.push(r.duration_ms);
         }
@@ -121,11 +125,12 @@ impl Ledger {
             "WITH ins AS (INSERT INTO usage_ledger (call_id, upstream_request_id, protocol, model, stream, status, http_status,
                 error_code, started_at, finished_at, billing_hour, input_tokens, cached_tokens, output_tokens,
                 reasoning_tokens, answer_tokens, usage_source, priced, price_version, cost_total, key_fingerprint,
-                key_hint, project, end_user, ttft_ms, duration_ms)
+                key_hint, project, end_user, ttft_ms, duration_ms, workspace, api_key_id)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[],
                 $7::int2[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::int8[],
                 $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::bool[], $19::text[],
-                $20::numeric[], $21::text[], $22::text[], $23::text[], $24::text[], $25::float8[], $26::float8[])
+                $20::numeric[], $21::text[], $22::text[], $23::text[], $24::text[], $25::float8[], $26::float8[],
+                $27::text[], $28::text[])
              ON CONFLICT (call_id) DO NOTHING
              RETURNING billing_hour),
              marked AS (INSERT INTO bill_dirty_hours (billing_hour) SELECT DISTINCT billing_hour FROM ins)
@@ -157,6 +162,8 @@ impl Ledger {
         .bind(end_user)
         .bind(ttft_ms)
         .bind(duration_ms)
+        .bind(workspace)
+        .bind(api_key_id)
         .fetch_one(&self.pool)
         .await?;
         Ok(inserted as u64)

@@ -110,6 +110,11 @@ impl Meter {
     }
 
     /// The bounded metric label of a model: itself if the price book knows it, else `other`.
+    /// The price book every call is priced with.
+    pub fn prices(&self) -> &PriceBook {
+        &self.inner.prices
+    }
+
     pub fn model_label<'a>(&'a self, model: &str) -> &'a str {
         self.inner.prices.model_label(model)
     }

@@ -47,6 +47,12 @@ pub struct CallRecord {
     pub key_hint: Option<String>,
     pub project: Option<String>,
     pub end_user: Option<String>,
+    /// The workspace the call ran in (`X-DashScope-WorkSpace`; `None`: the default workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// The console's ID of the key (`[[api_key]]` `key_id`), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
 }
 
 /// What the proxy measured of one call: everything but the wall-clock finish and the money, which the meter
@@ -70,6 +76,8 @@ pub struct CallFacts {
     pub key_hint: Option<String>,
     pub project: Option<String>,
     pub end_user: Option<String>,
+    pub workspace: Option<String>,
+    pub api_key_id: Option<String>,
 }
 
 /// What the meter step adds to the facts: when the call finished, and what it costs.
@@ -116,6 +124,8 @@ impl CallRecord {
             key_hint: facts.key_hint,
             project: facts.project,
             end_user: facts.end_user,
+            workspace: facts.workspace,
+            api_key_id: facts.api_key_id,
         }
     }
 

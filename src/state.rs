@@ -19,4 +19,9 @@ pub struct AppState {
     pub timezone: chrono_tz::Tz,
     /// Required on the admin listener (all but `/healthz`) when set.
     pub admin_token: Option<String>,
+    /// `block` budgets decided in Postgres (`--budget-coordination postgres`, with a ledger).
+    /// `[[api_key]]` and `[reconcile]` of the config file (`GET /v1/reconcile`).
+    pub api_keys: crate::keys::ApiKeys,
+    pub reconcile: crate::reconcile::ReconcileConfig,
+    pub budget_coordinator: Option<std::sync::Arc<crate::budget::coordinated::Coordinator>>,
 }

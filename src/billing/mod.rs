@@ -15,6 +15,7 @@ pub mod format;
 pub mod html;
 pub mod read;
 pub mod report;
+pub mod reprice;
 pub mod roll;
 
 pub use roll::{last_closed_hour, Bill, Rolled, INSTANCE_STALE, ROLLER_LOCK, ROLL_EVERY};

@@ -78,7 +78,7 @@ pub async fn rows<'e>(
         "SELECT {period} AS period{groups},
             sum(calls)::bigint, sum(unpriced_calls)::bigint, sum(estimated_calls)::bigint,
             sum(input_tokens)::bigint, sum(cached_tokens)::bigint, sum(reasoning_tokens)::bigint,
-            sum(answer_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_total),
+            sum(answer_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_total), sum(adjustment_yuan),
             min(CASE state WHEN 'open' THEN 0 WHEN 'provisional' THEN 1 ELSE 2 END), max(revision)
          FROM {table}
          WHERE billing_hour >= $1 AND billing_hour < $2 AND $3 <> '' -- ($3 typed even when unused)
@@ -112,9 +112,10 @@ pub async fn rows<'e>(
                     answer_tokens: at(6)?,
                     output_tokens: at(7)?,
                     cost_total: r.try_get::<Decimal, _>(1 + n + 8)?,
+                    adjustment_yuan: r.try_get::<Decimal, _>(1 + n + 9)?,
                 },
-                state: HourState::from_rank(r.try_get::<i32, _>(1 + n + 9)?),
-                revision: r.try_get::<i32, _>(1 + n + 10)?,
+                state: HourState::from_rank(r.try_get::<i32, _>(1 + n + 10)?),
+                revision: r.try_get::<i32, _>(1 + n + 11)?,
             })
         })
         .collect()

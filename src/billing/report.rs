@@ -261,7 +261,10 @@ pub struct Sums {
     pub reasoning_tokens: i64,
     pub answer_tokens: i64,
     pub output_tokens: i64,
+    /// CNY, exact, price corrections included (`reprice`).
     pub cost_total: Decimal,
+    /// The part of `cost_total` that is price corrections (0 without any).
+    pub adjustment_yuan: Decimal,
 }
 
 impl Sums {
@@ -275,10 +278,11 @@ impl Sums {
         self.answer_tokens += o.answer_tokens;
         self.output_tokens += o.output_tokens;
         self.cost_total += o.cost_total;
+        self.adjustment_yuan += o.adjustment_yuan;
     }
 
     /// The numeric columns in their order (after the grouping columns), as written.
-    fn cells(&self) -> [String; 9] {
+    fn cells(&self) -> [String; 10] {
         [
             self.calls.to_string(),
             self.unpriced_calls.to_string(),
@@ -289,12 +293,13 @@ impl Sums {
             self.answer_tokens.to_string(),
             self.output_tokens.to_string(),
             money(self.cost_total),
+            money(self.adjustment_yuan),
         ]
     }
 }
 
 /// The numeric columns' names, in order.
-const SUM_COLUMNS: [&str; 9] = [
+const SUM_COLUMNS: [&str; 10] = [
     "calls",
     "unpriced_calls",
     "estimated_calls",
@@ -304,6 +309,7 @@ const SUM_COLUMNS: [&str; 9] = [
     "answer_tokens",
     "output_tokens",
     "cost_total",
+    "adjustment_yuan",
 ];
 
 /// Money as written everywhere: a decimal string at full precision, without trailing zeros (`0.000081`).
@@ -489,6 +495,7 @@ fn sums_json(s: &Sums, o: &mut Map<String, Value>) {
     o.insert("answer_tokens".into(), s.answer_tokens.into());
     o.insert("output_tokens".into(), s.output_tokens.into());
     o.insert("cost_total".into(), money(s.cost_total).into());
+    o.insert("adjustment_yuan".into(), money(s.adjustment_yuan).into());
 }
 
 #[cfg(test)]
@@ -601,6 +608,7 @@ mod tests {
             answer_tokens: 7,
             output_tokens: 12,
             cost_total: cost.parse().unwrap(),
+            adjustment_yuan: Decimal::ZERO,
         };
         Report::new(
             q,
@@ -649,15 +657,15 @@ mod tests {
         assert_eq!(
             lines[0],
             "billing_hour,model,project,calls,unpriced_calls,estimated_calls,input_tokens,cached_tokens,\
-             reasoning_tokens,answer_tokens,output_tokens,cost_total,state,revision"
+             reasoning_tokens,answer_tokens,output_tokens,cost_total,adjustment_yuan,state,revision"
         );
         assert_eq!(
             lines[1],
-            "2026-11-25T23:00:00+08:00,deepseek-r1,\"a, \"\"quoted\"\" team\",2,0,1,20,0,5,7,12,0.025656,closed,1"
+            "2026-11-25T23:00:00+08:00,deepseek-r1,\"a, \"\"quoted\"\" team\",2,0,1,20,0,5,7,12,0.025656,0,closed,1"
         );
         assert_eq!(
             lines[3],
-            "total,,,3,0,2,30,0,10,14,24,0.025737,provisional,"
+            "total,,,3,0,2,30,0,10,14,24,0.025737,0,provisional,"
         );
     }
 

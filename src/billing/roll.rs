@@ -40,8 +40,8 @@ const RECOMPUTED: &str = "calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpr
     estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
     cached_tokens = EXCLUDED.cached_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
     answer_tokens = EXCLUDED.answer_tokens, output_tokens = EXCLUDED.output_tokens,
-    cost_total = EXCLUDED.cost_total, state = EXCLUDED.state, revision = EXCLUDED.revision,
-    closed_at = EXCLUDED.closed_at";
+    cost_total = EXCLUDED.cost_total, adjustment_yuan = EXCLUDED.adjustment_yuan, state = EXCLUDED.state,
+    revision = EXCLUDED.revision, closed_at = EXCLUDED.closed_at";
 
 /// What one roll did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,17 +128,28 @@ impl Bill {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            // Cost = the ledger's cost_total + the price corrections of the group's calls (`reprice`).
             sqlx::query(&format!(
                 "INSERT INTO hourly_bill (billing_hour, model, project, key_fingerprint, calls, unpriced_calls,
                     estimated_calls, input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens,
-                    cost_total, state, revision, closed_at)
-                 SELECT l.billing_hour, l.model, l.project, l.key_fingerprint, count(*),
-                    count(*) FILTER (WHERE NOT l.priced), count(*) FILTER (WHERE l.usage_source = 'estimated'),
-                    sum(l.input_tokens), sum(l.cached_tokens), sum(l.reasoning_tokens), sum(l.answer_tokens),
-                    sum(l.output_tokens), coalesce(sum(l.cost_total), 0), h.state, h.revision, h.closed_at
-                 FROM usage_ledger l JOIN bill_hours h USING (billing_hour)
-                 WHERE l.billing_hour = ANY($1)
-                 GROUP BY l.billing_hour, l.model, l.project, l.key_fingerprint, h.state, h.revision, h.closed_at
+                    cost_total, adjustment_yuan, state, revision, closed_at)
+                 SELECT g.billing_hour, g.model, g.project, g.key_fingerprint, g.calls, g.unpriced, g.estimated,
+                    g.input, g.cached, g.reasoning, g.answer, g.output, g.cost + coalesce(a.delta, 0),
+                    coalesce(a.delta, 0), h.state, h.revision, h.closed_at
+                 FROM (SELECT l.billing_hour, l.model, l.project, l.key_fingerprint, count(*) AS calls,
+                          count(*) FILTER (WHERE NOT l.priced) AS unpriced,
+                          count(*) FILTER (WHERE l.usage_source = 'estimated') AS estimated,
+                          sum(l.input_tokens) AS input, sum(l.cached_tokens) AS cached,
+                          sum(l.reasoning_tokens) AS reasoning, sum(l.answer_tokens) AS answer,
+                          sum(l.output_tokens) AS output, coalesce(sum(l.cost_total), 0) AS cost
+                       FROM usage_ledger l WHERE l.billing_hour = ANY($1)
+                       GROUP BY l.billing_hour, l.model, l.project, l.key_fingerprint) g
+                 JOIN bill_hours h USING (billing_hour)
+                 LEFT JOIN (SELECT billing_hour, model, project, key_fingerprint, sum(delta) AS delta
+                            FROM cost_adjustments WHERE billing_hour = ANY($1)
+                            GROUP BY billing_hour, model, project, key_fingerprint) a
+                   ON a.billing_hour = g.billing_hour AND a.model = g.model
+                  AND a.project IS NOT DISTINCT FROM g.project AND a.key_fingerprint IS NOT DISTINCT FROM g.key_fingerprint
                  ON CONFLICT (billing_hour, model, project, key_fingerprint) DO UPDATE SET {RECOMPUTED}"
             ))
             .bind(&hours)
@@ -147,11 +158,12 @@ impl Bill {
             // The same hours by model (for reports that group by model only), from the rows just written.
             sqlx::query(&format!(
                 "INSERT INTO hourly_model_bill (billing_hour, model, calls, unpriced_calls, estimated_calls,
-                    input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens, cost_total, state,
-                    revision, closed_at)
+                    input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens, cost_total,
+                    adjustment_yuan, state, revision, closed_at)
                  SELECT billing_hour, model, sum(calls), sum(unpriced_calls), sum(estimated_calls),
                     sum(input_tokens), sum(cached_tokens), sum(reasoning_tokens), sum(answer_tokens),
-                    sum(output_tokens), sum(cost_total), min(state), min(revision), min(closed_at)
+                    sum(output_tokens), sum(cost_total), sum(adjustment_yuan), min(state), min(revision),
+                    min(closed_at)
                  FROM hourly_bill WHERE billing_hour = ANY($1)
                  GROUP BY billing_hour, model
                  ON CONFLICT (billing_hour, model) DO UPDATE SET {RECOMPUTED}"

@@ -14,6 +14,7 @@
 //! finish), and the reservations of calls in flight. A call that reached the ledger is dropped from the second
 //! term in the same snapshot that counted it in the first, so nothing is counted twice or missed.
 
+pub mod coordinated;
 pub mod limits;
 pub mod store;
 pub mod tracker;

@@ -10,6 +10,7 @@
 #[macro_use]
 pub mod table;
 
+use crate::budget::coordinated::Coordination;
 use crate::budget::tracker::{Reservation, WhenUnknown};
 use crate::budget::Budget;
 use crate::journal::{Durability, JournalConfig, OnFull};
@@ -55,6 +56,44 @@ pub enum Command {
     Migrate(Box<ServeArgs>),
     /// Print the hourly bill (`--database-url` and `--billing-timezone` as `serve` would read them).
     Report(Box<ReportArgs>),
+    /// Compare the ledger with the platform's bill-detail export (`[reconcile]` and `[[api_key]]` of the
+    /// config file, the database and billing time zone as `serve` reads them).
+    Reconcile(Box<ReconcileArgs>),
+    /// Apply a corrected price book (`--prices FILE`, required) to a past period as adjustments: the ledger is
+    /// never edited; the hourly bill and its reports include the corrections.
+    Reprice(Box<RepriceArgs>),
+}
+
+/// Flags of `reprice` (with `--prices`, `--database-url` and `--billing-timezone` of `serve`).
+#[derive(Debug, Default, Args)]
+pub struct RepriceArgs {
+    /// Start of the period (as `report --from`).
+    #[arg(long)]
+    pub from: String,
+    /// End of the period, exclusive (as `report --to`).
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Flags of `reconcile`.
+#[derive(Debug, Default, Args)]
+pub struct ReconcileArgs {
+    /// The platform's hourly bill-detail CSV export, imported before comparing (idempotent).
+    #[arg(long)]
+    pub bill: Option<PathBuf>,
+    /// Start of the period (as `report --from`). Default: the first hour of the export.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the period, exclusive (as `report --to`). Default: the end of the export's last hour.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// table, csv or json.
+    #[arg(long, value_enum, default_value_t = crate::billing::report::Format::Table)]
+    pub format: crate::billing::report::Format,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Flags of `report`; the settings of `serve` (database, billing time zone) resolve as for `serve`.
@@ -97,6 +136,13 @@ pub struct SimArgs {
     /// Default number of text chunks per answer (and per chain of thought when thinking).
     #[arg(long, default_value_t = 16)]
     pub chunks: u32,
+    /// Keep the platform's bill of the calls served (`GET /sim/bill.csv`) and write it here at shutdown.
+    #[arg(long)]
+    pub bill_export: Option<PathBuf>,
+    /// How long after a call the platform books it (a call this close to the end of an hour is billed in
+    /// the next one).
+    #[arg(long, default_value_t = 0)]
+    pub booking_delay_ms: u64,
 }
 
 serve_settings! {
@@ -158,6 +204,8 @@ serve_settings! {
     budget_reservation: Reservation = Some("worst-case"), env "METER_BUDGET_RESERVATION", parse choice;
     /// A `block` budget whose spent is unknown (database away): `open` (serve, count, warn) or `closed` (503).
     budget_when_database_down: WhenUnknown = Some("open"), env "METER_BUDGET_WHEN_DATABASE_DOWN", parse choice;
+    /// How sidecars share `block` budgets: `local` (reserve in memory) or `postgres` (one round trip per call, exact).
+    budget_coordination: Coordination = Some("local"), env "METER_BUDGET_COORDINATION", parse choice;
     /// Do not create or migrate the database at startup.
     no_migrate: bool = Some("false"), env "METER_NO_MIGRATE", parse flag,
         clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
@@ -197,6 +245,11 @@ pub struct Settings {
     pub budgets: Vec<Budget>,
     pub budget_reservation: Reservation,
     pub budget_when_database_down: WhenUnknown,
+    pub budget_coordination: Coordination,
+    /// `[[api_key]]` tables of the config file.
+    pub api_keys: crate::keys::ApiKeys,
+    /// The `[reconcile]` table of the config file.
+    pub reconcile: crate::reconcile::ReconcileConfig,
     pub alert_webhook: Option<http::Uri>,
 }
 
@@ -206,6 +259,18 @@ impl Settings {
         let v = ServeValues::resolve(&args, &file)?;
         let prices = load_prices(v.prices.as_deref(), v.billing_timezone)?;
         let budgets = crate::budget::parse(file.budget.as_ref()).map_err(SettingError::budget)?;
+        let api_keys =
+            crate::keys::parse(file.api_key.as_ref()).map_err(|problem| SettingError {
+                key: "api_key",
+                env: "",
+                problem,
+            })?;
+        let reconcile =
+            crate::reconcile::parse(file.reconcile.as_ref()).map_err(|problem| SettingError {
+                key: "reconcile",
+                env: "",
+                problem,
+            })?;
         let admin_token = match (&v.admin_token, &v.admin_token_file) {
             (Some(_), Some(_)) => Err("give --admin-token or its file, not both".to_owned()),
             (token, None) => Ok(token.clone()),
@@ -258,6 +323,9 @@ impl Settings {
             budgets,
             budget_reservation: v.budget_reservation,
             budget_when_database_down: v.budget_when_database_down,
+            budget_coordination: v.budget_coordination,
+            api_keys,
+            reconcile,
             alert_webhook: v.alert_webhook,
             ledger: Some(LedgerSettings {
                 database_url: v.database_url,

@@ -44,6 +44,10 @@ macro_rules! serve_settings {
             $(pub $name: Option<toml::Value>,)*
             /// `[[budget]]` tables (`crate::budget::parse`): not flags, only the file has them.
             pub budget: Option<toml::Value>,
+            /// `[[api_key]]` tables (`crate::keys::parse`).
+            pub api_key: Option<toml::Value>,
+            /// `[reconcile]` (`crate::reconcile::parse`).
+            pub reconcile: Option<toml::Value>,
         }
 
         /// Every setting of `serve`, parsed and validated.

@@ -23,6 +23,9 @@ pub struct CallContext {
     pub key_hint: Option<String>,
     pub project: Option<String>,
     pub end_user: Option<String>,
+    pub workspace: Option<String>,
+    /// The console's ID of the key (`[[api_key]]`).
+    pub api_key_id: Option<String>,
     /// The upstream's `x-request-id` response header, for a body that carries no request id of its own.
     pub request_id_header: Option<String>,
 }
@@ -78,6 +81,8 @@ impl CallContext {
             key_hint: self.key_hint,
             project: self.project,
             end_user: self.end_user,
+            workspace: self.workspace,
+            api_key_id: self.api_key_id,
         }
     }
 

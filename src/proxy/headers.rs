@@ -6,6 +6,8 @@ use uuid::Uuid;
 
 pub const PROJECT_HEADER: &str = "x-meter-project";
 pub const USER_HEADER: &str = "x-meter-user";
+/// The DashScope workspace a call runs in (absent: the default workspace). Forwarded unchanged; recorded.
+pub const WORKSPACE_HEADER: &str = "x-dashscope-workspace";
 /// The client token (`--client-token`): what a client without its own `Authorization` shows to use the injected
 /// key. Never forwarded.
 pub const CLIENT_TOKEN_HEADER: &str = "x-meter-client-token";

@@ -62,6 +62,8 @@ struct Inner {
     idle_timeout: Duration,
     /// `--client-token`: what a client without its own `Authorization` must show to use the injected key.
     client_token: Option<String>,
+    /// `[[api_key]]`: console key IDs and pinned attribution, by key fingerprint.
+    api_keys: crate::keys::ApiKeys,
 }
 
 /// The proxy's own settings.
@@ -70,6 +72,7 @@ pub struct ProxyOptions {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub client_token: Option<String>,
+    pub api_keys: crate::keys::ApiKeys,
 }
 
 /// A call whose request is with the upstream, not yet answered. Dropped unsettled (the client left, or the
@@ -202,6 +205,7 @@ impl Proxy {
                 max_body_bytes: options.max_body_bytes,
                 idle_timeout: options.idle_timeout,
                 client_token: options.client_token,
+                api_keys: options.api_keys,
             }),
         })
     }
@@ -250,7 +254,7 @@ impl Proxy {
             }
         };
         if metered {
-            if let Err(refusal) = self.admit(&ctx, outgoing.body_bytes) {
+            if let Err(refusal) = self.admit(&ctx, outgoing.body_bytes).await {
                 let how = NoResponse::Unanswered(CallStatus::Rejected);
                 return self.refuse(ctx, metered, refusal, how).await;
             }
@@ -294,7 +298,7 @@ impl Proxy {
     /// The call against the `block` budgets that cover it (`crate::budget`): admitted with its worst case
     /// reserved, or refused (`BudgetExceeded` 429, or 503 while a budget cannot be checked with
     /// `--budget-when-database-down closed`).
-    fn admit(&self, ctx: &CallContext, body_bytes: usize) -> Result<(), ApiError> {
+    async fn admit(&self, ctx: &CallContext, body_bytes: usize) -> Result<(), ApiError> {
         let meter = &self.inner.state.meter;
         let Some(budgets) = meter.budgets() else {
             return Ok(());
@@ -316,7 +320,37 @@ impl Proxy {
             enable_thinking: ctx.info.enable_thinking,
         });
         let metrics = &self.inner.state.metrics.instance;
-        match budgets.admit(ctx.call_id, &a, worst, meter.now()) {
+        let now = meter.now();
+        if let Some(c) = self
+            .inner
+            .state
+            .budget_coordinator
+            .as_ref()
+            .filter(|c| c.ready())
+        {
+            use crate::budget::coordinated::{Verdict, ROUND_TRIP_TIMEOUT};
+            let windows = budgets.windows(now);
+            let asked = c.admit(ctx.call_id, &a, worst, &windows, now);
+            match tokio::time::timeout(ROUND_TRIP_TIMEOUT, asked).await {
+                Ok(Ok(Verdict::Admitted)) => {
+                    budgets.hold(ctx.call_id, &a, worst, now);
+                    return Ok(());
+                }
+                Ok(Ok(Verdict::Exceeded(i))) => {
+                    let budget = budgets.budgets()[i].name.clone();
+                    metrics.budget_rejected(&budget);
+                    return Err(ApiError::BudgetExceeded { budget });
+                }
+                // Postgres cannot answer now: this sidecar's own numbers decide.
+                Ok(Err(e)) => {
+                    tracing::debug!(call_id = %ctx.call_id, error = %e, "budget admission in Postgres failed; deciding locally")
+                }
+                Err(_) => {
+                    tracing::debug!(call_id = %ctx.call_id, "budget admission in Postgres timed out; deciding locally")
+                }
+            }
+        }
+        match budgets.admit(ctx.call_id, &a, worst, now) {
             Ok(admission) => {
                 for budget in &admission.unchecked {
                     metrics.budget_unchecked(budget);
@@ -346,6 +380,11 @@ impl Proxy {
             .and_then(usage::key_identity);
         let (key_fingerprint, key_hint) =
             identity.map_or((None, None), |(f, h)| (Some(f), Some(h)));
+        let who = self.inner.api_keys.attribute(
+            key_fingerprint.as_deref(),
+            header_text(headers, PROJECT_HEADER),
+            header_text(headers, USER_HEADER),
+        );
         CallContext {
             call_id,
             protocol,
@@ -355,8 +394,10 @@ impl Proxy {
             started: Instant::now(),
             key_fingerprint,
             key_hint,
-            project: header_text(headers, PROJECT_HEADER),
-            end_user: header_text(headers, USER_HEADER),
+            project: who.project,
+            end_user: who.end_user,
+            workspace: header_text(headers, headers::WORKSPACE_HEADER),
+            api_key_id: who.key_id,
             request_id_header: None,
         }
     }

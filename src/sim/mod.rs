@@ -21,6 +21,7 @@
 //! - `x-sim-chunks`: text pieces per channel; `x-sim-cached-tokens`: cached tokens to report;
 //!   `x-sim-gzip: 1`: gzip the body when the client accepts it.
 
+pub mod billing;
 mod request;
 mod shape;
 mod wire;
@@ -50,6 +51,8 @@ pub struct SimOptions {
     pub chunk_interval: Duration,
     pub seed: u64,
     pub chunks: u32,
+    /// The platform's bill of the calls served (`None`: not kept).
+    pub bill: Option<Arc<billing::PlatformBill>>,
 }
 
 impl Default for SimOptions {
@@ -59,6 +62,7 @@ impl Default for SimOptions {
             chunk_interval: Duration::ZERO,
             seed: 0,
             chunks: 16,
+            bill: None,
         }
     }
 }
@@ -70,6 +74,12 @@ impl From<&SimArgs> for SimOptions {
             chunk_interval: Duration::from_millis(a.chunk_interval_ms),
             seed: a.seed,
             chunks: a.chunks,
+            bill: a.bill_export.as_ref().map(|_| {
+                Arc::new(billing::PlatformBill::new(
+                    crate::clock::Clock::system(),
+                    Duration::from_millis(a.booking_delay_ms),
+                ))
+            }),
         }
     }
 }
@@ -112,6 +122,7 @@ pub fn router(options: SimOptions) -> Router {
             post(native),
         )
         .route("/compatible-mode/v1/models", get(models))
+        .route("/sim/bill.csv", get(bill_csv))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -127,11 +138,40 @@ pub async fn run(
     args: SimArgs,
     signal: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let server = SimServer::start(SimOptions::from(&args), args.listen).await?;
+    let options = SimOptions::from(&args);
+    let bill = options.bill.clone();
+    let server = SimServer::start(options, args.listen).await?;
     tracing::info!(addr = %server.addr, "DashScope simulator serving");
     signal.await;
     server.shutdown().await;
+    if let (Some(bill), Some(path)) = (bill, &args.bill_export) {
+        use anyhow::Context as _;
+        std::fs::write(path, bill.csv(false))
+            .with_context(|| format!("writing the bill export {}", path.display()))?;
+        tracing::info!(path = %path.display(), "bill-detail export written");
+    }
     Ok(())
+}
+
+/// The bill-detail export of the calls served so far (`?lang=zh`: the Chinese headers); 404 when the
+/// simulator keeps no bill.
+async fn bill_csv(
+    State(options): State<Arc<SimOptions>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let Some(bill) = &options.bill else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this simulator keeps no bill (start it with --bill-export)\n",
+        )
+            .into_response();
+    };
+    let chinese = query.is_some_and(|q| q.split('&').any(|p| p == "lang=zh"));
+    (
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        bill.csv(chinese),
+    )
+        .into_response()
 }
 
 async fn models() -> impl IntoResponse {
@@ -190,6 +230,23 @@ async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[
         tokio::time::sleep(options.ttft).await;
     }
     let script = Script::new(&call, options);
+    if let (Some(bill), None) = (&options.bill, call.fault) {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        bill.book(&billing::Booking {
+            authorization: text("authorization"),
+            workspace: text("x-dashscope-workspace").filter(|w| !w.is_empty()),
+            model: &call.model,
+            input: call.input_tokens,
+            cached: call.cached_tokens,
+            reasoning: script.reasoning_tokens(),
+            answer: script.output_tokens() - script.reasoning_tokens(),
+        });
+    }
     if call.stream {
         stream_response(call, script, options)
     } else {

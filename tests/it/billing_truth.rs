@@ -586,6 +586,8 @@ mod records_the_ledger_accepts {
                     key_hint: None,
                     project: None,
                     end_user: None,
+                    workspace: None,
+                    api_key_id: None,
                 },
             )
     }

@@ -7,6 +7,8 @@
 use crate::helpers::receiver::WebhookReceiver;
 use crate::helpers::*;
 use chrono::{DateTime, Utc};
+use deepseek_meter::budget::coordinated::Coordination;
+use deepseek_meter::budget::tracker::Reservation;
 use deepseek_meter::clock::Clock;
 use deepseek_meter::config::Settings;
 use rust_decimal::Decimal;
@@ -44,14 +46,7 @@ fn with_budgets(toml_text: &str) -> impl FnOnce(&mut Settings) {
 }
 
 async fn budgets(t: &LedgerApp) -> Value {
-    t.http
-        .get(t.admin_url("/v1/budgets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(&t.http, &t.admin_url("/v1/budgets")).await
 }
 
 /// Waits until every budget's spent is known (the refresher read the ledger) and equals `spent`.
@@ -324,59 +319,214 @@ async fn each_threshold_is_alerted_once_across_a_restart() {
     t.audit(&[]).await;
 }
 
-/// 64 concurrent streaming calls against a `block` budget with room for about ten: with worst-case
-/// reservation spent never passes the limit; without (`--budget-reservation none`) it passes it by what was
-/// in flight. Prints the figures for the README.
+/// A key pinned to project alpha (`[[api_key]]`) is attributed to alpha whatever its `X-Meter-Project` says,
+/// its users kept under `alpha:`, and alpha's `block` budget still refuses it once full.
+#[tokio::test]
+async fn a_pinned_key_cannot_leave_its_projects_budget_by_a_header() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, V3_JSON));
+    let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
+    let fp = deepseek_meter::usage::key_identity("Bearer sk-budget-test-0001")
+        .unwrap()
+        .0;
+    let t = LedgerApp::start_at(up.upstream(), clock, move |s| {
+        // Room for two calls' worst case (0.000682 each) after one actual cost, not three.
+        with_budgets(
+            "[[budget]]\nname = \"alpha-daily\"\nperiod = \"day\"\nlimit_yuan = \"0.0016\"\nproject = \"alpha\"\naction = \"block\"\n",
+        )(s);
+        let table: toml::Table = toml::from_str(&format!(
+            "[[api_key]]\nfingerprint = \"{fp}\"\nproject = \"alpha\"\nuser_prefix = \"alpha:\"\n"
+        ))
+        .unwrap();
+        s.api_keys = deepseek_meter::keys::parse(table.get("api_key")).unwrap();
+    })
+    .await;
+    spent_is(&t, "alpha-daily", "0").await;
+    let mut statuses = Vec::new();
+    for project in ["beta", "gamma", "beta", ""] {
+        let mut req = t
+            .http
+            .post(t.url(COMPAT_PATH))
+            .bearer_auth("sk-budget-test-0001")
+            .header("x-meter-user", "bob")
+            .body(V3_BODY);
+        if !project.is_empty() {
+            req = req.header("x-meter-project", project);
+        }
+        let resp = req.send().await.unwrap();
+        t.saw(&call_id(&resp));
+        statuses.push(resp.status().as_u16());
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    let attributed: Vec<(Option<String>, Option<String>, String)> = sqlx::query_as(
+        "SELECT DISTINCT project, end_user, status FROM usage_ledger ORDER BY status",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attributed,
+        [
+            (Some("alpha".into()), Some("alpha:bob".into()), "ok".into()),
+            (
+                Some("alpha".into()),
+                Some("alpha:bob".into()),
+                "rejected".into()
+            )
+        ]
+    );
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        2,
+        "the refused calls never reached the upstream"
+    );
+    t.audit(&[]).await;
+}
+
+/// How the concurrency runs place their budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Setup {
+    /// One sidecar.
+    One(Reservation),
+    /// Two sidecars on one database, 32 streams each.
+    Two(Reservation, Coordination),
+}
+
+/// 64 concurrent streaming calls against a `block` budget with room for about ten, in each setup: with
+/// worst-case reservation spent never passes the limit — one sidecar, or two coordinating through Postgres;
+/// without reservation, or with two sidecars reserving locally, it passes it by what was in flight. Prints the
+/// figures for the README.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_never_take_spent_past_the_limit_with_worst_case_reservation() {
-    use deepseek_meter::budget::tracker::Reservation;
-    for reservation in [Reservation::WorstCase, Reservation::None] {
-        let up = ScriptedUpstream::start().await;
-        up.answer_always(Script::sse(
-            V3_STREAM.iter().map(|e| e.as_bytes().to_vec()).collect(),
-        ));
-        let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
-        // A deepseek-v3 stream of 6 + 64 tokens (0.000524) asked with max_tokens 64: its worst case is
-        // (body bytes × 2 + 64 × 8) per million, about 0.00072. Room for about ten.
-        let limit = "0.0055";
-        let t = LedgerApp::start_at(up.upstream(), clock.clone(), move |s| {
-            with_budgets(&format!(
-                "[[budget]]\nname = \"tight\"\nperiod = \"day\"\nlimit_yuan = \"{limit}\"\naction = \"block\"\n"
-            ))(s);
-            s.budget_reservation = reservation;
-        })
-        .await;
-        spent_is(&t, "tight", "0").await;
-        let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":64}"#;
-        let calls = (0..64).map(|_| {
-            let t = &t;
-            async move {
-                let resp = post(t, COMPAT_PATH, body, "alpha").await;
-                let status = resp.status().as_u16();
-                resp.bytes().await.unwrap();
-                status
-            }
-        });
-        let statuses = futures_util::future::join_all(calls).await;
-        let admitted = statuses.iter().filter(|s| **s == 200).count();
-        assert_eq!(
-            admitted + statuses.iter().filter(|s| **s == 429).count(),
-            64
+    use Coordination::{Local, Postgres};
+    use Reservation::{None as NoReservation, WorstCase};
+    for setup in [
+        Setup::One(WorstCase),
+        Setup::One(NoReservation),
+        Setup::Two(WorstCase, Postgres),
+        Setup::Two(WorstCase, Local),
+        Setup::Two(NoReservation, Postgres),
+    ] {
+        let (admitted, spent, limit) = sixty_four_streams(setup).await;
+        println!(
+            "RESULT budget concurrency {setup:?}: 64 streams, {admitted} admitted, spent {spent} of limit {limit}"
         );
-        flush(&t.app).await;
-        let pool = t.db.pool().await;
-        let spent: Decimal =
-            sqlx::query_scalar("SELECT coalesce(sum(cost_total), 0) FROM usage_ledger")
-                .fetch_one(&pool)
+        if matches!(
+            setup,
+            Setup::One(WorstCase) | Setup::Two(WorstCase, Postgres)
+        ) {
+            assert!(spent <= limit, "{setup:?}: spent {spent} > limit {limit}");
+            assert!(
+                admitted >= 5,
+                "{setup:?}: room for about ten, {admitted} admitted"
+            );
+        }
+        if setup == Setup::Two(WorstCase, Local) {
+            // Each sidecar alone keeps to the limit: together, at most twice it.
+            assert!(spent <= limit * Decimal::TWO, "{setup:?}: spent {spent}");
+        }
+    }
+}
+
+/// Calls admitted, spent in the ledger, and the limit.
+async fn sixty_four_streams(setup: Setup) -> (usize, Decimal, Decimal) {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::sse(
+        V3_STREAM.iter().map(|e| e.as_bytes().to_vec()).collect(),
+    ));
+    let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
+    // A deepseek-v3 stream of 6 + 64 tokens (0.000524) asked with max_tokens 64: its worst case is
+    // (body bytes × 2 + 64 × 8) per million, about 0.00072. Room for about ten.
+    let limit = "0.0055";
+    let (reservation, coordination) = match setup {
+        Setup::One(r) => (r, Coordination::Local),
+        Setup::Two(r, c) => (r, c),
+    };
+    let tweak = move |s: &mut Settings| {
+        with_budgets(&format!(
+            "[[budget]]\nname = \"tight\"\nperiod = \"day\"\nlimit_yuan = \"{limit}\"\naction = \"block\"\n"
+        ))(s);
+        s.budget_reservation = reservation;
+        s.budget_coordination = coordination;
+    };
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), tweak).await;
+    let other = match setup {
+        Setup::One(_) => None,
+        Setup::Two(..) => Some(t.beside(up.upstream(), clock.clone(), tweak).await),
+    };
+    spent_is(&t, "tight", "0").await;
+    let mut urls = vec![t.url(COMPAT_PATH)];
+    if let Some((app, _)) = &other {
+        let admin = format!("http://{}/v1/budgets", app.admin_addr);
+        let want = if coordination == Coordination::Postgres {
+            "postgres"
+        } else {
+            "local"
+        };
+        for url in [t.admin_url("/v1/budgets"), admin] {
+            let mut seen = Value::Null;
+            for _ in 0..200 {
+                seen = get_json(&t.http, &url).await;
+                if seen["coordination"] == want && seen["budgets"][0]["spent_known"] == true {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(seen["coordination"], want, "{seen}");
+        }
+        urls.push(format!("http://{}{}", app.proxy_addr, COMPAT_PATH));
+    }
+    let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":64}"#;
+    let calls = (0..64).map(|i| {
+        let (t, url) = (&t, urls[i % urls.len()].clone());
+        async move {
+            let resp = t
+                .http
+                .post(url)
+                .bearer_auth("sk-budget-test-0001")
+                .header("x-meter-project", "alpha")
+                .body(body)
+                .send()
                 .await
                 .unwrap();
-        println!(
-            "RESULT budget concurrency reservation={reservation:?}: 64 streams, {admitted} admitted, spent {spent} of limit {limit}"
-        );
-        if reservation == Reservation::WorstCase {
-            assert!(spent <= d(limit), "spent {spent} > limit {limit}");
-            assert!(admitted >= 5, "room for about ten: {admitted}");
+            t.saw(&call_id(&resp));
+            let status = resp.status().as_u16();
+            resp.bytes().await.unwrap();
+            status
         }
-        t.audit(&[]).await;
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        admitted + statuses.iter().filter(|s| **s == 429).count(),
+        64,
+        "{statuses:?}"
+    );
+    if let Some((app, journal)) = other {
+        flush(&app).await;
+        app.shutdown().await;
+        drop(journal);
     }
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    let spent: Decimal =
+        sqlx::query_scalar("SELECT coalesce(sum(cost_total), 0) FROM usage_ledger")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    if coordination == Coordination::Postgres {
+        // Every reservation went with its call's ledger row; the counter is the ledger's total.
+        let (left, counted): (i64, Decimal) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM budget_reservations), (SELECT sum(spent) FROM budget_spent)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((left, counted), (0, spent), "{setup:?}");
+    }
+    t.audit(&[]).await;
+    (admitted, spent, d(limit))
 }

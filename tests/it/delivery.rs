@@ -216,15 +216,7 @@ async fn each_closed_hour_and_revision_is_delivered_once_across_a_restart() {
     assert!(failed, "the failure is counted");
     let mut ready = serde_json::Value::Null;
     for _ in 0..100 {
-        ready = t
-            .http
-            .get(t.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        ready = get_json(&t.http, &t.admin_url("/readyz")).await;
         if ready["report_deliveries"]["pending"] == 1 {
             break;
         }

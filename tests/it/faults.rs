@@ -13,13 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 async fn ready(http: &reqwest::Client, admin: std::net::SocketAddr) -> Value {
-    http.get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(http, &format!("http://{admin}/readyz")).await
 }
 
 /// A call body: both protocols, streaming and not, varied by `i`.

@@ -443,6 +443,29 @@ async fn a_second_sidecar_on_the_same_journal_directory_is_refused() {
     t.db.audit(&ids, t.journal.path()).await;
 }
 
+/// The `GRANT` statements of the README's writer role (the block after `CREATE ROLE deepseek_meter_writer`).
+fn readme_writer_grants() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("CREATE ROLE deepseek_meter_writer")
+        .expect("the README's writer role");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    // Comments off each line first (they may hold a `;`), then one statement per `;`.
+    let sql: String = block
+        .lines()
+        .map(|l| l.split("--").next().unwrap().trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let grants: Vec<String> = sql
+        .split(';')
+        .map(|stmt| stmt.trim().to_owned())
+        .filter(|stmt| stmt.starts_with("GRANT"))
+        .collect();
+    assert!(grants.len() >= 8, "{grants:?}");
+    grants
+}
+
 /// A role of its own, dropped after the test's database (declare it first: it is dropped last).
 struct TestRole(String);
 
@@ -458,26 +481,16 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
     let owner = LedgerApp::start(Upstream::Sim, |_| {}).await;
     flush(&owner.app).await; // migrated
     let pool = owner.db.pool().await;
-    // The README's SQL for the sidecar's role.
-    for sql in [
-        format!("CREATE ROLE {} LOGIN", role.0),
-        format!(
-            "GRANT CONNECT ON DATABASE \"{}\" TO {}",
-            owner.db.name, role.0
-        ),
-        format!("GRANT USAGE ON SCHEMA public TO {}", role.0),
-        format!("GRANT SELECT, INSERT ON usage_ledger TO {}", role.0),
-        format!(
-            "GRANT SELECT, INSERT, DELETE ON bill_dirty_hours TO {}",
-            role.0
-        ),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE ON bill_hours, hourly_bill, hourly_model_bill, meter_instances, \
-             bill_deliveries TO {}",
-            role.0
-        ),
-        format!("GRANT SELECT, INSERT ON report_destinations TO {}", role.0),
-    ] {
+    // The README's SQL for the sidecar's role, as written there.
+    sqlx::query(&format!("CREATE ROLE {} LOGIN", role.0))
+        .execute(&pool)
+        .await
+        .unwrap();
+    for sql in readme_writer_grants() {
+        let sql = sql.replace("deepseek_meter_writer", &role.0).replace(
+            "DATABASE deepseek_meter",
+            &format!("DATABASE \"{}\"", owner.db.name),
+        );
         sqlx::query(&sql).execute(&pool).await.unwrap();
     }
     owner.app.shutdown().await;
@@ -497,10 +510,42 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
             l.database_url = as_writer.clone();
             l.migrate = false;
             l.report_dir = Some(reports.path().to_owned());
+            // An alert budget every call crosses, and a block budget coordinated through Postgres that
+            // has no room for any call of project "capped".
+            let table: toml::Table = toml::from_str(
+                "[[budget]]\nname = \"all\"\nperiod = \"day\"\nlimit_yuan = \"0.000001\"\naction = \"alert\"\n\
+                 [[budget]]\nname = \"capped\"\nperiod = \"month\"\nlimit_yuan = \"0.000001\"\nproject = \"capped\"\naction = \"block\"\n",
+            )
+            .unwrap();
+            s.budgets = deepseek_meter::budget::parse(table.get("budget")).unwrap();
+            s.budget_coordination = deepseek_meter::budget::coordinated::Coordination::Postgres;
         },
     )
     .await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let budgets_url = format!("http://{}/v1/budgets", app.admin_addr);
+    let mut coordination = Value::Null;
+    for _ in 0..200 {
+        let b: Value = get_json(&http, &budgets_url).await;
+        coordination = b["coordination"].clone();
+        if coordination == "postgres" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        coordination, "postgres",
+        "the writer wrote the budgets' definitions"
+    );
+    let refused = http
+        .post(format!("http://{}{COMPAT_PATH}", app.proxy_addr))
+        .header("x-meter-project", "capped")
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429, "the writer's admission in Postgres");
+    let refused_id = call_id(&refused);
     let resp = http
         .post(format!("http://{}{COMPAT_PATH}", app.proxy_addr))
         .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
@@ -537,17 +582,51 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(delivered, "the closed hour's report was delivered");
+    let mut alerts = 0i64;
+    for _ in 0..200 {
+        alerts = sqlx::query_scalar("SELECT count(*) FROM budget_alerts WHERE budget = 'all'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if alerts == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        alerts, 3,
+        "the writer recorded the budget's three thresholds"
+    );
+    let reconciled = http
+        .get(format!(
+            "http://{}/v1/reconcile?from=2026-11-25T18&to=2026-11-25T19",
+            app.admin_addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reconciled.status(), 200, "the writer reconciles");
+    let metrics = get_text(&http, &format!("http://{}/metrics", app.admin_addr)).await;
+    assert!(
+        metrics.contains("deepseek_meter_reconcile_drift_yuan"),
+        "{metrics}"
+    );
     app.shutdown().await;
+    let counters: i64 = sqlx::query_scalar("SELECT count(*) FROM budget_spent")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(counters, 1, "the block budget's window counter");
     owner
         .db
-        .audit(&[id].into_iter().collect(), journal.path())
+        .audit(&[id, refused_id].into_iter().collect(), journal.path())
         .await;
 
     let writer = sqlx::PgPool::connect(&as_writer).await.unwrap();
     for sql in [
         "UPDATE usage_ledger SET cost_total = 0",
         "DELETE FROM usage_ledger",
-        "TRUNCATE usage_ledger",
+        "TRUNCATE usage_ledger CASCADE", // CASCADE: past the foreign key of cost_adjustments
     ] {
         let err = sqlx::query(sql)
             .execute(&writer)

@@ -2,7 +2,7 @@
 //! the four formats against the ledger itself, in a real Postgres; the real binary's `report`; the admin
 //! route with its token; the HTML page in headless Chromium.
 
-use crate::helpers::bin::BIN;
+use crate::helpers::bin::run_bin;
 use crate::helpers::captures::*;
 use crate::helpers::*;
 use chrono::{DateTime, Utc};
@@ -148,6 +148,7 @@ fn expected(
             answer_tokens: r.answer_tokens as i64,
             output_tokens: r.output_tokens as i64,
             cost_total: r.cost_total.unwrap_or_default(),
+            adjustment_yuan: Decimal::ZERO,
         });
     }
     out
@@ -406,19 +407,7 @@ pub async fn roll_until_done(app: &deepseek_meter::app::App) {
 #[tokio::test]
 async fn the_binary_prints_the_report_in_every_format() {
     let (t, _up, _clock) = billed_app(|_| {}).await;
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .arg("report")
-            .args(["--database-url", &t.db.url])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    };
+    let run = |args: &[&str]| run_bin(&[&["report", "--database-url", &t.db.url], args].concat());
     let window = ["--from", "2026-11-25", "--to", "2026-11-27"];
     let (code, json, err) = run(&[
         &window[..],

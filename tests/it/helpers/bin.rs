@@ -19,6 +19,16 @@ pub const SERVE_ON_SIM: [&str; 7] = [
     "127.0.0.1:0",
 ];
 
+/// Runs `deepseek-meter ARGS` to its end: exit code, stdout, stderr.
+pub fn run_bin(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 pub struct Bin {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,

@@ -205,6 +205,11 @@ impl LedgerApp {
     }
 
     /// The call ids this test's clients saw.
+    /// Forgets a call the test removed from the ledger on purpose (the audit would miss it).
+    pub fn unsee(&self, call_id: &str) {
+        self.seen.lock().unwrap().remove(call_id);
+    }
+
     pub fn seen_ids(&self) -> HashSet<String> {
         self.seen.lock().unwrap().clone()
     }
@@ -700,6 +705,11 @@ pub fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
 /// A GET whose body is text (metrics, readiness).
 pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
     http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// GET `url`, its body as JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 impl TestDb {

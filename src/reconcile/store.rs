@@ -1,0 +1,308 @@
+//! The SQL of reconciliation: imports into `platform_bill` (one transaction: a file is imported whole or not
+//! at all; an identical line changes nothing), the ledger's side of the comparison, and the record of each
+//! run (`reconcile_runs`, and the reconciled hours in `bill_hours` and `hourly_model_bill`).
+
+use super::compare::{LedgerLine, Reconciliation};
+use super::import::{Bill, BillLine};
+use crate::keys::ApiKeys;
+use crate::pricing::PriceBook;
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Imported {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    /// Lines of other products in the file.
+    pub skipped: usize,
+}
+
+/// Imports every line of `bill` in one transaction. A line already imported with the same figures is left
+/// as it is; with other figures (a restated export) it takes the new ones.
+pub async fn import(
+    pool: &PgPool,
+    bill: &Bill,
+    sha256: &str,
+    now: DateTime<Utc>,
+) -> Result<Imported, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut out = Imported {
+        skipped: bill.skipped,
+        ..Imported::default()
+    };
+    for chunk in bill.lines.chunks(1000) {
+        let hour: Vec<DateTime<Utc>> = chunk.iter().map(|l| l.hour).collect();
+        let key: Vec<String> = chunk
+            .iter()
+            .map(|l| l.key_id.clone().unwrap_or_default())
+            .collect();
+        let ws: Vec<&str> = chunk.iter().map(|l| l.workspace.as_str()).collect();
+        let model: Vec<&str> = chunk.iter().map(|l| l.model.as_str()).collect();
+        let ty: Vec<&str> = chunk.iter().map(|l| l.token_type.as_str()).collect();
+        let channel: Vec<&str> = chunk.iter().map(|l| l.channel.as_str()).collect();
+        let tokens: Vec<i64> = chunk.iter().map(|l| l.tokens as i64).collect();
+        let amount: Vec<Decimal> = chunk.iter().map(|l| l.amount).collect();
+        // xmax = 0: the row was inserted; otherwise updated. Unchanged lines are not touched at all.
+        let (new, changed): (i64, i64) = sqlx::query_as(
+            "WITH up AS (
+               INSERT INTO platform_bill (billing_hour, key_id, workspace, model, token_type, channel, tokens,
+                   amount, imported_at, source_sha256)
+               SELECT h, k, w, m, t, c, n, a, $9, $10
+               FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                   $7::int8[], $8::numeric[]) AS l(h, k, w, m, t, c, n, a)
+               ON CONFLICT (billing_hour, key_id, workspace, model, token_type, channel) DO UPDATE
+                 SET tokens = EXCLUDED.tokens, amount = EXCLUDED.amount, imported_at = EXCLUDED.imported_at,
+                     source_sha256 = EXCLUDED.source_sha256
+                 WHERE (platform_bill.tokens, platform_bill.amount) IS DISTINCT FROM (EXCLUDED.tokens, EXCLUDED.amount)
+               RETURNING (xmax = 0) AS inserted)
+             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up",
+        )
+        .bind(&hour)
+        .bind(&key)
+        .bind(&ws)
+        .bind(&model)
+        .bind(&ty)
+        .bind(&channel)
+        .bind(&tokens)
+        .bind(&amount)
+        .bind(now)
+        .bind(sha256)
+        .fetch_one(&mut *tx)
+        .await?;
+        out.new += new as u64;
+        out.changed += changed as u64;
+        out.unchanged += (chunk.len() as i64 - new - changed).max(0) as u64;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// The bill's lines of the hours `[from, to]` (the hour at `to` too: a booking spilled past the end).
+pub async fn bill_lines(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<BillLine>, sqlx::Error> {
+    type Row = (
+        DateTime<Utc>,
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Decimal,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT billing_hour, key_id, workspace, model, token_type, channel, tokens, amount
+         FROM platform_bill WHERE billing_hour >= $1 AND billing_hour <= $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(hour, key, workspace, model, token_type, channel, tokens, amount)| BillLine {
+                hour,
+                key_id: Some(key).filter(|k| !k.is_empty()),
+                workspace,
+                model,
+                token_type,
+                channel,
+                tokens: tokens.max(0) as u64,
+                amount,
+            },
+        )
+        .collect())
+}
+
+/// The ledger's lines of the hours `[from, to]`: per (hour, key, workspace, model), an `input_token` line
+/// (uncached + cached input) and an `output_token` line (chain of thought + answer). A call's key is its
+/// recorded key ID, else the one `[[api_key]]` gives its fingerprint today, else `fingerprint:<hex>`. Money is
+/// the ledger's own `cost_total`, split between the two lines by the price version each call was priced
+/// with (the input part at the book's input prices, the rest output).
+pub async fn ledger_lines(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    keys: &ApiKeys,
+    prices: &PriceBook,
+) -> Result<Vec<LedgerLine>, sqlx::Error> {
+    type Row = (
+        DateTime<Utc>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<Decimal>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT billing_hour, api_key_id, key_fingerprint, workspace, model, price_version,
+            sum(input_tokens - cached_tokens)::int8, sum(cached_tokens)::int8, sum(reasoning_tokens)::int8,
+            sum(answer_tokens)::int8, count(*)::int8, (count(*) FILTER (WHERE usage_source = 'estimated'))::int8,
+            sum(cost_total)
+         FROM usage_ledger
+         WHERE billing_hour >= $1 AND billing_hour <= $2 AND (input_tokens > 0 OR output_tokens > 0)
+         GROUP BY 1, 2, 3, 4, 5, 6",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    let versions: std::collections::HashMap<String, &crate::pricing::Price> =
+        prices.entries().map(|p| (p.version(), p)).collect();
+    let mut out = Vec::with_capacity(rows.len() * 2);
+    for (
+        hour,
+        key_id,
+        fingerprint,
+        workspace,
+        model,
+        version,
+        uncached,
+        cached,
+        reasoning,
+        answer,
+        calls,
+        estimated,
+        cost,
+    ) in rows
+    {
+        let key = key_id
+            .or_else(|| keys.key_id(fingerprint.as_deref()).map(str::to_owned))
+            .or_else(|| fingerprint.map(|f| format!("fingerprint:{f}")))
+            .unwrap_or_default();
+        let cost = cost.unwrap_or_default();
+        let input_yuan = version
+            .as_deref()
+            .and_then(|v| versions.get(v))
+            .map(|p| {
+                let million = Decimal::from(1_000_000u32);
+                (Decimal::from(uncached) * p.input + Decimal::from(cached) * p.cached_input)
+                    / million
+            })
+            .unwrap_or_default()
+            .min(cost);
+        let line = |token_type: &str, tokens: i64, yuan: Decimal| LedgerLine {
+            hour,
+            key: key.clone(),
+            workspace: workspace.clone(),
+            model: model.clone(),
+            token_type: token_type.to_owned(),
+            tokens: tokens.max(0) as u64,
+            yuan,
+            calls: calls.max(0) as u64,
+            estimated_calls: estimated.max(0) as u64,
+        };
+        out.push(line("input_token", uncached + cached, input_yuan));
+        out.push(line("output_token", reasoning + answer, cost - input_yuan));
+    }
+    Ok(out)
+}
+
+/// The hours the bill's lines cover: from the first to the end of the last (`None`: no line).
+pub fn period_of(lines: &[BillLine]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let first = lines.iter().map(|l| l.hour).min()?;
+    let last = lines.iter().map(|l| l.hour).max()?;
+    Some((first, last + Duration::hours(1)))
+}
+
+/// Records a run: `reconcile_runs`, and on each reconciled hour of the bill its verdict and drift (per hour
+/// in `bill_hours`, per hour and model in `hourly_model_bill`).
+pub async fn record(
+    pool: &PgPool,
+    r: &Reconciliation,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let verdicts = serde_json::to_value(super::render::verdict_counts(r)).unwrap_or_default();
+    let drift: serde_json::Value = r
+        .drift_by_model
+        .iter()
+        .map(|(m, d)| {
+            (
+                m.clone(),
+                serde_json::Value::String(d.normalize().to_string()),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let run: i64 = sqlx::query_scalar(
+        "INSERT INTO reconcile_runs (ran_at, period_from, period_to, verdicts, drift_by_model, ledger_yuan,
+            bill_yuan, total_matches)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING run_id",
+    )
+    .bind(now)
+    .bind(r.from)
+    .bind(r.to)
+    .bind(verdicts)
+    .bind(drift)
+    .bind(r.ledger_yuan)
+    .bind(r.bill_yuan)
+    .bind(r.total_matches)
+    .fetch_one(&mut *tx)
+    .await?;
+    for h in &r.hours {
+        sqlx::query(
+            "UPDATE bill_hours SET reconciled_at = $2, reconcile_verdict = $3, reconcile_drift_yuan = $4
+             WHERE billing_hour = $1",
+        )
+        .bind(h.hour)
+        .bind(now)
+        .bind(h.verdict.as_str())
+        .bind(h.drift_yuan)
+        .execute(&mut *tx)
+        .await?;
+        let mut by_model: std::collections::BTreeMap<&str, (Decimal, super::compare::Verdict)> =
+            Default::default();
+        for l in &h.lines {
+            let e = by_model
+                .entry(l.model.as_str())
+                .or_insert((Decimal::ZERO, super::compare::Verdict::Match));
+            e.0 += l.ledger_yuan - l.bill_yuan;
+            e.1 = e.1.max(l.verdict);
+        }
+        for (model, (drift, verdict)) in by_model {
+            sqlx::query(
+                "UPDATE hourly_model_bill SET reconciled_at = $3, reconcile_verdict = $4, reconcile_drift_yuan = $5
+                 WHERE billing_hour = $1 AND model = $2",
+            )
+            .bind(h.hour)
+            .bind(model)
+            .bind(now)
+            .bind(verdict.as_str())
+            .bind(drift)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(run)
+}
+
+/// The newest run's drift by model (for `deepseek_meter_reconcile_drift_yuan`).
+pub async fn latest_drift(pool: &PgPool) -> Result<Vec<(String, Decimal)>, sqlx::Error> {
+    let drift: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT drift_by_model FROM reconcile_runs ORDER BY run_id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(drift
+        .and_then(|d| d.as_object().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(m, v)| Some((m, v.as_str()?.parse().ok()?)))
+        .collect())
+}

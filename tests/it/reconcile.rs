@@ -1,0 +1,425 @@
+//! Reconciliation (issue 14) end to end: simulator traffic through the sidecar on a clock the test drives, the
+//! simulator's own bill-detail export (the platform's layout and rounding, calls booked five minutes late),
+//! and the real binary's `reconcile` → every hour a match, a call booked in the next hour matched. Then each
+//! kind of drift injected — a row the ledger lost, a wrong price, traffic that bypassed the sidecar, a line
+//! the bill lacks — and each reported as what it is, with its amount. Imports are idempotent and all or
+//! nothing; `GET /v1/reconcile` and the drift metric say the same.
+
+use crate::helpers::bin::run_bin;
+use crate::helpers::*;
+use deepseek_meter::clock::Clock;
+use deepseek_meter::config::Upstream;
+use deepseek_meter::sim::billing::{key_id_of, PlatformBill, DEFAULT_WORKSPACE};
+use deepseek_meter::sim::{SimOptions, SimServer};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: &str = "sk-reconcile-team-0001";
+const BYPASS_KEY: &str = "sk-reconcile-bypass-0002";
+
+fn fingerprint(key: &str) -> String {
+    deepseek_meter::usage::key_identity(&format!("Bearer {key}"))
+        .unwrap()
+        .0
+}
+
+fn d(v: &Value) -> Decimal {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// The sidecar's config file: the key's console ID, the default workspace, and (`wrong_v3`) a price book whose
+/// deepseek-v3 output price is wrong.
+fn config(dir: &std::path::Path, wrong_v3: bool) -> (std::path::PathBuf, String) {
+    let key_id = key_id_of(&format!("Bearer {KEY}")).unwrap();
+    let mut text = format!(
+        "[[api_key]]\nfingerprint = \"{}\"\nkey_id = \"{key_id}\"\nname = \"team\"\n\n[reconcile]\ndefault_workspace = \"{DEFAULT_WORKSPACE}\"\n",
+        fingerprint(KEY)
+    );
+    if wrong_v3 {
+        let book = deepseek_meter::pricing::BUILTIN_BOOK.replace(
+            "name = \"deepseek-v3\"\neffective_from = 2024-12-26\ninput = \"2\"\ncached_input = \"0.4\"\noutput = \"8\"",
+            "name = \"deepseek-v3\"\neffective_from = 2024-12-26\ninput = \"2\"\ncached_input = \"0.4\"\noutput = \"80\"",
+        );
+        assert_ne!(book, deepseek_meter::pricing::BUILTIN_BOOK);
+        let prices = dir.join("prices.toml");
+        std::fs::write(&prices, book).unwrap();
+        text = format!("prices = {:?}\n{text}", prices.to_str().unwrap());
+    }
+    let path = dir.join("meter.toml");
+    std::fs::write(&path, &text).unwrap();
+    (path, key_id)
+}
+
+struct World {
+    t: LedgerApp,
+    sim: SimServer,
+    bill: Arc<PlatformBill>,
+    clock: Clock,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl World {
+    async fn start(wrong_v3: bool) -> World {
+        let clock = Clock::manual("2026-11-25T05:10:00Z".parse().unwrap());
+        let bill = Arc::new(PlatformBill::new(clock.clone(), Duration::from_secs(300)));
+        let sim = SimServer::start(
+            SimOptions {
+                bill: Some(bill.clone()),
+                ..SimOptions::default()
+            },
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = config(dir.path(), wrong_v3);
+        let file = deepseek_meter::config::load_file(Some(&config)).unwrap();
+        let upstream = Upstream::Url(format!("http://{}", sim.addr).parse().unwrap());
+        let t = LedgerApp::start_at(upstream, clock.clone(), move |s| {
+            let resolved =
+                deepseek_meter::config::Settings::resolve(Default::default(), file).unwrap();
+            s.api_keys = resolved.api_keys;
+            s.reconcile = resolved.reconcile;
+            s.prices = resolved.prices;
+        })
+        .await;
+        World {
+            t,
+            sim,
+            bill,
+            clock,
+            dir,
+            config,
+        }
+    }
+
+    /// A call at `beijing` (`HH:MM` on 2026-11-25) through the sidecar (or straight to the simulator).
+    /// `chunks` text pieces per channel: one token each.
+    async fn call(
+        &self,
+        beijing: &str,
+        model: &str,
+        key: &str,
+        through_sidecar: bool,
+        workspace: Option<&str>,
+    ) {
+        let chunks = if model == "deepseek-v3" {
+            "3000"
+        } else {
+            "200"
+        };
+        let at: chrono::DateTime<chrono::Utc> =
+            format!("2026-11-25T{beijing}:00+08:00").parse().unwrap();
+        self.clock.set(at);
+        let base = if through_sidecar {
+            self.t.url(COMPAT_PATH)
+        } else {
+            format!("http://{}{COMPAT_PATH}", self.sim.addr)
+        };
+        let mut req = self
+            .t
+            .http
+            .post(base)
+            .bearer_auth(key)
+            .header("x-sim-chunks", chunks)
+            .body(format!(
+                r#"{{"model":"{model}","messages":[{{"role":"user","content":"reconcile me at {beijing}"}}],"stream":true}}"#
+            ));
+        if let Some(w) = workspace {
+            req = req.header("X-DashScope-WorkSpace", w);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        if through_sidecar {
+            self.t.saw(&call_id(&resp));
+        }
+        resp.bytes().await.unwrap();
+    }
+
+    /// `deepseek-meter reconcile` with these flags: exit code, stdout, stderr.
+    fn reconcile(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let config = self.config.to_str().unwrap();
+        let db = &self.t.db.url;
+        run_bin(
+            &[
+                &["--config", config, "reconcile", "--database-url", db],
+                args,
+            ]
+            .concat(),
+        )
+    }
+
+    /// The simulator's export so far, written to a file (without the lines `drop` says).
+    fn export(&self, name: &str, drop: impl Fn(&str) -> bool) -> String {
+        let csv: String = self
+            .bill
+            .csv(false)
+            .lines()
+            .filter(|l| !drop(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, csv).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+fn hours(j: &Value) -> Vec<(String, String)> {
+    j["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["hour"].as_str().unwrap()[11..13].to_owned(),
+                h["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn hour<'a>(j: &'a Value, hh: &str) -> &'a Value {
+    j["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| &h["hour"].as_str().unwrap()[11..13] == hh)
+        .unwrap_or_else(|| panic!("no hour {hh}: {j}"))
+}
+
+#[tokio::test]
+async fn simulator_traffic_reconciles_to_a_match_and_each_injected_drift_is_named() {
+    let w = World::start(true).await;
+    // Clean traffic: 13:10 and 13:30 in hour 13, one at 13:57 that the platform books at 14:02 (hour 14),
+    // one at 14:20 in another workspace.
+    w.call("13:10", "deepseek-r1", KEY, true, None).await;
+    w.call("13:30", "deepseek-r1", KEY, true, None).await;
+    w.call("13:57", "deepseek-r1", KEY, true, None).await;
+    w.call("14:20", "deepseek-r1", KEY, true, Some("llm-team"))
+        .await;
+    flush(&w.t.app).await;
+    w.t.app.roll_bill().await.unwrap().unwrap();
+
+    let clean = w.export("clean.csv", |_| false);
+    let (code, out, err) = w.reconcile(&["--bill", &clean, "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("imported the bill: 6 new lines"), "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        hours(&j),
+        [("13".into(), "match".into()), ("14".into(), "match".into())],
+        "{j}"
+    );
+    assert_eq!(j["total_matches"], true, "{j}");
+    let spilled = &hour(&j, "13")["lines"];
+    assert!(
+        spilled
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["spilled_tokens"].as_i64().unwrap() > 0),
+        "the 13:57 call is carried into hour 14: {spilled}"
+    );
+    // The same file again changes nothing.
+    let (code, _, err) = w.reconcile(&["--bill", &clean, "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("0 new lines, 0 changed, 6 unchanged"), "{err}");
+
+    // Drifts, an hour each. 15: deepseek-v3 priced wrong by the sidecar. 16: two calls, one row lost by the
+    // ledger. 17: a call that bypassed the sidecar. 18: a call the bill has no line for.
+    w.call("15:10", "deepseek-v3", KEY, true, None).await;
+    w.call("16:10", "deepseek-r1", KEY, true, None).await;
+    w.call("16:20", "deepseek-r1", KEY, true, None).await;
+    w.call("17:10", "deepseek-r1", BYPASS_KEY, false, None)
+        .await;
+    w.call("18:10", "deepseek-r1", KEY, true, None).await;
+    flush(&w.t.app).await;
+    let pool = w.t.db.pool().await;
+    let (lost_id, lost_in, lost_out): (uuid::Uuid, i64, i64) = sqlx::query_as(
+        "SELECT call_id, input_tokens, output_tokens FROM usage_ledger
+         WHERE billing_hour = '2026-11-25T16:00:00+08:00' ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ALTER TABLE usage_ledger DISABLE TRIGGER USER")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM usage_ledger WHERE call_id = $1")
+        .bind(lost_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE usage_ledger ENABLE TRIGGER USER")
+        .execute(&pool)
+        .await
+        .unwrap();
+    w.t.unsee(&lost_id.to_string());
+    w.t.app.roll_bill().await.unwrap().unwrap();
+
+    let all = w.export("all.csv", |l| l.starts_with("2026-11-25 18:00:00"));
+    let (code, out, err) = w.reconcile(&[
+        "--bill",
+        &all,
+        "--from",
+        "2026-11-25T13",
+        "--to",
+        "2026-11-25T19",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    let verdicts: Vec<(String, String)> = hours(&j);
+    let want: Vec<(String, String)> = [
+        ("13", "match"),
+        ("14", "match"),
+        ("15", "money_drift"),
+        ("16", "token_drift"),
+        ("17", "only_in_bill"),
+        ("18", "only_in_ledger"),
+    ]
+    .iter()
+    .map(|(h, v)| (h.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(verdicts, want, "{j}");
+    assert_eq!(j["total_matches"], false);
+
+    // Each with its amount. 15: the ledger's v3 cost minus the bill's lines.
+    let v3_cost: Decimal =
+        sqlx::query_scalar("SELECT sum(cost_total) FROM usage_ledger WHERE model = 'deepseek-v3'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let h15 = hour(&j, "15");
+    assert_eq!(d(&h15["ledger_yuan"]), v3_cost);
+    assert_eq!(d(&h15["drift_yuan"]), v3_cost - d(&h15["bill_yuan"]));
+    assert!(d(&h15["drift_yuan"]) > Decimal::new(1, 2), "{h15}");
+    assert_eq!(
+        d(&j["drift_by_model"]["deepseek-v3"]),
+        d(&h15["drift_yuan"])
+    );
+    // 16: the bill has the lost call's tokens more, type by type.
+    let h16 = hour(&j, "16");
+    for (ty, lost) in [("input_token", lost_in), ("output_token", lost_out)] {
+        let l = h16["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["token_type"] == ty)
+            .unwrap();
+        assert_eq!(l["verdict"], "token_drift");
+        assert_eq!(
+            l["bill_tokens"].as_i64().unwrap() - l["ledger_tokens"].as_i64().unwrap(),
+            lost,
+            "{l}"
+        );
+    }
+    // 17: only the bypassing key's lines, none in the ledger.
+    let h17 = hour(&j, "17");
+    let bypass_id = key_id_of(&format!("Bearer {BYPASS_KEY}")).unwrap();
+    assert!(h17["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["key_id"] == bypass_id.as_str()));
+    assert_eq!(d(&h17["ledger_yuan"]), Decimal::ZERO);
+    // 18: the ledger's call, no bill.
+    let h18 = hour(&j, "18");
+    assert_eq!(d(&h18["bill_yuan"]), Decimal::ZERO);
+    assert!(d(&h18["ledger_yuan"]) > Decimal::ZERO);
+
+    // The bill's hours record it; the admin route and the metric say the same.
+    let recorded: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT to_char(billing_hour AT TIME ZONE 'Asia/Shanghai', 'HH24'), reconcile_verdict
+         FROM bill_hours WHERE billing_hour >= '2026-11-25T13:00:00+08:00' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (hh, verdict) in &recorded {
+        let want = want.iter().find(|(h, _)| h == hh).map(|(_, v)| v.clone());
+        if want.is_some() {
+            assert_eq!(verdict, &want, "bill_hours {hh}");
+        }
+    }
+    let url =
+        w.t.admin_url("/v1/reconcile?from=2026-11-25T13&to=2026-11-25T19");
+    let via_api: Value = get_json(&w.t.http, &url).await;
+    assert_eq!(hours(&via_api), want, "{via_api}");
+    let metrics = get_text(&w.t.http, &w.t.admin_url("/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("deepseek_meter_reconcile_drift_yuan{model=\"deepseek-v3\"}")),
+        "{metrics}"
+    );
+    let bad =
+        w.t.http
+            .get(w.t.admin_url("/v1/reconcile?from=yesterday"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // Table and CSV say the same verdicts.
+    let (_, table, _) = w.reconcile(&["--from", "2026-11-25T13", "--to", "2026-11-25T19"]);
+    println!("{table}");
+    assert!(
+        table.contains("money_drift") && table.contains("only_in_bill"),
+        "{table}"
+    );
+    assert!(table.contains("the totals differ"), "{table}");
+    let (_, csv, _) = w.reconcile(&[
+        "--from",
+        "2026-11-25T13",
+        "--to",
+        "2026-11-25T19",
+        "--format",
+        "csv",
+    ]);
+    assert!(csv.starts_with("hour,hour_verdict,key_id"), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",token_drift,") && l.contains("16:00:00+08:00")),
+        "{csv}"
+    );
+    w.t.audit(&[]).await;
+    w.sim.shutdown().await;
+}
+
+/// A file that cannot be read whole is not imported at all: the error names its line.
+#[tokio::test]
+async fn an_unreadable_export_imports_nothing_and_names_the_line() {
+    let w = World::start(false).await;
+    w.call("13:10", "deepseek-r1", KEY, true, None).await;
+    flush(&w.t.app).await;
+    let good = w.bill.csv(true);
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.push("2026/11/25 14:00:00,2026/11/25 15:00:00,sfm,x,1;llm-a;deepseek-r1;output_token;api,12.5,tokens,0.01,CNY");
+    let path = w.dir.path().join("bad.csv");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let (code, _, err) = w.reconcile(&["--bill", path.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("line 4: usage 12.5 tokens is not a whole number of tokens"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let pool = w.t.db.pool().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM platform_bill")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "nothing half-imported");
+    // Without a period or a file, the command says what is missing.
+    let (code, _, err) = w.reconcile(&[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("give --from and --to"), "{err}");
+    w.t.audit(&[]).await;
+    w.sim.shutdown().await;
+}
