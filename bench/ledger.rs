@@ -73,6 +73,26 @@ async fn main() {
     ledger::create_database_if_missing(&url).await.unwrap();
     let l = Ledger::connect_lazy(&url).unwrap();
     l.migrate().await.unwrap();
+    // BENCH_LEDGER_BUDGETS: what the budget trigger on usage_ledger has to do (migration …000007).
+    // `idle` (default): no coordinated budget, the trigger only looks; `three`: three coordinated month budgets
+    // whose counters every insert updates; `drop`: no trigger at all (the build before it).
+    let budgets = std::env::var("BENCH_LEDGER_BUDGETS").unwrap_or_else(|_| "idle".into());
+    for sql in match budgets.as_str() {
+        "drop" => vec!["DROP TRIGGER usage_ledger_budget_charge ON usage_ledger"],
+        "three" => vec![
+            "INSERT INTO budget_defs (def_id, name, period, timezone, model, project)
+             VALUES ('all', 'all', 'month', 'Asia/Shanghai', NULL, NULL),
+                    ('v32', 'v32', 'month', 'Asia/Shanghai', 'deepseek-v3.2-exp', NULL),
+                    ('p1', 'p1', 'month', 'Asia/Shanghai', NULL, 'project-1')",
+            "INSERT INTO budget_spent (def_id, window_start, window_end, spent)
+             SELECT d.def_id, m AT TIME ZONE 'Asia/Shanghai', (m + interval '1 month') AT TIME ZONE 'Asia/Shanghai', 0
+             FROM budget_defs d, generate_series(timestamp '2025-12-01', timestamp '2027-01-01', interval '1 month') m",
+        ],
+        _ => vec![],
+    } {
+        sqlx::query(sql).execute(l.pool()).await.unwrap();
+    }
+    eprintln!("budget trigger: {budgets}");
 
     // 1. Insert alone.
     let records: Vec<CallRecord> = (0..rows).map(record).collect();

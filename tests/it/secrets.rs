@@ -398,9 +398,12 @@ async fn the_injected_key_is_lent_only_with_the_client_token() {
     );
 }
 
-/// The canary key through everything built on the ledger: the hourly bill and its per-model rollup, the hour
-/// states, the heartbeats, the delivery outbox and its destinations, the budget alerts; the delivered report
-/// files and webhook POSTs; the alert POSTs; `/v1/bill/hourly`, `/v1/budgets`, `/metrics`. Zero hits.
+/// The canary key through everything built on the ledger: every table of the schema (the hourly bill and its
+/// rollup, the hour states, heartbeats, the delivery outbox, budget alerts, the coordinated budgets' counters
+/// and reservations, the imported platform bill, reconciliation runs, price adjustments — listed from the
+/// catalog, so a new table is searched without being named here); the delivered report files and webhook
+/// POSTs; the alert POSTs; the output of `reconcile` and `reprice`; `/v1/bill/hourly`, `/v1/budgets`,
+/// `/v1/reconcile`, `/metrics`. Zero hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     use chrono::{DateTime, Utc};
@@ -416,10 +419,12 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
         clock.clone(),
         |s| {
             let table: toml::Table = toml::from_str(
-                "[[budget]]\nname = \"tiny\"\nperiod = \"day\"\nlimit_yuan = \"0.000001\"\naction = \"alert\"\n",
+                "[[budget]]\nname = \"tiny\"\nperiod = \"day\"\nlimit_yuan = \"0.000001\"\naction = \"alert\"\n\
+                 [[budget]]\nname = \"cap\"\nperiod = \"month\"\nlimit_yuan = \"100\"\naction = \"block\"\n",
             )
             .unwrap();
             s.budgets = deepseek_meter::budget::parse(table.get("budget")).unwrap();
+            s.budget_coordination = deepseek_meter::budget::coordinated::Coordination::Postgres;
             s.alert_webhook = Some(format!("{base}/alerts").parse().unwrap());
             let l = s.ledger.as_mut().unwrap();
             l.report_dir = Some(reports.path().to_owned());
@@ -427,6 +432,13 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
         },
     )
     .await;
+    for _ in 0..200 {
+        let b = get_json(&t.http, &t.admin_url("/v1/budgets")).await;
+        if b["coordination"] == "postgres" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     for _ in 0..3 {
         let resp = t
             .http
@@ -473,24 +485,60 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     for f in std::fs::read_dir(reports.path()).unwrap() {
         texts.push(std::fs::read_to_string(f.unwrap().path()).unwrap());
     }
+    // The platform's bill of those calls (as the simulator writes it) reconciled, and a price correction.
+    let dir = tempfile::tempdir().unwrap();
+    let platform = deepseek_meter::sim::billing::PlatformBill::new(clock.clone(), std::time::Duration::ZERO);
+    platform.book(&deepseek_meter::sim::billing::Booking {
+        authorization: Some(&format!("Bearer {CANARY}")),
+        workspace: None,
+        model: "deepseek-r1",
+        input: 10,
+        cached: 0,
+        reasoning: 20,
+        answer: 30,
+    });
+    let export = dir.path().join("bill.csv");
+    std::fs::write(&export, platform.csv(false)).unwrap();
+    let book = dir.path().join("prices.toml");
+    std::fs::write(
+        &book,
+        deepseek_meter::pricing::BUILTIN_BOOK.replace("output = \"16\"", "output = \"17\""),
+    )
+    .unwrap();
+    for args in [
+        vec!["reconcile", "--bill", export.to_str().unwrap(), "--format", "json"],
+        vec!["reprice", "--from", "2026-11-25", "--to", "2026-11-27", "--prices", book.to_str().unwrap()],
+    ] {
+        let (code, out, err) =
+            crate::helpers::bin::run_bin(&[args, vec!["--database-url", &t.db.url]].concat());
+        assert_eq!(code, Some(0), "{err}");
+        texts.push(out);
+        texts.push(err);
+    }
     for path in [
         "/v1/bill/hourly?from=2026-11-25&to=2026-11-27&by=model,project,key",
         "/v1/budgets",
+        "/v1/reconcile?from=2026-11-25&to=2026-11-27",
         "/metrics",
     ] {
         texts.push(get_text(&t.http, &t.admin_url(path)).await);
     }
     let pool = t.db.pool().await;
-    for table in [
-        "hourly_bill",
-        "hourly_model_bill",
-        "bill_hours",
-        "bill_dirty_hours",
-        "meter_instances",
-        "bill_deliveries",
-        "report_destinations",
-        "budget_alerts",
-    ] {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE' AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for must in ["budget_spent", "platform_bill", "reconcile_runs", "cost_adjustments", "usage_ledger"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {must}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(n > 0, "{must} has rows to search");
+    }
+    for table in tables {
         let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT t::text FROM {table} t"))
             .fetch_all(&pool)
             .await
