@@ -353,6 +353,33 @@ mod tests {
         assert!(e.problem.contains("[reconcile.columns] hour"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Any bytes: lines or an error naming a line of the input, never a panic.
+        #[test]
+        fn any_bytes_read_or_name_a_line(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            if let Err(e) = read(&data, &Columns::default(), TZ) {
+                let lines = data.split(|b| *b == b'\n').count() as u64 + 1;
+                proptest::prop_assert!(e.line >= 1 && e.line <= lines);
+            }
+        }
+
+        /// A good export with one line broken (a fractional usage) is refused, naming exactly that line.
+        #[test]
+        fn one_broken_line_is_the_one_named(n in 1usize..30, broken in 0usize..30, tokens in 0u64..1_000_000) {
+            let broken = broken % n;
+            let mut csv = String::from("UsageStartTime,InstanceID,Usage,UsageUnit,PretaxAmount\n");
+            for i in 0..n {
+                let usage = if i == broken { format!("{tokens}.5") } else { tokens.to_string() };
+                csv.push_str(&format!(
+                    "2026-11-25 {:02}:00:00,{i};llm-a;deepseek-r1;output_token;app,{usage},tokens,0.01\n",
+                    i % 24
+                ));
+            }
+            let e = read(csv.as_bytes(), &Columns::default(), TZ).unwrap_err();
+            proptest::prop_assert_eq!(e.line, broken as u64 + 2);
+        }
+    }
+
     #[test]
     fn a_bad_line_is_named() {
         let csv = "UsageStartTime,InstanceID,Usage,UsageUnit,PretaxAmount\n\

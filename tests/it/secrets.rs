@@ -487,7 +487,8 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     }
     // The platform's bill of those calls (as the simulator writes it) reconciled, and a price correction.
     let dir = tempfile::tempdir().unwrap();
-    let platform = deepseek_meter::sim::billing::PlatformBill::new(clock.clone(), std::time::Duration::ZERO);
+    let platform =
+        deepseek_meter::sim::billing::PlatformBill::new(clock.clone(), std::time::Duration::ZERO);
     platform.book(&deepseek_meter::sim::billing::Booking {
         authorization: Some(&format!("Bearer {CANARY}")),
         workspace: None,
@@ -506,8 +507,22 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     )
     .unwrap();
     for args in [
-        vec!["reconcile", "--bill", export.to_str().unwrap(), "--format", "json"],
-        vec!["reprice", "--from", "2026-11-25", "--to", "2026-11-27", "--prices", book.to_str().unwrap()],
+        vec![
+            "reconcile",
+            "--bill",
+            export.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        vec![
+            "reprice",
+            "--from",
+            "2026-11-25",
+            "--to",
+            "2026-11-27",
+            "--prices",
+            book.to_str().unwrap(),
+        ],
     ] {
         let (code, out, err) =
             crate::helpers::bin::run_bin(&[args, vec!["--database-url", &t.db.url]].concat());
@@ -531,7 +546,13 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    for must in ["budget_spent", "platform_bill", "reconcile_runs", "cost_adjustments", "usage_ledger"] {
+    for must in [
+        "budget_spent",
+        "platform_bill",
+        "reconcile_runs",
+        "cost_adjustments",
+        "usage_ledger",
+    ] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {must}"))
             .fetch_one(&pool)
             .await
@@ -556,4 +577,76 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
         );
     }
     t.audit(&[]).await;
+}
+
+/// The real binary with a key pinned to project alpha (`[[api_key]]` in its config file) and a `block` budget on
+/// alpha: a client holding that key cannot leave alpha by sending another `X-Meter-Project`, its rows say
+/// alpha, and alpha's budget refuses it once full.
+#[tokio::test]
+async fn a_pinned_key_stays_in_its_project_and_its_budget_through_the_binary() {
+    const KEY: &str = "sk-pinned-alpha-0001";
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let fingerprint = deepseek_meter::usage::key_identity(&format!("Bearer {KEY}"))
+        .unwrap()
+        .0;
+    let config = journal.path().join("meter.toml");
+    // With max_tokens 64 a deepseek-v3 call's worst case is (82 body bytes × 2 + 64 × 8) per million = 0.000676,
+    // and the simulator's answer costs 0.000136: room for the first call, not for a second after it.
+    std::fs::write(
+        &config,
+        format!(
+            "[[api_key]]\nfingerprint = \"{fingerprint}\"\nproject = \"alpha\"\n\n\
+             [[budget]]\nname = \"alpha\"\nperiod = \"day\"\nlimit_yuan = \"0.0008\"\nproject = \"alpha\"\naction = \"block\"\n"
+        ),
+    )
+    .unwrap();
+    let journal_dir = journal.path().join("journal");
+    let args: Vec<&str> = ["--config", config.to_str().unwrap()]
+        .into_iter()
+        .chain(SERVE_ON_SIM)
+        .chain(["--database-url", &db.url])
+        .chain(["--journal-dir", journal_dir.to_str().unwrap()])
+        .collect();
+    let mut bin = Bin::start(&args, &[], &["proxy_addr", "admin_addr"]);
+    let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..200 {
+        let b = get_json(&http, &format!("http://{admin}/v1/budgets")).await;
+        if b["budgets"][0]["spent_known"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut statuses = Vec::new();
+    for project in ["beta", "gamma"] {
+        let resp = http
+            .post(format!("http://{proxy}{COMPAT_PATH}"))
+            .bearer_auth(KEY)
+            .header("x-meter-project", project)
+            .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"max_tokens":64}"#)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        let body = resp.text().await.unwrap();
+        if statuses.len() == 2 {
+            assert!(body.contains("BudgetExceeded"), "{body}");
+        }
+    }
+    assert_eq!(statuses, [200, 429]);
+    assert!(bin.sigterm().success());
+    let pool = db.pool().await;
+    let projects: Vec<(Option<String>, String)> =
+        sqlx::query_as("SELECT project, status FROM usage_ledger ORDER BY started_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        projects,
+        [
+            (Some("alpha".into()), "ok".into()),
+            (Some("alpha".into()), "rejected".into())
+        ]
+    );
 }
