@@ -213,6 +213,15 @@ async fn a_day_window_resets_at_midnight_in_beijing() {
 /// a restart (the journal's unshipped calls and the ledger both count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spent_survives_a_database_outage_and_a_restart() {
+    use deepseek_meter::budget::coordinated::Coordination;
+    for coordination in [Coordination::Local, Coordination::Postgres] {
+        outage_and_restart(coordination).await;
+    }
+}
+
+/// The outage-and-restart story with budgets decided locally, or in Postgres while it answers (locally while it
+/// does not).
+async fn outage_and_restart(coordination: deepseek_meter::budget::coordinated::Coordination) {
     let up = ScriptedUpstream::start().await;
     up.answer_always(Script::json(200, V3_JSON));
     let pg = FaultProxy::start(pg_addr()).await;
@@ -224,6 +233,7 @@ async fn spent_survives_a_database_outage_and_a_restart() {
     let tweak = |url: String| {
         move |s: &mut Settings| {
             with_budgets(budget)(s);
+            s.budget_coordination = coordination;
             s.ledger.as_mut().unwrap().database_url = url;
         }
     };
@@ -236,8 +246,10 @@ async fn spent_survives_a_database_outage_and_a_restart() {
     )
     .await;
     let t = LedgerApp::adopt(app, db, journal);
+    coordination_is(&t, coordination).await;
     let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
     resp.bytes().await.unwrap();
+    flush(&t.app).await; // the first call is in the ledger before the outage
     spent_is(&t, "daily", V3_COST).await;
     pg.set_down(true);
     let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
@@ -264,10 +276,32 @@ async fn spent_survives_a_database_outage_and_a_restart() {
     );
     pg.set_down(false);
     spent_is(&t, "daily", "0.001048").await;
+    coordination_is(&t, coordination).await;
     let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
     assert_eq!(resp.status(), 429, "still no room after the restart");
     resp.bytes().await.unwrap();
     t.audit(&[]).await;
+}
+
+/// Waits until `/v1/budgets` says budgets are decided by `coordination` (Postgres once it has the definitions).
+async fn coordination_is(
+    t: &LedgerApp,
+    coordination: deepseek_meter::budget::coordinated::Coordination,
+) {
+    use deepseek_meter::budget::coordinated::Coordination;
+    let want = match coordination {
+        Coordination::Local => "local",
+        Coordination::Postgres => "postgres",
+    };
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = budgets(t).await;
+        if seen["coordination"] == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("coordination never {want}: {seen}");
 }
 
 /// Each threshold crossing is POSTed once, with the budget, scope, window, limit, spent and threshold; a
