@@ -216,7 +216,7 @@ pub fn bill_csv(data: &[u8]) {
             }
         }
         Err(e) => {
-            let lines = data.split(|b| *b == b'\n').count() as u64 + 1;
+            let lines = data.iter().filter(|b| matches!(b, b'\n' | b'\r')).count() as u64 + 2;
             assert!(e.line >= 1 && e.line <= lines, "line {} of {lines}", e.line);
             assert!(!e.problem.is_empty());
         }

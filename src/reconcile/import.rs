@@ -108,8 +108,12 @@ pub fn read(bytes: &[u8], columns: &Columns, tz: Tz) -> Result<Bill, ImportError
     let mut merged: BTreeMap<LineKey, BillLine> = BTreeMap::new();
     let mut bill = Bill::default();
     for (i, record) in reader.records().enumerate() {
-        let line = i as u64 + 2;
-        let record = record.map_err(|e| err(line, format!("unreadable: {e}")))?;
+        // The line the record starts on, as an editor counts it (a quoted field can span lines).
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(i as u64 + 2, |p| p.line());
+            err(line, format!("unreadable: {e}"))
+        })?;
+        let line = record.position().map_or(i as u64 + 2, |p| p.line());
         if record.iter().all(str::is_empty) {
             continue;
         }
@@ -358,7 +362,7 @@ mod tests {
         #[test]
         fn any_bytes_read_or_name_a_line(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
             if let Err(e) = read(&data, &Columns::default(), TZ) {
-                let lines = data.split(|b| *b == b'\n').count() as u64 + 1;
+                let lines = data.iter().filter(|b| matches!(b, b'\n' | b'\r')).count() as u64 + 2;
                 proptest::prop_assert!(e.line >= 1 && e.line <= lines);
             }
         }
