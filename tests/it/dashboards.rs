@@ -153,6 +153,14 @@ async fn busy_sidecar() -> LedgerApp {
     t.app.roll_bill().await.unwrap().unwrap();
     clock.set(at("2026-11-25T11:11:00Z"));
     t.app.roll_bill().await.unwrap().unwrap();
+    // A reconciliation (no platform bill imported: every hour only in the ledger) for the drift panel.
+    let resp = t
+        .http
+        .get(t.admin_url("/v1/reconcile?from=2026-11-25&to=2026-11-26"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     t
 }
 
