@@ -423,3 +423,57 @@ async fn an_unreadable_export_imports_nothing_and_names_the_line() {
     w.t.audit(&[]).await;
     w.sim.shutdown().await;
 }
+
+/// `reconcile` and `reprice` show their stages on a terminal (a pseudo-terminal from `script`) and nothing of
+/// them when piped.
+#[tokio::test]
+async fn long_commands_show_progress_on_a_terminal_and_stay_quiet_when_piped() {
+    let w = World::start(false).await;
+    w.call("13:10", "deepseek-r1", KEY, true, None).await;
+    flush(&w.t.app).await;
+    let export = w.export("bill.csv", |_| false);
+    let config = w.config.to_str().unwrap().to_owned();
+    let db = w.t.db.url.clone();
+    let reconcile = [
+        "--config",
+        &config,
+        "reconcile",
+        "--bill",
+        &export,
+        "--database-url",
+        &db,
+    ];
+    let reprice = [
+        "reprice",
+        "--from",
+        "2026-11-25T13",
+        "--to",
+        "2026-11-25T14",
+        "--prices",
+        "/dev/null",
+        "--database-url",
+        &db,
+    ];
+    for (args, stage) in [
+        (&reconcile[..], "reconcile: reading the export"),
+        (&reprice[..], "reprice: hour 1 of 1"),
+    ] {
+        let (code, out, err) = run_bin(args);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(!out.contains(stage) && !err.contains(stage), "piped: {err}");
+        let line = std::iter::once(crate::helpers::bin::BIN)
+            .chain(args.iter().copied())
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let on_terminal = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&on_terminal.stdout);
+        assert!(on_terminal.status.success(), "{text}");
+        assert!(text.contains(stage), "on a terminal: {text}");
+    }
+    w.t.audit(&[]).await;
+    w.sim.shutdown().await;
+}
