@@ -21,6 +21,7 @@ pub mod auth;
 pub mod billing;
 pub mod budget;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod journal;
