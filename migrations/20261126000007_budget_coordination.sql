@@ -4,10 +4,11 @@
 -- the database admits against the same numbers:
 --   spent    = budget_spent: the ledger's total in the window, kept by the trigger below in the same
 --              transaction as each ledger insert (initialised once per window from the ledger itself);
---   reserved = budget_reservations: the worst case of every admitted call whose row has not reached the
---              ledger yet (in flight, or journaled and not shipped, by any sidecar). The ledger insert of a
---              call deletes its reservations in the same transaction that adds its cost to spent, so a call
---              is counted once, at its worst case or at its actual cost, never both and never neither.
+--   reserved = the worst case of every admitted call whose row has not reached the ledger yet (in flight, or
+--              journaled and not shipped, by any sidecar): one row each in budget_reservations, their sum kept
+--              on the counter row. The ledger insert of a call deletes its reservations and takes them off
+--              `reserved` in the same transaction that adds its cost to `spent`, so a call is counted once, at
+--              its worst case or at its actual cost, never both and never neither.
 -- Admissions of one budget window serialise on its budget_spent row (FOR UPDATE): two sidecars cannot both
 -- take the last room.
 
@@ -29,6 +30,8 @@ CREATE TABLE budget_spent (
     window_start timestamptz NOT NULL,
     window_end   timestamptz NOT NULL,
     spent        numeric     NOT NULL,
+    -- The sum of the window's rows in budget_reservations (an admission reads it instead of summing them).
+    reserved     numeric     NOT NULL DEFAULT 0,
     PRIMARY KEY (def_id, window_start)
 );
 
@@ -52,26 +55,32 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM budget_defs) THEN
         RETURN NULL;
     END IF;
-    DELETE FROM budget_reservations r USING new_rows n WHERE r.call_id = n.call_id;
-    WITH charges AS (
-        SELECT d.def_id, date_trunc(d.period, n.billing_hour, d.timezone) AS window_start,
-               sum(n.cost_total) AS cost
+    WITH released AS (
+        DELETE FROM budget_reservations r USING new_rows n WHERE r.call_id = n.call_id
+        RETURNING r.def_id, r.window_start, r.amount
+    ), charges AS (
+        SELECT d.def_id, date_trunc(d.period, n.billing_hour, d.timezone) AS window_start, n.cost_total AS cost
         FROM new_rows n
         JOIN budget_defs d
           ON (d.model IS NULL OR d.model = n.model) AND (d.project IS NULL OR d.project = n.project)
          AND (d.key_fingerprint IS NULL OR d.key_fingerprint = n.key_fingerprint)
          AND (d.end_user IS NULL OR d.end_user = n.end_user)
         WHERE n.cost_total IS NOT NULL AND n.cost_total <> 0
+    ), moves AS (
+        SELECT def_id, window_start, sum(cost) AS cost, sum(freed) AS freed
+        FROM (SELECT def_id, window_start, cost, 0 AS freed FROM charges
+              UNION ALL
+              SELECT def_id, window_start, 0, amount FROM released) m
         GROUP BY 1, 2
     ), locked AS (
         -- Row locks in one order (admissions take them in the same), so two writers cannot deadlock.
-        SELECT s.def_id, s.window_start FROM budget_spent s JOIN charges c USING (def_id, window_start)
+        SELECT s.def_id, s.window_start FROM budget_spent s JOIN moves m USING (def_id, window_start)
         ORDER BY s.def_id, s.window_start
         FOR UPDATE OF s
     )
-    UPDATE budget_spent s SET spent = s.spent + c.cost
-    FROM charges c JOIN locked l USING (def_id, window_start)
-    WHERE s.def_id = c.def_id AND s.window_start = c.window_start;
+    UPDATE budget_spent s SET spent = s.spent + m.cost, reserved = s.reserved - m.freed
+    FROM moves m JOIN locked l USING (def_id, window_start)
+    WHERE s.def_id = m.def_id AND s.window_start = m.window_start;
     RETURN NULL;
 END $$;
 
@@ -107,19 +116,22 @@ BEGIN
         JOIN budget_defs d USING (def_id)
         ON CONFLICT DO NOTHING;
     END IF;
+    -- The definitions are distinct and ascending (the caller's job): one counter row each, locked in order.
     FOR i IN 1 .. coalesce(array_length(p_defs, 1), 0) LOOP
-        SELECT spent INTO v_spent FROM budget_spent
-        WHERE def_id = p_defs[i] AND window_start = p_starts[i] FOR UPDATE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'budget definition % is not in budget_defs', p_defs[i];
-        END IF;
         IF p_amount IS NULL THEN
+            SELECT spent INTO v_spent FROM budget_spent WHERE def_id = p_defs[i] AND window_start = p_starts[i];
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'budget definition % is not in budget_defs', p_defs[i];
+            END IF;
             IF v_spent >= p_limits[i] THEN
                 RETURN i;
             END IF;
         ELSE
-            SELECT coalesce(sum(amount), 0) INTO v_reserved FROM budget_reservations
-            WHERE def_id = p_defs[i] AND window_start = p_starts[i];
+            SELECT spent, reserved INTO v_spent, v_reserved FROM budget_spent
+            WHERE def_id = p_defs[i] AND window_start = p_starts[i] FOR UPDATE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'budget definition % is not in budget_defs', p_defs[i];
+            END IF;
             IF v_spent + v_reserved + p_amount > p_limits[i] THEN
                 RETURN i;
             END IF;
@@ -128,8 +140,10 @@ BEGIN
     IF p_amount IS NOT NULL THEN
         INSERT INTO budget_reservations (call_id, def_id, window_start, amount, instance_id, reserved_at)
         SELECT p_call, w.def_id, w.window_start, p_amount, p_instance, p_now
+        FROM unnest(p_defs, p_starts) AS w(def_id, window_start);
+        UPDATE budget_spent s SET reserved = s.reserved + p_amount
         FROM unnest(p_defs, p_starts) AS w(def_id, window_start)
-        ON CONFLICT DO NOTHING;
+        WHERE s.def_id = w.def_id AND s.window_start = w.window_start;
     END IF;
     RETURN 0;
 END $$;

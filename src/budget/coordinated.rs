@@ -136,7 +136,13 @@ impl Coordinator {
             .enumerate()
             .filter_map(|(i, (b, def))| Some((def.as_deref()?, i)).filter(|_| b.scope.covers(a)))
             .collect();
-        covered.sort();
+        // One counter per definition: budgets sharing one (same scope and period, other names or limits) are
+        // checked against the smallest of their limits. Ascending, the order the counters are locked in.
+        covered.sort_by(|a, b| {
+            a.0.cmp(b.0)
+                .then(self.budgets[a.1].limit.cmp(&self.budgets[b.1].limit))
+        });
+        covered.dedup_by(|later, first| later.0 == first.0);
         if covered.is_empty() {
             return Ok(Verdict::Admitted);
         }
@@ -173,13 +179,29 @@ impl Coordinator {
         now: DateTime<Utc>,
         stale: chrono::Duration,
     ) -> Result<(), sqlx::Error> {
+        // Reservations no admission needs: of sidecars gone, of ended windows, and of calls already in the
+        // ledger (an admission that committed after its call's row, having timed out on our side). Each comes
+        // off its counter's `reserved` in the same statement, counters locked in the admissions' order.
         sqlx::query(
-            "DELETE FROM budget_reservations r
-             WHERE (r.reserved_at < $2
-                    AND NOT EXISTS (SELECT 1 FROM meter_instances i
-                                    WHERE i.instance_id = r.instance_id AND i.last_seen >= $2))
-                OR EXISTS (SELECT 1 FROM budget_spent s WHERE s.def_id = r.def_id
-                           AND s.window_start = r.window_start AND s.window_end <= $1)",
+            "WITH gone AS (
+               DELETE FROM budget_reservations r
+               WHERE (r.reserved_at < $2
+                      AND NOT EXISTS (SELECT 1 FROM meter_instances i
+                                      WHERE i.instance_id = r.instance_id AND i.last_seen >= $2))
+                  OR EXISTS (SELECT 1 FROM budget_spent s WHERE s.def_id = r.def_id
+                             AND s.window_start = r.window_start AND s.window_end <= $1)
+                  OR EXISTS (SELECT 1 FROM usage_ledger l WHERE l.call_id = r.call_id)
+               RETURNING r.def_id, r.window_start, r.amount
+             ), freed AS (
+               SELECT def_id, window_start, sum(amount) AS amount FROM gone GROUP BY 1, 2
+             ), locked AS (
+               SELECT s.def_id, s.window_start FROM budget_spent s JOIN freed f USING (def_id, window_start)
+               ORDER BY s.def_id, s.window_start
+               FOR UPDATE OF s
+             )
+             UPDATE budget_spent s SET reserved = s.reserved - f.amount
+             FROM freed f JOIN locked l USING (def_id, window_start)
+             WHERE s.def_id = f.def_id AND s.window_start = f.window_start",
         )
         .bind(now)
         .bind(now - stale)

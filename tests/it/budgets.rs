@@ -552,15 +552,78 @@ async fn sixty_four_streams(setup: Setup) -> (usize, Decimal, Decimal) {
             .await
             .unwrap();
     if coordination == Coordination::Postgres {
-        // Every reservation went with its call's ledger row; the counter is the ledger's total.
-        let (left, counted): (i64, Decimal) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM budget_reservations), (SELECT sum(spent) FROM budget_spent)",
+        // Every reservation went with its call's ledger row (and off the counter's running sum); the counter
+        // is the ledger's total.
+        let (left, reserved, counted): (i64, Decimal, Decimal) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM budget_reservations), (SELECT sum(reserved) FROM budget_spent),
+                (SELECT sum(spent) FROM budget_spent)",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
-        assert_eq!((left, counted), (0, spent), "{setup:?}");
+        assert_eq!(
+            (left, reserved, counted),
+            (0, Decimal::ZERO, spent),
+            "{setup:?}"
+        );
     }
     t.audit(&[]).await;
     (admitted, spent, d(limit))
+}
+
+/// A reservation left by a sidecar that died mid-call (no heartbeat, reserved long ago) holds room until the
+/// sweep releases it: the row goes and the counter's running sum with it, so the room comes back.
+#[tokio::test]
+async fn a_dead_sidecars_reservation_is_released_and_its_room_comes_back() {
+    use deepseek_meter::budget::coordinated::Coordination;
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, V3_JSON));
+    let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
+    let t = LedgerApp::start_at(up.upstream(), clock, |s| {
+        with_budgets(
+            "[[budget]]\nname = \"daily\"\nperiod = \"day\"\nlimit_yuan = \"0.01\"\naction = \"block\"\n",
+        )(s);
+        s.budget_coordination = Coordination::Postgres;
+    })
+    .await;
+    coordination_is(&t, Coordination::Postgres).await;
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    // The dead sidecar's call: reserved an hour ago, by an instance that never sent a heartbeat.
+    sqlx::query(
+        "WITH orphan AS (
+           INSERT INTO budget_reservations (call_id, def_id, window_start, amount, instance_id, reserved_at)
+           SELECT gen_random_uuid(), def_id, window_start, 0.009, gen_random_uuid(), '2026-11-25T04:00:00Z'
+           FROM budget_spent RETURNING def_id, window_start, amount)
+         UPDATE budget_spent s SET reserved = s.reserved + o.amount FROM orphan o
+         WHERE s.def_id = o.def_id AND s.window_start = o.window_start",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut state = (0i64, Decimal::ONE);
+    for _ in 0..100 {
+        state = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM budget_reservations), (SELECT sum(reserved) FROM budget_spent)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if state == (0, Decimal::ZERO) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        state,
+        (0, Decimal::ZERO),
+        "the orphan and its room are released"
+    );
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 200, "the room is back");
+    resp.bytes().await.unwrap();
+    t.audit(&[]).await;
 }
