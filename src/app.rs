@@ -145,7 +145,6 @@ impl App {
                 max_body_bytes: settings.max_body_bytes,
                 idle_timeout: settings.idle_timeout,
                 client_token: settings.client_token.clone(),
-                api_keys: settings.api_keys.clone(),
             },
         )?;
         let proxy_listener = bind(settings.listen, "--listen").await?;

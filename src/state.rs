@@ -20,7 +20,7 @@ pub struct AppState {
     /// Required on the admin listener (all but `/healthz`) when set.
     pub admin_token: Option<String>,
     /// `block` budgets decided in Postgres (`--budget-coordination postgres`, with a ledger).
-    /// `[[api_key]]` and `[reconcile]` of the config file (`GET /v1/reconcile`).
+    /// `[[api_key]]` (the proxy's attribution, the reconciliation's key IDs) and `[reconcile]` of the config file.
     pub api_keys: crate::keys::ApiKeys,
     pub reconcile: crate::reconcile::ReconcileConfig,
     pub budget_coordinator: Option<std::sync::Arc<crate::budget::coordinated::Coordinator>>,

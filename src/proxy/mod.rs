@@ -62,8 +62,6 @@ struct Inner {
     idle_timeout: Duration,
     /// `--client-token`: what a client without its own `Authorization` must show to use the injected key.
     client_token: Option<String>,
-    /// `[[api_key]]`: console key IDs and pinned attribution, by key fingerprint.
-    api_keys: crate::keys::ApiKeys,
 }
 
 /// The proxy's own settings.
@@ -72,7 +70,6 @@ pub struct ProxyOptions {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub client_token: Option<String>,
-    pub api_keys: crate::keys::ApiKeys,
 }
 
 /// A call whose request is with the upstream, not yet answered. Dropped unsettled (the client left, or the
@@ -205,7 +202,6 @@ impl Proxy {
                 max_body_bytes: options.max_body_bytes,
                 idle_timeout: options.idle_timeout,
                 client_token: options.client_token,
-                api_keys: options.api_keys,
             }),
         })
     }
@@ -380,7 +376,8 @@ impl Proxy {
             .and_then(usage::key_identity);
         let (key_fingerprint, key_hint) =
             identity.map_or((None, None), |(f, h)| (Some(f), Some(h)));
-        let who = self.inner.api_keys.attribute(
+        // `[[api_key]]`: the key's console ID, and the attribution it pins.
+        let who = self.inner.state.api_keys.attribute(
             key_fingerprint.as_deref(),
             header_text(headers, PROJECT_HEADER),
             header_text(headers, USER_HEADER),
