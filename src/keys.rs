@@ -47,14 +47,6 @@ impl ApiKeys {
         self.by_fingerprint.get(fingerprint)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_fingerprint.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &ApiKey> {
-        self.by_fingerprint.values()
-    }
-
     /// The console's key ID of a fingerprint, if configured.
     pub fn key_id(&self, fingerprint: Option<&str>) -> Option<&str> {
         self.get(fingerprint?)?.key_id.as_deref()

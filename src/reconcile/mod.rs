@@ -58,7 +58,6 @@ pub struct Context<'a> {
 pub struct Outcome {
     pub imported: Option<store::Imported>,
     pub reconciliation: compare::Reconciliation,
-    pub run_id: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,10 +117,9 @@ pub async fn reconcile(
         &bill,
         cx.config.default_workspace.as_deref(),
     );
-    let run_id = store::record(pool, &r, now).await?;
+    store::record(pool, &r, now).await?;
     Ok(Outcome {
         imported,
         reconciliation: r,
-        run_id,
     })
 }

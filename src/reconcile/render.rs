@@ -28,7 +28,7 @@ pub fn verdict_counts(r: &Reconciliation) -> BTreeMap<&'static str, usize> {
     counts
 }
 
-pub fn json(r: &Reconciliation, tz: Tz) -> serde_json::Value {
+fn json(r: &Reconciliation, tz: Tz) -> serde_json::Value {
     let hours: Vec<_> = r
         .hours
         .iter()

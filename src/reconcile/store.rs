@@ -225,7 +225,7 @@ pub async fn record(
     pool: &PgPool,
     r: &Reconciliation,
     now: DateTime<Utc>,
-) -> Result<i64, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let verdicts = serde_json::to_value(super::render::verdict_counts(r)).unwrap_or_default();
     let drift: serde_json::Value = r
@@ -239,10 +239,10 @@ pub async fn record(
         })
         .collect::<serde_json::Map<_, _>>()
         .into();
-    let run: i64 = sqlx::query_scalar(
+    sqlx::query(
         "INSERT INTO reconcile_runs (ran_at, period_from, period_to, verdicts, drift_by_model, ledger_yuan,
             bill_yuan, total_matches)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING run_id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(now)
     .bind(r.from)
@@ -252,7 +252,7 @@ pub async fn record(
     .bind(r.ledger_yuan)
     .bind(r.bill_yuan)
     .bind(r.total_matches)
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await?;
     for h in &r.hours {
         sqlx::query(
@@ -289,7 +289,7 @@ pub async fn record(
         }
     }
     tx.commit().await?;
-    Ok(run)
+    Ok(())
 }
 
 /// The newest run's drift by model (for `deepseek_meter_reconcile_drift_yuan`).
