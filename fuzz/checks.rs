@@ -182,16 +182,33 @@ pub fn request_rewrite(data: &[u8]) {
     }
 }
 
-/// The price-book parser: any text either parses into a valid book (no negative price of any of the four
-/// token classes) or errors.
+/// The price-book parser: any text either parses into a valid book (no negative price of any of the five
+/// token classes, and every hour of the day priced by exactly one period of an entry) or errors; read over the
+/// built-in book the same holds.
 pub fn price_book(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(book) = PriceBook::parse(text, DEFAULT_TIMEZONE) {
-        for p in book.entries() {
-            for price in [p.input, p.cached_input, p.output, p.reasoning] {
-                assert!(!price.is_sign_negative() || price.is_zero(), "{p:?}");
+    for book in [
+        PriceBook::parse(text, DEFAULT_TIMEZONE),
+        PriceBook::with_file(text, DEFAULT_TIMEZONE),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        for e in book.entries() {
+            for hour in 0..24 {
+                let p = e.at_hour(hour).expect("every hour has a price");
+                let r = p.rates;
+                for price in [
+                    r.input,
+                    r.cached_input,
+                    r.cache_write,
+                    r.output,
+                    r.reasoning,
+                ] {
+                    assert!(!price.is_sign_negative() || price.is_zero(), "{e:?}");
+                }
             }
         }
     }

@@ -138,13 +138,18 @@ impl App {
         });
         let (sim, upstream_uri) = start_upstream(&settings.upstream).await?;
         let proxy = Proxy::new(
-            Upstream::new(&upstream_uri, settings.connect_timeout)?,
+            Upstream::new(
+                &upstream_uri,
+                settings.connect_timeout,
+                settings.upstream_address,
+            )?,
             state.clone(),
             ProxyOptions {
                 api_key: settings.dashscope_api_key.clone(),
                 max_body_bytes: settings.max_body_bytes,
                 idle_timeout: settings.idle_timeout,
                 client_token: settings.client_token.clone(),
+                anthropic_input: settings.anthropic_input_tokens,
             },
         )?;
         let proxy_listener = bind(settings.listen, "--listen").await?;

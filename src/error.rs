@@ -1,10 +1,11 @@
 //! Our own answers: the one error type for every refusal or failure of the sidecar itself.
 //!
 //! Each variant knows its HTTP status and code, and renders itself in the caller's shape: on the proxy, the
-//! calling protocol's (OpenAI-compatible `{"error":{"message","type","param","code"},"request_id"}` or
-//! native `{"code","message","request_id"}`, `request_id` being the call id, also sent as
-//! `X-Meter-Call-Id`); on the admin listener, `{"error":{"message","code"}}`. Messages never carry
-//! internals. Upstream errors never come through here: they are passed through verbatim and metered.
+//! calling protocol's (OpenAI-compatible and Responses `{"error":{"message","type","param","code"},
+//! "request_id"}`, native `{"code","message","request_id"}`, Anthropic `{"type":"error","error":{"type",
+//! "message","code"},"request_id"}` — `request_id` being the call id, also sent as `X-Meter-Call-Id`); on the
+//! admin listener, `{"error":{"message","code"}}`. Messages never carry internals. Upstream errors never
+//! come through here: they are passed through verbatim and metered.
 
 use crate::usage::Protocol;
 use axum::body::Body;
@@ -101,13 +102,19 @@ impl ApiError {
         let id = call_id.to_string();
         let (status, code, message) = (self.status(), self.code(), self.to_string());
         let body = match protocol {
-            Protocol::OpenAi => serde_json::json!({
+            Protocol::OpenAi | Protocol::Responses => serde_json::json!({
                 "error": {"message": message, "type": openai_type(status), "param": null, "code": code},
                 "request_id": id,
             }),
             Protocol::DashScope => {
                 serde_json::json!({"code": code, "message": message, "request_id": id})
             }
+            // Anthropic's own shape; our code rides along inside `error`, which its clients ignore.
+            Protocol::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {"type": anthropic_type(status), "message": message, "code": code},
+                "request_id": id,
+            }),
         };
         let mut resp = json_response(status, &body);
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -145,6 +152,20 @@ fn openai_type(status: StatusCode) -> &'static str {
         429 => "rate_limit_error",
         400..=499 => "invalid_request_error",
         _ => "server_error",
+    }
+}
+
+/// Anthropic's error types by status (its API's own list).
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
     }
 }
 
@@ -211,6 +232,17 @@ mod tests {
         let body = json(compat).await;
         assert_eq!(body["error"]["code"], "BudgetExceeded");
         assert_eq!(body["error"]["type"], "rate_limit_error");
+        let anthropic = err.for_call(Protocol::Anthropic, id);
+        assert_eq!(anthropic.status(), 429);
+        let body = json(anthropic).await;
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["code"], "BudgetExceeded");
+        let too_large =
+            json(ApiError::RequestTooLarge { limit: 1 }.for_call(Protocol::Anthropic, id)).await;
+        assert_eq!(too_large["error"]["type"], "request_too_large");
+        let responses = json(err.for_call(Protocol::Responses, id)).await;
+        assert_eq!(responses["error"]["code"], "BudgetExceeded");
         let native = err.for_call(Protocol::DashScope, id);
         assert_eq!(native.status(), 429);
         assert_eq!(

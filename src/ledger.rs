@@ -75,13 +75,17 @@ impl Ledger {
         let mut billing_hour = Vec::with_capacity(n);
         let mut input = Vec::with_capacity(n);
         let mut cached = Vec::with_capacity(n);
+        let mut cache_creation = Vec::with_capacity(n);
         let mut output = Vec::with_capacity(n);
         let mut reasoning = Vec::with_capacity(n);
         let mut answer = Vec::with_capacity(n);
         let mut usage_source = Vec::with_capacity(n);
         let mut priced = Vec::with_capacity(n);
         let mut price_version = Vec::with_capacity(n);
+        let mut price_period = Vec::with_capacity(n);
         let mut cost_total = Vec::with_capacity(n);
+        let mut cost_input = Vec::with_capacity(n);
+        let mut reasoning_estimated = Vec::with_capacity(n);
         let mut key_fingerprint = Vec::with_capacity(n);
         let mut key_hint = Vec::with_capacity(n);
         let mut project = Vec::with_capacity(n);
@@ -105,13 +109,17 @@ impl Ledger {
             billing_hour.push(r.billing_hour);
             input.push(big(r.input_tokens));
             cached.push(big(r.cached_tokens));
+            cache_creation.push(big(r.cache_creation_tokens));
             output.push(big(r.output_tokens));
             reasoning.push(big(r.reasoning_tokens));
             answer.push(big(r.answer_tokens));
             usage_source.push(r.usage_source.as_str());
             priced.push(r.priced);
             price_version.push(r.price_version.as_deref());
+            price_period.push(r.price_period.as_deref());
             cost_total.push(r.cost_total);
+            cost_input.push(r.cost_input);
+            reasoning_estimated.push(r.reasoning_estimated);
             key_fingerprint.push(r.key_fingerprint.as_deref());
             key_hint.push(r.key_hint.as_deref());
             project.push(r.project.as_deref());
@@ -125,12 +133,13 @@ impl Ledger {
             "WITH ins AS (INSERT INTO usage_ledger (call_id, upstream_request_id, protocol, model, stream, status, http_status,
                 error_code, started_at, finished_at, billing_hour, input_tokens, cached_tokens, output_tokens,
                 reasoning_tokens, answer_tokens, usage_source, priced, price_version, cost_total, key_fingerprint,
-                key_hint, project, end_user, ttft_ms, duration_ms, workspace, api_key_id)
+                key_hint, project, end_user, ttft_ms, duration_ms, workspace, api_key_id, cache_creation_tokens,
+                price_period, cost_input, reasoning_estimated)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[],
                 $7::int2[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::int8[],
                 $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::bool[], $19::text[],
                 $20::numeric[], $21::text[], $22::text[], $23::text[], $24::text[], $25::float8[], $26::float8[],
-                $27::text[], $28::text[])
+                $27::text[], $28::text[], $29::int8[], $30::text[], $31::numeric[], $32::bool[])
              ON CONFLICT (call_id) DO NOTHING
              RETURNING billing_hour),
              marked AS (INSERT INTO bill_dirty_hours (billing_hour) SELECT DISTINCT billing_hour FROM ins)
@@ -164,6 +173,10 @@ impl Ledger {
         .bind(duration_ms)
         .bind(workspace)
         .bind(api_key_id)
+        .bind(cache_creation)
+        .bind(price_period)
+        .bind(cost_input)
+        .bind(reasoning_estimated)
         .fetch_one(&self.pool)
         .await?;
         Ok(inserted as u64)
@@ -187,8 +200,8 @@ impl Ledger {
     /// One ledger row as JSON; money as a decimal string.
     pub async fn call(&self, call_id: Uuid) -> Result<Option<serde_json::Value>, sqlx::Error> {
         let row: Option<(serde_json::Value,)> = sqlx::query_as(
-            "SELECT (to_jsonb(l) - 'cost_total' - 'recorded_at')
-                    || jsonb_build_object('cost_total', l.cost_total::text)
+            "SELECT (to_jsonb(l) - 'cost_total' - 'cost_input' - 'recorded_at')
+                    || jsonb_build_object('cost_total', l.cost_total::text, 'cost_input', l.cost_input::text)
              FROM usage_ledger l WHERE call_id = $1",
         )
         .bind(call_id)

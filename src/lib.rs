@@ -29,6 +29,7 @@ pub mod keys;
 pub mod ledger;
 pub mod meter;
 pub mod metrics;
+pub mod models;
 pub mod net;
 pub mod pricing;
 pub mod proxy;

@@ -34,6 +34,7 @@ macro_rules! call_log {
             upstream_request_id = $r.upstream_request_id.as_deref(),
             input_tokens = $r.input_tokens,
             cached_tokens = $r.cached_tokens,
+            cache_creation_tokens = $r.cache_creation_tokens,
             output_tokens = $r.output_tokens,
             reasoning_tokens = $r.reasoning_tokens,
             answer_tokens = $r.answer_tokens,
@@ -44,6 +45,7 @@ macro_rules! call_log {
             project = $r.project.as_deref(),
             end_user = $r.end_user.as_deref(),
             cost_total = $r.cost_total.map(|c| c.to_string()),
+            price_period = $r.price_period.as_deref(),
             "call"
         )
     };
@@ -131,6 +133,9 @@ impl Meter {
         let label = me.prices.model_label(&facts.model);
         let (record, by_class) = self.complete(facts);
         me.metrics.observe_call(&record, label, by_class.as_ref());
+        if me.prices.retired(&record.model, record.finished_at) {
+            me.metrics.retired_model_call(label);
+        }
         if let Some(budgets) = me.budgets.get() {
             budgets.settle(
                 record.call_id,
@@ -155,21 +160,25 @@ impl Meter {
     }
 
     /// The record of `facts` finishing now, and its cost by token class (`None`: unpriced).
-    fn complete(&self, mut facts: CallFacts) -> (CallRecord, Option<[(&'static str, Decimal); 4]>) {
+    fn complete(&self, mut facts: CallFacts) -> (CallRecord, Option<[(&'static str, Decimal); 5]>) {
         let me = &self.inner;
         // Priced exactly as stored: bounded counts (and a bounded cost: 2^40 tokens at the price book's
         // ceiling fit the decimal type).
-        let t = facts.tokens;
-        facts.tokens = crate::usage::Tokens::clamped(t.input, t.cached, t.output, t.reasoning).0;
+        facts.tokens = facts.tokens.clamp().0;
         // A wall clock stepped back mid-call must not finish a call before it started.
         let finished_at = me.clock.now().max(facts.started_at);
         let price = me.prices.price_at(&facts.model, finished_at);
         let by_class = price.map(|p| p.cost_by_class(&facts.tokens));
+        let sum = |classes: &[(&str, Decimal)]| {
+            classes.iter().map(|(_, v)| *v).sum::<Decimal>().normalize()
+        };
         let billing = Billing {
             finished_at,
             billing_hour: pricing::billing_hour(finished_at, me.timezone),
-            price_version: price.map(pricing::Price::version),
-            cost_total: by_class.map(|c| c.iter().map(|(_, v)| *v).sum::<Decimal>().normalize()),
+            price_version: price.map(|p| p.version()),
+            price_period: price.and_then(|p| p.period).map(str::to_owned),
+            cost_total: by_class.as_ref().map(|c| sum(c)),
+            cost_input: by_class.as_ref().map(|c| sum(&c[..3])),
         };
         (CallRecord::new(facts, billing), by_class)
     }

@@ -31,18 +31,33 @@ pub struct CallRecord {
     /// Time from receiving the request to the first generated token reaching the client.
     pub ttft_ms: Option<f64>,
     pub duration_ms: f64,
+    /// Every input token of the call, whatever the protocol's own convention.
     pub input_tokens: u64,
+    /// Cache reads (part of `input_tokens`).
     pub cached_tokens: u64,
+    /// Explicit cache writes (part of `input_tokens`, apart from `cached_tokens`).
+    #[serde(default)]
+    pub cache_creation_tokens: u64,
     pub output_tokens: u64,
     pub reasoning_tokens: u64,
     pub answer_tokens: u64,
     pub usage_source: UsageSource,
+    /// The upstream reported the output but not its reasoning share, which was estimated from the texts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reasoning_estimated: bool,
     /// The model had a price when the call finished. Unpriced rows have no cost (never a zero cost).
     pub priced: bool,
     /// `model@effective_from` of the price entry used.
     pub price_version: Option<String>,
+    /// The time-of-day period of the price (`peak`, `off-peak`; `None`: the entry has one price all day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_period: Option<String>,
     /// CNY, exact.
     pub cost_total: Option<Decimal>,
+    /// The part of `cost_total` that is input money (uncached, cache reads, cache writes): the platform's bill
+    /// shows input and output apart. `None` for unpriced calls (and for records of builds before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_input: Option<Decimal>,
     pub key_fingerprint: Option<String>,
     pub key_hint: Option<String>,
     pub project: Option<String>,
@@ -72,6 +87,7 @@ pub struct CallFacts {
     pub duration_ms: f64,
     pub tokens: Tokens,
     pub usage_source: UsageSource,
+    pub reasoning_estimated: bool,
     pub key_fingerprint: Option<String>,
     pub key_hint: Option<String>,
     pub project: Option<String>,
@@ -87,16 +103,17 @@ pub struct Billing {
     pub billing_hour: DateTime<Utc>,
     /// `None`: the model had no price when the call finished.
     pub price_version: Option<String>,
+    pub price_period: Option<String>,
     pub cost_total: Option<Decimal>,
+    pub cost_input: Option<Decimal>,
 }
 
 impl CallRecord {
     /// The complete record. Whatever the facts say, the record satisfies the ledger's checks: counts are
-    /// bounded ([`Tokens::clamped`]), `answer = output − reasoning`, and an HTTP status outside 100–599 (a
+    /// bounded ([`Tokens::clamp`]), `answer = output − reasoning`, and an HTTP status outside 100–599 (a
     /// broken in-band status) is not stored.
     pub fn new(facts: CallFacts, billing: Billing) -> CallRecord {
-        let f = facts.tokens;
-        let (t, _) = Tokens::clamped(f.input, f.cached, f.output, f.reasoning);
+        let (t, _) = facts.tokens.clamp();
         CallRecord {
             call_id: facts.call_id,
             upstream_request_id: facts.upstream_request_id,
@@ -113,13 +130,17 @@ impl CallRecord {
             duration_ms: facts.duration_ms,
             input_tokens: t.input,
             cached_tokens: t.cached,
+            cache_creation_tokens: t.cache_creation,
             output_tokens: t.output,
             reasoning_tokens: t.reasoning,
             answer_tokens: t.answer(),
             usage_source: facts.usage_source,
+            reasoning_estimated: facts.reasoning_estimated,
             priced: billing.price_version.is_some(),
             price_version: billing.price_version,
+            price_period: billing.price_period,
             cost_total: billing.cost_total,
+            cost_input: billing.cost_input,
             key_fingerprint: facts.key_fingerprint,
             key_hint: facts.key_hint,
             project: facts.project,
@@ -143,6 +164,7 @@ impl CallRecord {
         Tokens {
             input: self.input_tokens,
             cached: self.cached_tokens,
+            cache_creation: self.cache_creation_tokens,
             output: self.output_tokens,
             reasoning: self.reasoning_tokens,
         }

@@ -33,7 +33,7 @@ impl Webhook {
     pub fn new(url: Uri) -> anyhow::Result<Webhook> {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(crate::net::https_connector(WEBHOOK_TIMEOUT)?);
+            .build(crate::net::https_connector(WEBHOOK_TIMEOUT, None)?);
         Ok(Webhook { client, url })
     }
 

@@ -66,8 +66,9 @@ pub async fn rows<'e>(
         Granularity::Day => "date_trunc('day', billing_hour, $3)",
         Granularity::Month => "date_trunc('month', billing_hour, $3)",
     };
-    // Grouped by model only (or not at all): the per-model rollup holds the same sums in far fewer rows.
-    let table = if by.iter().all(|g| *g == Group::Model) {
+    // Grouped by model and period only (or not at all): the per-model rollup holds the same sums in far fewer
+    // rows (a model has one period per hour).
+    let table = if by.iter().all(|g| matches!(g, Group::Model | Group::Period)) {
         "hourly_model_bill"
     } else {
         "hourly_bill"
@@ -77,7 +78,8 @@ pub async fn rows<'e>(
     let sql = format!(
         "SELECT {period} AS period{groups},
             sum(calls)::bigint, sum(unpriced_calls)::bigint, sum(estimated_calls)::bigint,
-            sum(input_tokens)::bigint, sum(cached_tokens)::bigint, sum(reasoning_tokens)::bigint,
+            sum(input_tokens)::bigint, sum(cached_tokens)::bigint, sum(cache_creation_tokens)::bigint,
+            sum(reasoning_tokens)::bigint,
             sum(answer_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_total), sum(adjustment_yuan),
             min(CASE state WHEN 'open' THEN 0 WHEN 'provisional' THEN 1 ELSE 2 END), max(revision)
          FROM {table}
@@ -108,14 +110,15 @@ pub async fn rows<'e>(
                     estimated_calls: at(2)?,
                     input_tokens: at(3)?,
                     cached_tokens: at(4)?,
-                    reasoning_tokens: at(5)?,
-                    answer_tokens: at(6)?,
-                    output_tokens: at(7)?,
-                    cost_total: r.try_get::<Decimal, _>(1 + n + 8)?,
-                    adjustment_yuan: r.try_get::<Decimal, _>(1 + n + 9)?,
+                    cache_creation_tokens: at(5)?,
+                    reasoning_tokens: at(6)?,
+                    answer_tokens: at(7)?,
+                    output_tokens: at(8)?,
+                    cost_total: r.try_get::<Decimal, _>(1 + n + 9)?,
+                    adjustment_yuan: r.try_get::<Decimal, _>(1 + n + 10)?,
                 },
-                state: HourState::from_rank(r.try_get::<i32, _>(1 + n + 10)?),
-                revision: r.try_get::<i32, _>(1 + n + 11)?,
+                state: HourState::from_rank(r.try_get::<i32, _>(1 + n + 11)?),
+                revision: r.try_get::<i32, _>(1 + n + 12)?,
             })
         })
         .collect()

@@ -32,12 +32,14 @@ impl Granularity {
     }
 }
 
-/// A grouping column (`--by model,project,key`).
+/// A grouping column (`--by model,project,key,period`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Group {
     Model,
     Project,
     Key,
+    /// The time-of-day period of the price (`peak`, `off-peak`; empty for a price that has none).
+    Period,
 }
 
 impl Group {
@@ -47,6 +49,7 @@ impl Group {
             Group::Model => "model",
             Group::Project => "project",
             Group::Key => "key_fingerprint",
+            Group::Period => "price_period",
         }
     }
 }
@@ -177,8 +180,11 @@ impl ReportQuery {
 pub fn parse_by(text: &str) -> Result<Vec<Group>, QueryError> {
     let mut by = Vec::new();
     for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        let g = <Group as clap::ValueEnum>::from_str(word, true)
-            .map_err(|_| QueryError(format!("by: {word:?} is not one of model, project, key")))?;
+        let g = <Group as clap::ValueEnum>::from_str(word, true).map_err(|_| {
+            QueryError(format!(
+                "by: {word:?} is not one of model, project, key, period"
+            ))
+        })?;
         if !by.contains(&g) {
             by.push(g);
         }
@@ -258,6 +264,7 @@ pub struct Sums {
     pub estimated_calls: i64,
     pub input_tokens: i64,
     pub cached_tokens: i64,
+    pub cache_creation_tokens: i64,
     pub reasoning_tokens: i64,
     pub answer_tokens: i64,
     pub output_tokens: i64,
@@ -274,6 +281,7 @@ impl Sums {
         self.estimated_calls += o.estimated_calls;
         self.input_tokens += o.input_tokens;
         self.cached_tokens += o.cached_tokens;
+        self.cache_creation_tokens += o.cache_creation_tokens;
         self.reasoning_tokens += o.reasoning_tokens;
         self.answer_tokens += o.answer_tokens;
         self.output_tokens += o.output_tokens;
@@ -282,13 +290,14 @@ impl Sums {
     }
 
     /// The numeric columns in their order (after the grouping columns), as written.
-    fn cells(&self) -> [String; 10] {
+    fn cells(&self) -> [String; 11] {
         [
             self.calls.to_string(),
             self.unpriced_calls.to_string(),
             self.estimated_calls.to_string(),
             self.input_tokens.to_string(),
             self.cached_tokens.to_string(),
+            self.cache_creation_tokens.to_string(),
             self.reasoning_tokens.to_string(),
             self.answer_tokens.to_string(),
             self.output_tokens.to_string(),
@@ -299,12 +308,13 @@ impl Sums {
 }
 
 /// The numeric columns' names, in order.
-const SUM_COLUMNS: [&str; 10] = [
+const SUM_COLUMNS: [&str; 11] = [
     "calls",
     "unpriced_calls",
     "estimated_calls",
     "input_tokens",
     "cached_tokens",
+    "cache_creation_tokens",
     "reasoning_tokens",
     "answer_tokens",
     "output_tokens",
@@ -491,6 +501,10 @@ fn sums_json(s: &Sums, o: &mut Map<String, Value>) {
     o.insert("estimated_calls".into(), s.estimated_calls.into());
     o.insert("input_tokens".into(), s.input_tokens.into());
     o.insert("cached_tokens".into(), s.cached_tokens.into());
+    o.insert(
+        "cache_creation_tokens".into(),
+        s.cache_creation_tokens.into(),
+    );
     o.insert("reasoning_tokens".into(), s.reasoning_tokens.into());
     o.insert("answer_tokens".into(), s.answer_tokens.into());
     o.insert("output_tokens".into(), s.output_tokens.into());
@@ -571,7 +585,10 @@ mod tests {
         assert_eq!(q.by, vec![Group::Key, Group::Model]);
         assert_eq!(q.granularity, Granularity::Day);
         let e = ReportQuery::parse(None, None, Some("team"), None, BJ, now).unwrap_err();
-        assert_eq!(e.0, "by: \"team\" is not one of model, project, key");
+        assert_eq!(
+            e.0,
+            "by: \"team\" is not one of model, project, key, period"
+        );
         let e = ReportQuery::parse(None, None, None, Some("week"), BJ, now).unwrap_err();
         assert_eq!(e.0, "granularity: \"week\" is not one of hour, day, month");
         let e = ReportQuery::parse(
@@ -604,6 +621,7 @@ mod tests {
             estimated_calls: 1,
             input_tokens: 10 * calls,
             cached_tokens: 0,
+            cache_creation_tokens: calls,
             reasoning_tokens: 5,
             answer_tokens: 7,
             output_tokens: 12,
@@ -657,15 +675,16 @@ mod tests {
         assert_eq!(
             lines[0],
             "billing_hour,model,project,calls,unpriced_calls,estimated_calls,input_tokens,cached_tokens,\
-             reasoning_tokens,answer_tokens,output_tokens,cost_total,adjustment_yuan,state,revision"
+             cache_creation_tokens,reasoning_tokens,answer_tokens,output_tokens,cost_total,adjustment_yuan,state,\
+             revision"
         );
         assert_eq!(
             lines[1],
-            "2026-11-25T23:00:00+08:00,deepseek-r1,\"a, \"\"quoted\"\" team\",2,0,1,20,0,5,7,12,0.025656,0,closed,1"
+            "2026-11-25T23:00:00+08:00,deepseek-r1,\"a, \"\"quoted\"\" team\",2,0,1,20,0,2,5,7,12,0.025656,0,closed,1"
         );
         assert_eq!(
             lines[3],
-            "total,,,3,0,2,30,0,10,14,24,0.025737,0,provisional,"
+            "total,,,3,0,2,30,0,3,10,14,24,0.025737,0,provisional,"
         );
     }
 

@@ -40,27 +40,43 @@ pub struct Priced {
     pub finished_at: DateTime<Utc>,
     pub model: String,
     pub tokens: Tokens,
-    /// The price version in effect (the newest adjustment's, else the ledger's).
+    /// The price version and period in effect (the newest adjustment's, else the ledger's).
     pub version: Option<String>,
-    /// The effective cost (`None`: never priced).
+    pub period: Option<String>,
+    /// The effective cost (`None`: never priced), and its input part.
     pub cost: Option<Decimal>,
+    pub cost_input: Option<Decimal>,
 }
 
-/// One call to adjust: as it was, and its new version and cost.
+/// What the corrected book says a call costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correction {
+    pub version: String,
+    pub period: Option<String>,
+    pub cost: Decimal,
+    pub cost_input: Decimal,
+}
+
+/// One call to adjust: as it was, and as corrected.
 struct Adjustment {
     call_id: Uuid,
     project: Option<String>,
     key: Option<String>,
     call: Priced,
-    new_version: String,
-    new_cost: Decimal,
+    new: Correction,
 }
 
-/// The correction `book` asks for, if any: (new version, new cost). Pure.
-pub fn correction(book: &PriceBook, call: &Priced) -> Option<(String, Decimal)> {
+/// The correction `book` asks for, if any: the call's price by the book (its entry in force when the call
+/// finished, and the period of its billing hour) when that gives another cost. Pure.
+pub fn correction(book: &PriceBook, call: &Priced) -> Option<Correction> {
     let price = book.price_at(&call.model, call.finished_at)?;
     let cost = price.cost(&call.tokens);
-    (call.cost != Some(cost)).then(|| (price.version(), cost))
+    (call.cost != Some(cost)).then(|| Correction {
+        version: price.version(),
+        period: price.period.map(str::to_owned),
+        cost,
+        cost_input: price.rates.input_cost(&call.tokens),
+    })
 }
 
 /// Reprices `[from, to)` (billing hours) with `book`. `progress` hears each hour done (hours done, hours).
@@ -89,30 +105,21 @@ pub async fn reprice(
     .fetch_all(&mut *tx)
     .await?;
     let total = hours.len() as u64;
-    type Row = (
-        Uuid,
-        DateTime<Utc>,
-        String,
-        Option<String>,
-        Option<String>,
-        i64,
-        i64,
-        i64,
-        i64,
-        Option<String>,
-        Option<Decimal>,
-    );
     for (done, hour) in hours.iter().enumerate() {
-        // Each call with its effective cost and version (its newest adjustment's, else the ledger's).
-        let rows: Vec<Row> = sqlx::query_as(
+        // Each call with its effective cost and price (its newest adjustment's, else the ledger's).
+        let rows: Vec<CallRow> = sqlx::query_as(
             "SELECT l.call_id, l.finished_at, l.model, l.project, l.key_fingerprint, l.input_tokens,
-                l.cached_tokens, l.output_tokens, l.reasoning_tokens,
-                coalesce(a.version, l.price_version),
+                l.cached_tokens, l.cache_creation_tokens, l.output_tokens, l.reasoning_tokens,
+                CASE WHEN a.call_id IS NULL THEN l.price_version ELSE a.version END AS version,
+                CASE WHEN a.call_id IS NULL THEN l.price_period ELSE a.period END AS period,
                 CASE WHEN l.cost_total IS NULL AND a.delta IS NULL THEN NULL
-                     ELSE coalesce(l.cost_total, 0) + coalesce(a.delta, 0) END
+                     ELSE coalesce(l.cost_total, 0) + coalesce(a.delta, 0) END AS cost,
+                CASE WHEN l.cost_input IS NULL AND a.delta_input IS NULL THEN NULL
+                     ELSE coalesce(l.cost_input, 0) + coalesce(a.delta_input, 0) END AS cost_input
              FROM usage_ledger l
-             LEFT JOIN (SELECT call_id, sum(delta) AS delta,
-                               (array_agg(new_price_version ORDER BY adjustment_id DESC))[1] AS version
+             LEFT JOIN (SELECT call_id, sum(delta) AS delta, sum(delta_input) AS delta_input,
+                               (array_agg(new_price_version ORDER BY adjustment_id DESC))[1] AS version,
+                               (array_agg(new_price_period ORDER BY adjustment_id DESC))[1] AS period
                         FROM cost_adjustments WHERE billing_hour = $1 GROUP BY call_id) a USING (call_id)
              WHERE l.billing_hour = $1",
         )
@@ -120,42 +127,19 @@ pub async fn reprice(
         .fetch_all(&mut *tx)
         .await?;
         let mut adj: Vec<Adjustment> = Vec::new();
-        for (
-            call_id,
-            finished_at,
-            model,
-            project,
-            key,
-            input,
-            cached,
-            output,
-            reasoning,
-            version,
-            cost,
-        ) in rows
-        {
+        for row in rows {
             out.calls += 1;
-            let count = |n: i64| u64::try_from(n).unwrap_or(0);
-            let (tokens, _) =
-                Tokens::clamped(count(input), count(cached), count(output), count(reasoning));
-            let call = Priced {
-                finished_at,
-                model,
-                tokens,
-                version,
-                cost,
-            };
+            let call = row.priced();
             if book.price_at(&call.model, call.finished_at).is_none() {
                 out.unpriced += 1;
                 continue;
             }
-            if let Some((new_version, new_cost)) = correction(book, &call) {
+            if let Some(new) = correction(book, &call) {
                 adj.push(Adjustment {
-                    call_id,
-                    project,
-                    key,
-                    new_version,
-                    new_cost,
+                    call_id: row.call_id,
+                    project: row.project,
+                    key: row.key_fingerprint,
+                    new,
                     call,
                 });
             }
@@ -167,14 +151,16 @@ pub async fn reprice(
         out.hours += 1;
         for a in &adj {
             out.adjusted += 1;
-            out.delta += a.new_cost - a.call.cost.unwrap_or_default();
+            out.delta += a.new.cost - a.call.cost.unwrap_or_default();
         }
         sqlx::query(
             "INSERT INTO cost_adjustments (call_id, billing_hour, model, project, key_fingerprint,
-                old_price_version, new_price_version, old_cost, new_cost, delta, reprice_run, created_at)
-             SELECT c, $2, m, p, k, ov, nv, oc, nc, nc - coalesce(oc, 0), $10, $11
-             FROM UNNEST($1::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::numeric[],
-                         $9::numeric[]) AS x(c, m, p, k, ov, nv, oc, nc)",
+                old_price_version, new_price_version, old_price_period, new_price_period, old_cost, new_cost,
+                delta, delta_input, reprice_run, created_at)
+             SELECT c, $2, m, p, k, ov, nv, op, np, oc, nc, nc - coalesce(oc, 0), ni - coalesce(oi, 0), $14, $15
+             FROM UNNEST($1::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                         $9::text[], $10::numeric[], $11::numeric[], $12::numeric[], $13::numeric[])
+                  AS x(c, m, p, k, ov, nv, op, np, oc, nc, oi, ni)",
         )
         .bind(adj.iter().map(|a| a.call_id).collect::<Vec<_>>())
         .bind(hour)
@@ -182,9 +168,13 @@ pub async fn reprice(
         .bind(adj.iter().map(|a| a.project.clone()).collect::<Vec<_>>())
         .bind(adj.iter().map(|a| a.key.clone()).collect::<Vec<_>>())
         .bind(adj.iter().map(|a| a.call.version.clone()).collect::<Vec<_>>())
-        .bind(adj.iter().map(|a| a.new_version.clone()).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.new.version.clone()).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.call.period.clone()).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.new.period.clone()).collect::<Vec<_>>())
         .bind(adj.iter().map(|a| a.call.cost).collect::<Vec<_>>())
-        .bind(adj.iter().map(|a| a.new_cost).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.new.cost).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.call.cost_input).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.new.cost_input).collect::<Vec<_>>())
         .bind(out.run)
         .bind(now)
         .execute(&mut *tx)
@@ -197,6 +187,47 @@ pub async fn reprice(
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// A call of the period as `reprice` reads it.
+#[derive(sqlx::FromRow)]
+struct CallRow {
+    call_id: Uuid,
+    finished_at: DateTime<Utc>,
+    model: String,
+    project: Option<String>,
+    key_fingerprint: Option<String>,
+    input_tokens: i64,
+    cached_tokens: i64,
+    cache_creation_tokens: i64,
+    output_tokens: i64,
+    reasoning_tokens: i64,
+    version: Option<String>,
+    period: Option<String>,
+    cost: Option<Decimal>,
+    cost_input: Option<Decimal>,
+}
+
+impl CallRow {
+    fn priced(&self) -> Priced {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let tokens = Tokens {
+            input: count(self.input_tokens),
+            cached: count(self.cached_tokens),
+            cache_creation: count(self.cache_creation_tokens),
+            output: count(self.output_tokens),
+            reasoning: count(self.reasoning_tokens),
+        };
+        Priced {
+            finished_at: self.finished_at,
+            model: self.model.clone(),
+            tokens: tokens.clamp().0,
+            version: self.version.clone(),
+            period: self.period.clone(),
+            cost: self.cost,
+            cost_input: self.cost_input,
+        }
+    }
 }
 
 /// `[from, to)` must be whole billing hours in order (the hours a report names).
@@ -217,7 +248,12 @@ mod tests {
     #[test]
     fn a_call_is_corrected_only_when_the_book_gives_another_cost() {
         let book = PriceBook::builtin();
-        let (tokens, _) = Tokens::clamped(1000, 0, 2000, 1500);
+        let tokens = Tokens {
+            input: 1000,
+            output: 2000,
+            reasoning: 1500,
+            ..Tokens::default()
+        };
         let at: DateTime<Utc> = "2026-11-25T05:00:00Z".parse().unwrap();
         let right = book.price_at("deepseek-r1", at).unwrap().cost(&tokens);
         let mut call = Priced {
@@ -225,16 +261,44 @@ mod tests {
             model: "deepseek-r1".into(),
             tokens,
             version: Some("deepseek-r1@2025-01-20".into()),
+            period: None,
             cost: Some(right),
+            cost_input: None,
         };
         assert_eq!(correction(&book, &call), None);
         call.cost = Some(right * Decimal::TEN);
-        let (version, cost) = correction(&book, &call).unwrap();
-        assert_eq!(cost, right);
-        assert!(version.starts_with("deepseek-r1@"));
+        let c = correction(&book, &call).unwrap();
+        assert_eq!(c.cost, right);
+        // 1000 input at 4 CNY per million.
+        assert_eq!(c.cost_input, "0.004".parse::<Decimal>().unwrap());
+        assert!(c.version.starts_with("deepseek-r1@"));
         call.cost = None; // unpriced before: priced now
-        assert_eq!(correction(&book, &call).map(|c| c.1), Some(right));
+        assert_eq!(correction(&book, &call).map(|c| c.cost), Some(right));
         call.model = "deepseek-unknown".into();
         assert_eq!(correction(&book, &call), None);
+    }
+
+    #[test]
+    fn a_correction_carries_the_period_of_the_calls_billing_hour() {
+        let book = PriceBook::builtin();
+        let call = Priced {
+            // 07:30 Beijing: off-peak.
+            finished_at: "2026-11-24T23:30:00Z".parse().unwrap(),
+            model: "deepseek-v4-flash-0731".into(),
+            tokens: Tokens {
+                input: 1_000_000,
+                ..Tokens::default()
+            },
+            version: Some("deepseek-v4-flash-0731@2026-08-17".into()),
+            period: Some("peak".into()),
+            cost: Some(Decimal::from(3)),
+            cost_input: Some(Decimal::from(3)),
+        };
+        let c = correction(&book, &call).unwrap();
+        assert_eq!(c.period.as_deref(), Some("off-peak"));
+        assert_eq!(
+            (c.cost, c.cost_input),
+            ("1.5".parse().unwrap(), "1.5".parse().unwrap())
+        );
     }
 }

@@ -38,7 +38,8 @@ pub const INSTANCE_STALE: Duration = Duration::from_secs(120);
 /// An upsert's update of a bill row: every sum and the hour's state, recomputed (never added to).
 const RECOMPUTED: &str = "calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpriced_calls,
     estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
-    cached_tokens = EXCLUDED.cached_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
+    cached_tokens = EXCLUDED.cached_tokens, cache_creation_tokens = EXCLUDED.cache_creation_tokens,
+    price_period = EXCLUDED.price_period, reasoning_tokens = EXCLUDED.reasoning_tokens,
     answer_tokens = EXCLUDED.answer_tokens, output_tokens = EXCLUDED.output_tokens,
     cost_total = EXCLUDED.cost_total, adjustment_yuan = EXCLUDED.adjustment_yuan, state = EXCLUDED.state,
     revision = EXCLUDED.revision, closed_at = EXCLUDED.closed_at";
@@ -131,15 +132,17 @@ impl Bill {
             // Cost = the ledger's cost_total + the price corrections of the group's calls (`reprice`).
             sqlx::query(&format!(
                 "INSERT INTO hourly_bill (billing_hour, model, project, key_fingerprint, calls, unpriced_calls,
-                    estimated_calls, input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens,
-                    cost_total, adjustment_yuan, state, revision, closed_at)
+                    estimated_calls, input_tokens, cached_tokens, cache_creation_tokens, price_period,
+                    reasoning_tokens, answer_tokens, output_tokens, cost_total, adjustment_yuan, state, revision,
+                    closed_at)
                  SELECT g.billing_hour, g.model, g.project, g.key_fingerprint, g.calls, g.unpriced, g.estimated,
-                    g.input, g.cached, g.reasoning, g.answer, g.output, g.cost + coalesce(a.delta, 0),
-                    coalesce(a.delta, 0), h.state, h.revision, h.closed_at
+                    g.input, g.cached, g.cache_creation, g.period, g.reasoning, g.answer, g.output,
+                    g.cost + coalesce(a.delta, 0), coalesce(a.delta, 0), h.state, h.revision, h.closed_at
                  FROM (SELECT l.billing_hour, l.model, l.project, l.key_fingerprint, count(*) AS calls,
                           count(*) FILTER (WHERE NOT l.priced) AS unpriced,
                           count(*) FILTER (WHERE l.usage_source = 'estimated') AS estimated,
                           sum(l.input_tokens) AS input, sum(l.cached_tokens) AS cached,
+                          sum(l.cache_creation_tokens) AS cache_creation, min(l.price_period) AS period,
                           sum(l.reasoning_tokens) AS reasoning, sum(l.answer_tokens) AS answer,
                           sum(l.output_tokens) AS output, coalesce(sum(l.cost_total), 0) AS cost
                        FROM usage_ledger l WHERE l.billing_hour = ANY($1)
@@ -158,10 +161,11 @@ impl Bill {
             // The same hours by model (for reports that group by model only), from the rows just written.
             sqlx::query(&format!(
                 "INSERT INTO hourly_model_bill (billing_hour, model, calls, unpriced_calls, estimated_calls,
-                    input_tokens, cached_tokens, reasoning_tokens, answer_tokens, output_tokens, cost_total,
-                    adjustment_yuan, state, revision, closed_at)
+                    input_tokens, cached_tokens, cache_creation_tokens, price_period, reasoning_tokens,
+                    answer_tokens, output_tokens, cost_total, adjustment_yuan, state, revision, closed_at)
                  SELECT billing_hour, model, sum(calls), sum(unpriced_calls), sum(estimated_calls),
-                    sum(input_tokens), sum(cached_tokens), sum(reasoning_tokens), sum(answer_tokens),
+                    sum(input_tokens), sum(cached_tokens), sum(cache_creation_tokens), min(price_period),
+                    sum(reasoning_tokens), sum(answer_tokens),
                     sum(output_tokens), sum(cost_total), sum(adjustment_yuan), min(state), min(revision),
                     min(closed_at)
                  FROM hourly_bill WHERE billing_hour = ANY($1)

@@ -4,65 +4,21 @@
 //!   byte-level BPE covers at least one byte of the request's text, and the JSON around the text and the chat
 //!   template's few special tokens per message are smaller than the JSON keys they come with, so this never
 //!   undercounts. The tokenizer would be tighter (about 4× on chat JSON) but costs ~100 µs of CPU per call
-//!   (`bench/estimator`), and the input is the cheap part of a worst case.
-//! - **Output**: the client's `max_tokens` / `max_completion_tokens` (at most the model's maximum reply), plus —
-//!   when the model thinks — its maximum chain of thought; without a limit from the client, the maximum reply
-//!   (the platform's table: `reference/dashscope-protocol.md` §1.1, `000_17201332f88782c4.txt`).
-//! - Priced by the price book's entry in force now: reasoning at its reasoning price, the reply at the output
-//!   price. A model without a price reserves nothing (its calls are unpriced: they add nothing to spent).
+//!   (`bench/estimator`), and the input is the cheap part of a worst case. For a model with the explicit
+//!   context cache, priced at the dearer of the input and cache-write prices: any of it may be a cache write.
+//! - **Output**: the client's limit (`max_tokens`, `max_output_tokens`, …; at most the model's), plus — when the
+//!   model thinks — its maximum chain of thought; without a limit from the client, the model's maximum. For the
+//!   V4 models the limit bounds reasoning and reply together (reference `bailian-2026.md` §3: up to 393,216).
+//!   Priced at the dearer of the reasoning and output prices where the call thinks.
+//! - The model's facts come from [`crate::models`]; the prices from the book's entry in force now (and its
+//!   period). A model without a price reserves nothing here: whether such a call may pass a budget is the
+//!   budget's decision, not a zero cost.
 
+use crate::models::facts;
 use crate::pricing::PriceBook;
 use crate::usage::Tokens;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-
-/// A model's limits in tokens, from the platform's model table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelLimits {
-    pub max_input: u64,
-    /// Largest chain of thought; 0 for a model that never thinks.
-    pub max_reasoning: u64,
-    pub max_answer: u64,
-    /// Whether it thinks without `enable_thinking` (r1 and the distills always; v3.2-exp and v3.1 only when
-    /// asked; v3 never).
-    pub thinks_by_default: bool,
-}
-
-/// The platform's limits for `model`; a model outside the table gets the largest of every limit.
-pub fn limits(model: &str) -> ModelLimits {
-    let hybrid = ModelLimits {
-        max_input: 98_304,
-        max_reasoning: 32_768,
-        max_answer: 65_536,
-        thinks_by_default: false,
-    };
-    match model {
-        "deepseek-v3.2-exp" | "deepseek-v3.1" => hybrid,
-        "deepseek-r1" | "deepseek-r1-0528" => ModelLimits {
-            max_answer: 16_384,
-            thinks_by_default: true,
-            ..hybrid
-        },
-        "deepseek-v3" => ModelLimits {
-            max_input: 57_344,
-            max_reasoning: 0,
-            max_answer: 8_192,
-            thinks_by_default: false,
-        },
-        m if m.starts_with("deepseek-r1-distill-") => ModelLimits {
-            max_input: 32_768,
-            max_reasoning: 16_384,
-            max_answer: 16_384,
-            thinks_by_default: true,
-        },
-        _ => ModelLimits {
-            max_input: 131_072,
-            max_reasoning: 32_768,
-            max_answer: 65_536,
-            thinks_by_default: true,
-        },
-    }
-}
 
 /// What a request may cost at most, by what it says.
 #[derive(Debug, Clone, Copy)]
@@ -73,27 +29,50 @@ pub struct Request<'a> {
     pub enable_thinking: Option<bool>,
 }
 
-/// The worst-case tokens of `r` (input uncached, every output token at its dearest class).
+/// The worst-case tokens of `r`: all input uncached, and every output token reasoning where the call may think
+/// (the cost takes the dearer split, see [`worst_case_cost`]).
 pub fn worst_case_tokens(r: &Request<'_>) -> Tokens {
-    let l = limits(r.model);
-    let input = (r.body_bytes as u64).min(l.max_input);
-    let answer = r
+    let f = facts(r.model);
+    let input = (r.body_bytes as u64).min(f.max_input);
+    let thinks = f.thinking.thinks(r.enable_thinking);
+    let limit = r
         .max_output_tokens
-        .map_or(l.max_answer, |m| m.min(l.max_answer));
-    let thinks = r.enable_thinking.unwrap_or(l.thinks_by_default) || l.thinks_by_default;
-    let reasoning = if thinks { l.max_reasoning } else { 0 };
+        .map_or(f.max_answer, |m| m.min(f.max_answer));
+    let (reasoning, answer) = match (thinks, f.output_cap_includes_reasoning) {
+        (false, _) => (0, limit),
+        (true, true) => (limit, 0),
+        (true, false) => (f.max_reasoning, limit),
+    };
     Tokens {
         input,
-        cached: 0,
-        output: answer + reasoning,
+        output: reasoning + answer,
         reasoning,
+        ..Tokens::default()
     }
 }
 
 /// The worst-case cost of `r` in CNY at `at`; `None` for a model without a price.
 pub fn worst_case_cost(book: &PriceBook, r: &Request<'_>, at: DateTime<Utc>) -> Option<Decimal> {
     let price = book.price_at(r.model, at)?;
-    Some(price.cost(&worst_case_tokens(r)))
+    let t = worst_case_tokens(r);
+    // The same tokens in their dearest classes: input as cache writes or not, output that may be reasoning
+    // as reasoning or as answer.
+    let (rates, f) = (price.rates, facts(r.model));
+    let cache_creation = if f.explicit_cache && rates.cache_write > rates.input {
+        t.input
+    } else {
+        0
+    };
+    let reasoning = if rates.reasoning >= rates.output || !f.output_cap_includes_reasoning {
+        t.reasoning
+    } else {
+        0
+    };
+    Some(price.cost(&Tokens {
+        cache_creation,
+        reasoning,
+        ..t
+    }))
 }
 
 #[cfg(test)]
@@ -140,10 +119,39 @@ mod tests {
     }
 
     #[test]
+    fn v4_output_limits_cover_reasoning_and_reply_together() {
+        let t = worst_case_tokens(&req("deepseek-v4-pro", None, None));
+        assert_eq!(
+            (t.reasoning, t.output),
+            (393_216, 393_216),
+            "thinks by default"
+        );
+        let t = worst_case_tokens(&req("deepseek-v4-pro", Some(1000), None));
+        assert_eq!((t.reasoning, t.output), (1000, 1000));
+        let t = worst_case_tokens(&req("deepseek-v4-flash", Some(1000), Some(false)));
+        assert_eq!((t.reasoning, t.output), (0, 1000));
+        let t = worst_case_tokens(&req("vanchin/deepseek-v4-pro", Some(10_000_000), None));
+        assert_eq!(t.output, 393_216, "capped at the model's maximum");
+    }
+
+    #[test]
+    fn the_input_may_all_be_a_cache_write() {
+        let book = PriceBook::builtin();
+        let at: DateTime<Utc> = "2026-11-25T05:00:00Z".parse().unwrap();
+        // deepseek-v4-pro: 200 bytes at the write price 15 (above input 12), 100 output at 24:
+        // 200 × 15 + 100 × 24 = 5,400 per million.
+        assert_eq!(
+            worst_case_cost(&book, &req("deepseek-v4-pro", Some(100), None), at),
+            Some("0.0054".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn the_cost_uses_the_price_in_force() {
         let book = PriceBook::builtin();
         let at: DateTime<Utc> = "2026-11-25T05:00:00Z".parse().unwrap();
-        // deepseek-v3: 2 CNY/M input, 8 CNY/M output: 200 × 2 + 8192 × 8 = 65,936 per million.
+        // deepseek-v3: 2 CNY/M input, 8 CNY/M output: 200 × 2 + 8192 × 8 = 65,936 per million (no explicit
+        // cache: its input is never a cache write).
         assert_eq!(
             worst_case_cost(&book, &req("deepseek-v3", None, None), at),
             Some("0.065936".parse().unwrap())

@@ -15,6 +15,7 @@ use crate::budget::tracker::{Reservation, WhenUnknown};
 use crate::budget::Budget;
 use crate::journal::{Durability, JournalConfig, OnFull};
 use crate::pricing::PriceBook;
+use crate::usage::tap::InputConvention;
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -150,8 +151,12 @@ serve_settings! {
     listen: SocketAddr = Some("127.0.0.1:8787"), env "METER_LISTEN", parse address;
     /// Admin listen address (metrics, health, reports).
     admin_listen: SocketAddr = Some("127.0.0.1:9787"), env "METER_ADMIN_LISTEN", parse address;
-    /// Upstream base URL, or `sim` for the built-in simulator.
+    /// Upstream base URL, or `sim` for the built-in simulator. A per-workspace host (`https://{WorkspaceId}.cn-beijing.maas.aliyuncs.com`) gives every call its workspace.
     upstream: Upstream = Some("https://dashscope.aliyuncs.com"), env "METER_UPSTREAM", parse upstream;
+    /// Connect to this address (`IP:PORT`) instead of resolving the upstream's host (a private endpoint); the URL, Host header and TLS name stay the upstream's.
+    upstream_address: Option<SocketAddr> = None, env "METER_UPSTREAM_ADDRESS", parse optional_address;
+    /// What the Anthropic API's `input_tokens` counts: `excludes-cache` (Anthropic's own convention: cache reads and writes come on top) or `includes-cache`.
+    anthropic_input_tokens: InputConvention = Some("excludes-cache"), env "METER_ANTHROPIC_INPUT_TOKENS", parse choice;
     /// Bearer token required on the admin listener.
     admin_token: Option<String> = None, env "METER_ADMIN_TOKEN", parse secret,
         clap(hide_env_values = true);
@@ -226,6 +231,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub upstream: Upstream,
+    /// Connect here instead of resolving the upstream's host.
+    pub upstream_address: Option<SocketAddr>,
+    pub anthropic_input_tokens: InputConvention,
     pub admin_token: Option<String>,
     pub dashscope_api_key: Option<String>,
     /// Required (`X-Meter-Client-Token`) from clients that use the injected key, when set.
@@ -347,6 +355,8 @@ impl Settings {
             listen: v.listen,
             admin_listen: v.admin_listen,
             upstream: v.upstream,
+            upstream_address: v.upstream_address,
+            anthropic_input_tokens: v.anthropic_input_tokens,
             admin_token,
             dashscope_api_key,
             client_token,
@@ -484,7 +494,8 @@ pub fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigFileError> {
     })
 }
 
-/// The price book from `--prices`, or the built-in one, with effective dates at midnight in `timezone`.
+/// The price book: the built-in one, with a `--prices` file read over it (`crate::pricing::book`), dates at
+/// midnight in `timezone`.
 /// Errors name the setting and the entry.
 pub fn load_prices(path: Option<&Path>, timezone: Tz) -> Result<PriceBook, SettingError> {
     let fail = |problem: String| SettingError::new("prices", "METER_PRICES", problem);
@@ -493,7 +504,7 @@ pub fn load_prices(path: Option<&Path>, timezone: Tz) -> Result<PriceBook, Setti
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    PriceBook::parse(&text, timezone).map_err(|e| fail(format!("{}: {e}", path.display())))
+    PriceBook::with_file(&text, timezone).map_err(|e| fail(format!("{}: {e}", path.display())))
 }
 
 // ---- parsers: a setting's text (None: not given and no default) to its value, or the problem ----------
@@ -506,6 +517,12 @@ fn address(raw: Option<&str>) -> Result<SocketAddr, String> {
     let raw = given(raw)?;
     raw.parse()
         .map_err(|_| format!("{raw:?} is not an address like 127.0.0.1:8787"))
+}
+
+fn optional_address(raw: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    raw.filter(|r| !r.is_empty())
+        .map(|r| address(Some(r)))
+        .transpose()
 }
 
 fn secret(raw: Option<&str>) -> Result<Option<String>, String> {

@@ -13,7 +13,7 @@ metrics! {
     pub struct InstanceMetrics {
         /// Metered calls by protocol, model and outcome.
         requests: IntCounterVec = "deepseek_meter_requests_total" ["protocol", "model", "status"],
-        /// Tokens by class: input (uncached), cached_input, reasoning, answer; the four add up to all tokens.
+        /// Tokens by class: input (uncached), cached_input, cache_creation_input, reasoning, answer (they add up).
         tokens: IntCounterVec = "deepseek_meter_tokens_total" ["model", "type"],
         /// Cost in CNY by token class (metrics only; the ledger is exact).
         cost: CounterVec = "deepseek_meter_cost_yuan_total" ["model", "type"],
@@ -25,6 +25,8 @@ metrics! {
         upstream_errors: IntCounterVec = "deepseek_meter_upstream_errors_total" ["model", "code"],
         /// Calls to models without a price.
         unpriced: IntCounterVec = "deepseek_meter_unpriced_requests_total" ["model"],
+        /// Calls to a model past its announced retirement (still priced).
+        retired: IntCounterVec = "deepseek_meter_retired_model_requests_total" ["model"],
         /// Response events or bodies the usage tap could not read (the client still got them).
         parse_errors: IntCounter = "deepseek_meter_response_parse_errors_total" [],
         /// Forwarded calls to paths that are not metered (counted only).
@@ -73,7 +75,7 @@ impl InstanceMetrics {
         &self,
         record: &CallRecord,
         model_label: &str,
-        cost_by_class: Option<&[(&'static str, Decimal); 4]>,
+        cost_by_class: Option<&[(&'static str, Decimal); 5]>,
     ) {
         use rust_decimal::prelude::ToPrimitive;
         for (class, cost) in cost_by_class.into_iter().flatten() {
@@ -90,13 +92,7 @@ impl InstanceMetrics {
         self.requests
             .with_label_values(&[protocol, model_label, record.status.as_str()])
             .inc();
-        let t = record.tokens();
-        for (class, n) in [
-            ("input", t.uncached_input()),
-            ("cached_input", t.cached),
-            ("reasoning", t.reasoning),
-            ("answer", t.answer()),
-        ] {
+        for (class, n) in record.tokens().by_class() {
             if n > 0 {
                 self.tokens
                     .with_label_values(&[model_label, class])
@@ -119,6 +115,10 @@ impl InstanceMetrics {
                 .with_label_values(&[model_label, code])
                 .inc();
         }
+    }
+
+    pub fn retired_model_call(&self, model_label: &str) {
+        self.retired.with_label_values(&[model_label]).inc();
     }
 
     /// What the tap could not read in one response.

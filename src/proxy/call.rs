@@ -77,6 +77,7 @@ impl CallContext {
             duration_ms: (now - self.started).as_secs_f64() * 1000.0,
             tokens: report.tokens,
             usage_source: report.usage_source,
+            reasoning_estimated: report.reasoning_estimated,
             key_fingerprint: self.key_fingerprint,
             key_hint: self.key_hint,
             project: self.project,
@@ -114,6 +115,7 @@ impl CallContext {
             usage_source,
             parse_errors: 0,
             usage_clamped: false,
+            reasoning_estimated: false,
         };
         let mut facts = self.into_facts(report, None);
         if answer.is_none() {

@@ -8,13 +8,14 @@
 //! with one of our own errors ([`Proxy::refuse`]).
 //!
 //! Invariants (DESIGN §3), which must not change lightly:
-//! - Only `/compatible-mode/**` and `/api/v1/**` are forwarded, and only to the configured upstream (see
-//!   [`upstream`]); an absolute-form request URI or a forged `Host` header changes nothing. Paths with dot
-//!   segments are 404.
+//! - Only `/compatible-mode/**`, `/api/v1/**` and `/apps/anthropic/**` are forwarded, and only to the
+//!   configured upstream (see [`upstream`]); an absolute-form request URI or a forged `Host` header changes
+//!   nothing. Paths with dot segments are 404.
 //! - Bytes are forwarded as they arrive, one upstream read → one client write (see [`body::MeteredBody`]).
 //!   The one exception is the usage-only chunk the proxy itself asked for, which the client never sees.
 //! - Every response carries `X-Meter-Call-Id`; every metered call yields exactly one record.
-//! - The API key is reduced to a fingerprint and a hint at the door and never stored.
+//! - The API key (`Authorization: Bearer`, or the Anthropic API's `x-api-key`) is reduced to a fingerprint and
+//!   a hint at the door and never stored.
 
 pub mod body;
 mod call;
@@ -40,6 +41,10 @@ const OPENAI_PATH: &str = "/compatible-mode/v1/chat/completions";
 /// The platform's request id on every response (reference §0); a fallback for bodies without one.
 const UPSTREAM_REQUEST_ID_HEADER: &str = "x-request-id";
 const NATIVE_PATH: &str = "/api/v1/services/aigc/text-generation/generation";
+const RESPONSES_PATH: &str = "/compatible-mode/v1/responses";
+const ANTHROPIC_PATH: &str = "/apps/anthropic/v1/messages";
+/// The Anthropic API's key header (its clients send the key here rather than in `Authorization`).
+const API_KEY_HEADER: &str = "x-api-key";
 
 /// How much of an oversized request body is read and discarded before the 413 (see [`Proxy::read_body`]).
 const DRAIN_BYTES: usize = 64 * 1024 * 1024;
@@ -60,8 +65,10 @@ struct Inner {
     max_body_bytes: usize,
     /// Longest silence allowed from the upstream, before its response head or between body reads.
     idle_timeout: Duration,
-    /// `--client-token`: what a client without its own `Authorization` must show to use the injected key.
+    /// `--client-token`: what a client without its own key must show to use the injected key.
     client_token: Option<String>,
+    /// What the Anthropic API's `input_tokens` counts (`--anthropic-input-tokens`).
+    anthropic_input: usage::tap::InputConvention,
 }
 
 /// The proxy's own settings.
@@ -70,6 +77,7 @@ pub struct ProxyOptions {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub client_token: Option<String>,
+    pub anthropic_input: usage::tap::InputConvention,
 }
 
 /// A call whose request is with the upstream, not yet answered. Dropped unsettled (the client left, or the
@@ -115,12 +123,16 @@ fn route(method: &Method, path: &str) -> Route {
         Protocol::OpenAi
     } else if path.starts_with("/api/v1/") {
         Protocol::DashScope
+    } else if path.starts_with("/apps/anthropic/") {
+        Protocol::Anthropic
     } else {
         return Route::NotFound;
     };
     match (method == Method::POST, path) {
         (true, OPENAI_PATH) => Route::Metered(Protocol::OpenAi),
         (true, NATIVE_PATH) => Route::Metered(Protocol::DashScope),
+        (true, RESPONSES_PATH) => Route::Metered(Protocol::Responses),
+        (true, ANTHROPIC_PATH) => Route::Metered(Protocol::Anthropic),
         _ => Route::Forward(protocol),
     }
 }
@@ -156,6 +168,11 @@ fn readable_encodings(headers: &HeaderMap) -> Option<HeaderValue> {
         kept.join(", ")
     };
     HeaderValue::from_str(&value).ok()
+}
+
+/// The client sent a key of its own: `Authorization`, or the Anthropic API's `x-api-key`.
+fn has_own_key(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(API_KEY_HEADER)
 }
 
 /// `.` or `..` segments, also percent-encoded: a path the upstream might resolve somewhere else.
@@ -202,6 +219,7 @@ impl Proxy {
                 max_body_bytes: options.max_body_bytes,
                 idle_timeout: options.idle_timeout,
                 client_token: options.client_token,
+                anthropic_input: options.anthropic_input,
             }),
         })
     }
@@ -368,12 +386,15 @@ impl Proxy {
     /// What is known of the call from its head: key identity and attribution, taken before the headers
     /// are filtered.
     fn context(&self, call_id: Uuid, protocol: Protocol, headers: &HeaderMap) -> CallContext {
-        let client_auth = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let identity = client_auth
-            .or_else(|| self.injected_key(headers).and_then(|v| v.to_str().ok()))
-            .and_then(usage::key_identity);
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let identity = match (text(header::AUTHORIZATION.as_str()), text(API_KEY_HEADER)) {
+            (Some(auth), _) => usage::key_identity(auth),
+            (None, Some(key)) => usage::key_identity_of(key),
+            (None, None) => self
+                .injected_key(headers)
+                .and_then(|v| v.to_str().ok())
+                .and_then(usage::key_identity),
+        };
         let (key_fingerprint, key_hint) =
             identity.map_or((None, None), |(f, h)| (Some(f), Some(h)));
         // `[[api_key]]`: the key's console ID, and the attribution it pins.
@@ -393,19 +414,25 @@ impl Proxy {
             key_hint,
             project: who.project,
             end_user: who.end_user,
-            workspace: header_text(headers, headers::WORKSPACE_HEADER),
+            // A per-workspace host serves one workspace, whatever the header says.
+            workspace: self
+                .inner
+                .upstream
+                .workspace()
+                .map(str::to_owned)
+                .or_else(|| header_text(headers, headers::WORKSPACE_HEADER)),
             api_key_id: who.key_id,
             request_id_header: None,
         }
     }
 
-    /// With `--client-token`, a client without its own `Authorization` (one that would use the injected key)
-    /// must send the client token; a client with its own key is unaffected.
+    /// With `--client-token`, a client without its own key (one that would use the injected key) must send
+    /// the client token; a client with its own key is unaffected.
     fn client_may_call(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.inner.client_token else {
             return true;
         };
-        if headers.contains_key(header::AUTHORIZATION) {
+        if has_own_key(headers) {
             return true;
         }
         headers
@@ -413,9 +440,9 @@ impl Proxy {
             .is_some_and(|given| crate::auth::matches(given.as_bytes(), token.as_bytes()))
     }
 
-    /// The configured key, for a request that has no Authorization at all (not merely an unreadable one).
+    /// The configured key, for a request that brings no key at all (not merely an unreadable one).
     fn injected_key(&self, headers: &HeaderMap) -> Option<&HeaderValue> {
-        if headers.contains_key(header::AUTHORIZATION) {
+        if has_own_key(headers) {
             return None;
         }
         self.inner.api_key_header.as_ref()
@@ -491,11 +518,12 @@ impl Proxy {
     ) -> Option<Outgoing> {
         let mut upstream_body = body.clone();
         if metered {
-            let native_sse = parts
-                .headers
-                .get("x-dashscope-sse")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
+            let native_sse = ctx.protocol == Protocol::DashScope
+                && parts
+                    .headers
+                    .get("x-dashscope-sse")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
             let inspected = usage::inspect_request(ctx.protocol, &body, native_sse);
             if let Some(rewritten) = inspected.rewritten_body {
                 upstream_body = Bytes::from(rewritten);
@@ -569,7 +597,8 @@ impl Proxy {
                 resp_parts.status.as_u16(),
                 content_type,
                 encoding,
-            );
+            )
+            .with_anthropic_input(self.inner.anthropic_input);
             let is_sse = content_type.is_some_and(|c| c.contains("text/event-stream"));
             let strip = strip_usage_chunk
                 && is_sse
@@ -637,6 +666,19 @@ mod tests {
             route(&Method::POST, "/api/v1/tasks/x"),
             Route::Forward(Protocol::DashScope)
         );
+        assert_eq!(
+            route(&Method::POST, RESPONSES_PATH),
+            Route::Metered(Protocol::Responses)
+        );
+        assert_eq!(
+            route(&Method::POST, ANTHROPIC_PATH),
+            Route::Metered(Protocol::Anthropic)
+        );
+        assert_eq!(
+            route(&Method::POST, "/apps/anthropic/v1/messages/count_tokens"),
+            Route::Forward(Protocol::Anthropic)
+        );
+        assert_eq!(route(&Method::POST, "/apps/other/v1"), Route::NotFound);
         assert_eq!(route(&Method::GET, "/admin"), Route::NotFound);
         assert_eq!(
             route(&Method::GET, "/compatible-mode/../admin"),

@@ -122,10 +122,11 @@ pub async fn bill_lines(
 }
 
 /// The ledger's lines of the hours `[from, to]`: per (hour, key, workspace, model), an `input_token` line
-/// (uncached + cached input) and an `output_token` line (chain of thought + answer). A call's key is its
-/// recorded key ID, else the one `[[api_key]]` gives its fingerprint today, else `fingerprint:<hex>`. Money is
-/// the ledger's own `cost_total`, split between the two lines by the price version each call was priced
-/// with (the input part at the book's input prices, the rest output).
+/// (every input token: uncached, cache reads and cache writes) and an `output_token` line (chain of thought +
+/// answer). A call's key is its recorded key ID, else the one `[[api_key]]` gives its fingerprint today, else
+/// `fingerprint:<hex>`. Money is the ledger's own `cost_total`, split between the two lines as each call was
+/// priced: its stored input part (`cost_input`); a row of a build before that column is split by its stored
+/// price version and period in today's book.
 pub async fn ledger_lines(
     pool: &PgPool,
     from: DateTime<Utc>,
@@ -133,83 +134,85 @@ pub async fn ledger_lines(
     keys: &ApiKeys,
     prices: &PriceBook,
 ) -> Result<Vec<LedgerLine>, sqlx::Error> {
-    type Row = (
-        DateTime<Utc>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        String,
-        Option<String>,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        Option<Decimal>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT billing_hour, api_key_id, key_fingerprint, workspace, model, price_version,
-            sum(input_tokens - cached_tokens)::int8, sum(cached_tokens)::int8, sum(reasoning_tokens)::int8,
-            sum(answer_tokens)::int8, count(*)::int8, (count(*) FILTER (WHERE usage_source = 'estimated'))::int8,
-            sum(cost_total)
+    let rows: Vec<LedgerGroup> = sqlx::query_as(
+        "SELECT billing_hour, api_key_id, key_fingerprint, workspace, model, price_version, price_period,
+            sum(input_tokens)::int8 AS input, sum(reasoning_tokens + answer_tokens)::int8 AS output,
+            count(*)::int8 AS calls, (count(*) FILTER (WHERE usage_source = 'estimated'))::int8 AS estimated,
+            coalesce(sum(cost_total), 0) AS cost, coalesce(sum(cost_input), 0) AS cost_input,
+            coalesce(sum(input_tokens - cached_tokens - cache_creation_tokens)
+                FILTER (WHERE cost_input IS NULL), 0)::int8 AS legacy_uncached,
+            coalesce(sum(cached_tokens) FILTER (WHERE cost_input IS NULL), 0)::int8 AS legacy_cached,
+            coalesce(sum(cache_creation_tokens) FILTER (WHERE cost_input IS NULL), 0)::int8 AS legacy_writes
          FROM usage_ledger
          WHERE billing_hour >= $1 AND billing_hour <= $2 AND (input_tokens > 0 OR output_tokens > 0)
-         GROUP BY 1, 2, 3, 4, 5, 6",
+         GROUP BY 1, 2, 3, 4, 5, 6, 7",
     )
     .bind(from)
     .bind(to)
     .fetch_all(pool)
     .await?;
-    let versions: std::collections::HashMap<String, &crate::pricing::Price> =
-        prices.entries().map(|p| (p.version(), p)).collect();
     let mut out = Vec::with_capacity(rows.len() * 2);
-    for (
-        hour,
-        key_id,
-        fingerprint,
-        workspace,
-        model,
-        version,
-        uncached,
-        cached,
-        reasoning,
-        answer,
-        calls,
-        estimated,
-        cost,
-    ) in rows
-    {
-        let key = key_id
-            .or_else(|| keys.key_id(fingerprint.as_deref()).map(str::to_owned))
-            .or_else(|| fingerprint.map(|f| format!("fingerprint:{f}")))
-            .unwrap_or_default();
-        let cost = cost.unwrap_or_default();
-        let input_yuan = version
-            .as_deref()
-            .and_then(|v| versions.get(v))
-            .map(|p| {
-                let million = Decimal::from(1_000_000u32);
-                (Decimal::from(uncached) * p.input + Decimal::from(cached) * p.cached_input)
-                    / million
+    for g in rows {
+        let key = g
+            .api_key_id
+            .clone()
+            .or_else(|| keys.key_id(g.key_fingerprint.as_deref()).map(str::to_owned))
+            .or_else(|| {
+                g.key_fingerprint
+                    .as_ref()
+                    .map(|f| format!("fingerprint:{f}"))
             })
-            .unwrap_or_default()
-            .min(cost);
-        let line = |token_type: &str, tokens: i64, yuan: Decimal| LedgerLine {
-            hour,
-            key: key.clone(),
-            workspace: workspace.clone(),
-            model: model.clone(),
-            token_type: token_type.to_owned(),
-            tokens: tokens.max(0) as u64,
-            yuan,
-            calls: calls.max(0) as u64,
-            estimated_calls: estimated.max(0) as u64,
+            .unwrap_or_default();
+        let count = |n: i64| n.max(0) as u64;
+        let legacy = crate::usage::Tokens {
+            input: count(g.legacy_uncached + g.legacy_cached + g.legacy_writes),
+            cached: count(g.legacy_cached),
+            cache_creation: count(g.legacy_writes),
+            ..Default::default()
         };
-        out.push(line("input_token", uncached + cached, input_yuan));
-        out.push(line("output_token", reasoning + answer, cost - input_yuan));
+        let legacy_input = g
+            .price_version
+            .as_deref()
+            .and_then(|v| prices.price_of(v, g.price_period.as_deref()))
+            .map(|p| p.rates.input_cost(&legacy))
+            .unwrap_or_default();
+        let input_yuan = (g.cost_input + legacy_input).min(g.cost);
+        let line = |token_type: &str, tokens: i64, yuan: Decimal| LedgerLine {
+            hour: g.billing_hour,
+            key: key.clone(),
+            workspace: g.workspace.clone(),
+            model: g.model.clone(),
+            token_type: token_type.to_owned(),
+            tokens: count(tokens),
+            yuan,
+            calls: count(g.calls),
+            estimated_calls: count(g.estimated),
+        };
+        out.push(line("input_token", g.input, input_yuan));
+        out.push(line("output_token", g.output, g.cost - input_yuan));
     }
     Ok(out)
+}
+
+/// The ledger's calls of one (hour, key, workspace, model, price) summed, as [`ledger_lines`] reads them.
+#[derive(sqlx::FromRow)]
+struct LedgerGroup {
+    billing_hour: DateTime<Utc>,
+    api_key_id: Option<String>,
+    key_fingerprint: Option<String>,
+    workspace: Option<String>,
+    model: String,
+    price_version: Option<String>,
+    price_period: Option<String>,
+    input: i64,
+    output: i64,
+    calls: i64,
+    estimated: i64,
+    cost: Decimal,
+    cost_input: Decimal,
+    legacy_uncached: i64,
+    legacy_cached: i64,
+    legacy_writes: i64,
 }
 
 /// The hours the bill's lines cover: from the first to the end of the last (`None`: no line).

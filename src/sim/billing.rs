@@ -6,7 +6,9 @@
 //! `ApiKeyID;WorkspaceID;ModelName;input_token|output_token;Channel`; a call is booked when its bill is
 //! written (`booking_delay` after it, so a call near the end of an hour lands in the next one); each line's
 //! amount is rounded half-up to 2 decimals, and the rounding of the whole bill is put back on its largest
-//! line. Prices are the built-in book's (the platform's table).
+//! line. Prices are the built-in book's (the platform's table), peak or off-peak by the hour the call ended in
+//! (which instant the platform uses is UNCONFIRMED; the simulator takes the same one as the meter). Every input
+//! token — cache reads and writes included — is on the `input_token` line, at its own price.
 //!
 //! The simulator's key ID of a key is the decimal value of the first 8 hex digits of its fingerprint (a
 //! real console shows an ID that cannot be derived from the key; map it with `[[api_key]]` `key_id`).
@@ -46,10 +48,8 @@ pub struct Booking<'a> {
     pub authorization: Option<&'a str>,
     pub workspace: Option<&'a str>,
     pub model: &'a str,
-    pub input: u64,
-    pub cached: u64,
-    pub reasoning: u64,
-    pub answer: u64,
+    /// Every input token of the call (cache reads and writes included).
+    pub tokens: crate::usage::Tokens,
 }
 
 /// The simulator's console key ID of an `Authorization` value (`None`: no key, a console call).
@@ -72,29 +72,26 @@ impl PlatformBill {
 
     /// Books a call now (its bill written `booking_delay` from now).
     pub fn book(&self, b: &Booking<'_>) {
-        let at =
-            self.clock.now() + chrono::Duration::from_std(self.booking_delay).unwrap_or_default();
+        let ended = self.clock.now();
+        let at = ended + chrono::Duration::from_std(self.booking_delay).unwrap_or_default();
         let tz = crate::pricing::DEFAULT_TIMEZONE;
         let hour = crate::pricing::billing_hour(at, tz);
         let key = b.authorization.and_then(key_id_of).unwrap_or_default();
         let workspace = b.workspace.unwrap_or(DEFAULT_WORKSPACE).to_owned();
-        let million = Decimal::from(1_000_000u32);
-        let (input_yuan, output_yuan) = match self.prices.price_at(b.model, at) {
-            Some(p) => (
-                (Decimal::from(b.input - b.cached.min(b.input)) * p.input
-                    + Decimal::from(b.cached.min(b.input)) * p.cached_input)
-                    / million,
-                (Decimal::from(b.reasoning) * p.reasoning + Decimal::from(b.answer) * p.output)
-                    / million,
-            ),
+        let t = b.tokens.clamp().0;
+        let (input_yuan, output_yuan) = match self.prices.price_at(b.model, ended) {
+            Some(p) => {
+                let input = p.rates.input_cost(&t);
+                (input, p.cost(&t) - input)
+            }
             None => (Decimal::ZERO, Decimal::ZERO),
         };
         let Ok(mut lines) = self.lines.lock() else {
             return;
         };
         for (ty, tokens, yuan) in [
-            ("input_token", b.input, input_yuan),
-            ("output_token", b.reasoning + b.answer, output_yuan),
+            ("input_token", t.input, input_yuan),
+            ("output_token", t.output, output_yuan),
         ] {
             let e = lines
                 .entry((hour, key.clone(), workspace.clone(), b.model.to_owned(), ty))
@@ -196,10 +193,12 @@ mod tests {
             authorization: Some("Bearer sk-test-0001"),
             workspace: None,
             model: "deepseek-r1",
-            input: 10,
-            cached: 0,
-            reasoning: 20,
-            answer: 30,
+            tokens: crate::usage::Tokens {
+                input: 10,
+                output: 50,
+                reasoning: 20,
+                ..Default::default()
+            },
         });
         let csv = bill.csv(false);
         assert!(

@@ -1,28 +1,38 @@
-//! The built-in DashScope simulator: both protocols, streaming and not, with the reference's shapes.
+//! The built-in DashScope simulator: the four protocols DeepSeek answers on, streaming and not, with the
+//! reference's shapes.
 //!
 //! Used by `deepseek-meter sim`, by `serve --upstream sim`, by the tests and by the benchmarks. It speaks
 //! exactly the captured wire formats (reference §1–§2): compat chunks with `usage: null` until the
 //! usage-only chunk (sent only when `stream_options.include_usage` is true) and `data: [DONE]`; native
 //! events with `id:`/`event:`/`:HTTP_STATUS/NNN`/`data:` (no space), cumulative usage and the string
-//! `"null"` as finish reason, incremental or full-text.
+//! `"null"` as finish reason, incremental or full-text; the Responses API's typed events ending in
+//! `response.completed` ([`responses`]); the Anthropic Messages API's events ending in `message_stop`
+//! ([`anthropic`]).
 //!
-//! Model semantics follow the platform: `deepseek-v3` never thinks; `deepseek-r1`, `-r1-0528` and the
-//! distills always do; `deepseek-v3.1` and `-v3.2-exp` think only with `enable_thinking`. Any other
-//! `deepseek-*` name is served like `deepseek-v3` (so unpriced models can be exercised); other names get the
-//! platform's model-not-found error.
+//! Model semantics follow the platform ([`crate::models`]): the V4 models think unless asked not to
+//! (`enable_thinking: false`, `reasoning.effort: "none"`, `thinking.type: "disabled"`); `deepseek-v3` never
+//! thinks; `deepseek-r1`, `-r1-0528` and the distills always do; `deepseek-v3.x` think only with
+//! `enable_thinking`. An effort of `max` or `xhigh` doubles the chain of thought (the Anthropic API's default is
+//! `max`). The models served are the built-in price book's; any other `deepseek-*` name is served like
+//! `deepseek-v3` (so unpriced models can be exercised); other names get the platform's model-not-found error.
 //!
 //! Usage is consistent by construction: one text piece is one token, `reasoning ⊂ output`, input tokens
 //! are the estimator's count of the prompt. Responses are a pure function of (seed, model, prompt, knobs).
 //!
 //! Per-request knobs, as request headers (they pass through the proxy like any other header):
 //! - `x-sim-fault`: `401`, `429`, `500`, `sse-error` (compat: SSE-framed 400; native: `event:error` with
-//!   HTTP 200), `moderation` (error event after half the stream), `reset` (connection cut after half),
-//!   `stall` (silence after half), `garbage` (non-JSON bytes in place of events).
-//! - `x-sim-chunks`: text pieces per channel; `x-sim-cached-tokens`: cached tokens to report;
+//!   HTTP 200; Responses and Anthropic: an `error` event with HTTP 200), `moderation` (error event after half
+//!   the stream), `failed` (Responses: HTTP 200 with `"status": "failed"`, or `response.failed` after half the
+//!   stream; Anthropic: an `error` event after half the stream; the others: 429), `reset` (connection cut
+//!   after half), `stall` (silence after half), `garbage` (non-JSON bytes in place of events).
+//! - `x-sim-chunks`: text pieces per channel; `x-sim-cached-tokens`: cache reads to report;
+//!   `x-sim-cache-creation-tokens`: explicit cache writes to report (both within the input);
 //!   `x-sim-gzip: 1`: gzip the body when the client accepts it.
 
+mod anthropic;
 pub mod billing;
 mod request;
+mod responses;
 mod shape;
 mod wire;
 
@@ -34,7 +44,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use request::{parse_call, Fault, Script, THINKING_RULES};
+use request::{parse_call, Fault, Script};
 use serde_json::{json, Value};
 use shape::{error, ErrorKind, Proto};
 use std::net::SocketAddr;
@@ -53,6 +63,9 @@ pub struct SimOptions {
     pub chunks: u32,
     /// The platform's bill of the calls served (`None`: not kept).
     pub bill: Option<Arc<billing::PlatformBill>>,
+    /// The workspace this simulator plays the per-workspace host of (`{WorkspaceId}.…maas.aliyuncs.com`):
+    /// its calls are billed there whatever header they carry. `None`: the shared host.
+    pub workspace: Option<String>,
 }
 
 impl Default for SimOptions {
@@ -63,6 +76,7 @@ impl Default for SimOptions {
             seed: 0,
             chunks: 16,
             bill: None,
+            workspace: None,
         }
     }
 }
@@ -80,6 +94,7 @@ impl From<&SimArgs> for SimOptions {
                     Duration::from_millis(a.booking_delay_ms),
                 ))
             }),
+            workspace: None,
         }
     }
 }
@@ -121,6 +136,8 @@ pub fn router(options: SimOptions) -> Router {
             "/api/v1/services/aigc/text-generation/generation",
             post(native),
         )
+        .route("/compatible-mode/v1/responses", post(responses_api))
+        .route("/apps/anthropic/v1/messages", post(anthropic_api))
         .route("/compatible-mode/v1/models", get(models))
         .route("/sim/bill.csv", get(bill_csv))
         .fallback(|| async {
@@ -175,9 +192,9 @@ async fn bill_csv(
 }
 
 async fn models() -> impl IntoResponse {
-    let data: Vec<Value> = THINKING_RULES
+    let data: Vec<Value> = request::served_models()
         .iter()
-        .map(|(m, _)| json!({"id": m, "object": "model", "owned_by": "system"}))
+        .map(|m| json!({"id": m, "object": "model", "owned_by": "system"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data}))
 }
@@ -200,6 +217,22 @@ async fn native(
     serve(Proto::Native, &options, &headers, &body).await
 }
 
+async fn responses_api(
+    State(options): State<Arc<SimOptions>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(Proto::Responses, &options, &headers, &body).await
+}
+
+async fn anthropic_api(
+    State(options): State<Arc<SimOptions>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(Proto::Anthropic, &options, &headers, &body).await
+}
+
 async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[u8]) -> Response {
     let call = match parse_call(proto, headers, body, options) {
         Ok(c) => c,
@@ -212,6 +245,14 @@ async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[
         Some(Fault::Moderation) if !call.stream => {
             Some((StatusCode::BAD_REQUEST, ErrorKind::Moderation))
         }
+        // Only the Responses and Anthropic APIs fail with HTTP 200 (whole, or mid-stream).
+        Some(Fault::Failed) if matches!(proto, Proto::Compat | Proto::Native) => {
+            Some((StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited))
+        }
+        Some(Fault::Failed) if proto == Proto::Anthropic && !call.stream => Some((
+            StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            ErrorKind::Internal,
+        )),
         _ => None,
     };
     if let Some((status, kind)) = kind {
@@ -237,14 +278,22 @@ async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
+        let authorization = text("authorization")
+            .map(str::to_owned)
+            .or_else(|| text("x-api-key").map(|k| format!("Bearer {k}")));
         bill.book(&billing::Booking {
-            authorization: text("authorization"),
-            workspace: text("x-dashscope-workspace").filter(|w| !w.is_empty()),
+            authorization: authorization.as_deref(),
+            workspace: text("x-dashscope-workspace")
+                .filter(|w| !w.is_empty())
+                .or(options.workspace.as_deref()),
             model: &call.model,
-            input: call.input_tokens,
-            cached: call.cached_tokens,
-            reasoning: script.reasoning_tokens(),
-            answer: script.output_tokens() - script.reasoning_tokens(),
+            tokens: crate::usage::Tokens {
+                input: call.input_tokens,
+                cached: call.cached_tokens,
+                cache_creation: call.cache_creation_tokens,
+                output: script.output_tokens(),
+                reasoning: script.reasoning_tokens(),
+            },
         });
     }
     if call.stream {
@@ -253,6 +302,8 @@ async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[
         let body = match proto {
             Proto::Compat => compat_body(&call, &script),
             Proto::Native => native_body(&call, &script),
+            Proto::Responses => responses::body(&call, &script),
+            Proto::Anthropic => anthropic::body(&call, &script),
         };
         whole_response(&call, body.to_string().into_bytes())
     }

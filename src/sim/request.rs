@@ -3,6 +3,7 @@
 
 use super::shape::{error, ErrorKind, Proto};
 use super::SimOptions;
+use crate::models::Thinking;
 use crate::usage::estimate::char_rate_tokens;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -22,6 +23,9 @@ pub(super) enum Fault {
     Reset,
     Stall,
     Garbage,
+    /// The call fails after it started, with HTTP 200: Responses `"status": "failed"`, an Anthropic `error`
+    /// event (a 429 in the other two protocols).
+    Failed,
 }
 
 pub(super) fn fault(headers: &HeaderMap) -> Option<Fault> {
@@ -34,36 +38,48 @@ pub(super) fn fault(headers: &HeaderMap) -> Option<Fault> {
         "reset" => Fault::Reset,
         "stall" => Fault::Stall,
         "garbage" => Fault::Garbage,
+        "failed" => Fault::Failed,
         _ => return None,
     })
 }
 
-/// Which models think: `Some(true)` always, `Some(false)` never, `None` only with `enable_thinking`.
-pub(super) const THINKING_RULES: &[(&str, Option<bool>)] = &[
-    ("deepseek-v3.2-exp", None),
-    ("deepseek-v3.1", None),
-    ("deepseek-r1", Some(true)),
-    ("deepseek-r1-0528", Some(true)),
-    ("deepseek-v3", Some(false)),
-    ("deepseek-r1-distill-qwen-1.5b", Some(true)),
-    ("deepseek-r1-distill-qwen-7b", Some(true)),
-    ("deepseek-r1-distill-qwen-14b", Some(true)),
-    ("deepseek-r1-distill-qwen-32b", Some(true)),
-    ("deepseek-r1-distill-llama-8b", Some(true)),
-    ("deepseek-r1-distill-llama-70b", Some(true)),
-];
+/// Whether the platform serves `model`, and whether a call to it thinks: the built-in price book's models
+/// (the reference's), thinking as [`crate::models`] says; any other `deepseek-*` name is served like
+/// deepseek-v3 (never thinks), so unpriced models can be exercised. `None`: no such model.
+pub(super) fn thinking_rule(model: &str) -> Option<Thinking> {
+    static BOOK: std::sync::OnceLock<crate::pricing::PriceBook> = std::sync::OnceLock::new();
+    let book = BOOK.get_or_init(crate::pricing::PriceBook::builtin);
+    if book.knows(model) {
+        Some(crate::models::facts(model).thinking)
+    } else {
+        model.starts_with("deepseek-").then_some(Thinking::Never)
+    }
+}
+
+/// The models the simulator serves by name (`GET /compatible-mode/v1/models`).
+pub(super) fn served_models() -> Vec<String> {
+    crate::pricing::PriceBook::builtin()
+        .models()
+        .map(str::to_owned)
+        .collect()
+}
 
 pub(super) struct Call {
     pub(super) proto: Proto,
     pub(super) model: String,
     pub(super) thinking: bool,
+    /// How long the chain of thought is, in multiples of `chunks`: the request's effort (`max`/`xhigh`: 2;
+    /// `low`, `medium`, `high`: 1, as the platform maps them).
+    pub(super) effort: u32,
     pub(super) stream: bool,
     pub(super) include_usage: bool,
     pub(super) incremental: bool,
     pub(super) tool: Option<String>,
     pub(super) prompt: String,
+    /// Every input token (cache reads and writes included).
     pub(super) input_tokens: u64,
     pub(super) cached_tokens: u64,
+    pub(super) cache_creation_tokens: u64,
     pub(super) chunks: u32,
     pub(super) fault: Option<Fault>,
     pub(super) gzip: bool,
@@ -93,19 +109,30 @@ pub(super) fn parse_call(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let (messages, params) = match proto {
-        Proto::Compat => (v.get("messages"), &v),
-        Proto::Native => (
-            v.pointer("/input/messages"),
-            v.get("parameters").unwrap_or(&Value::Null),
-        ),
+    let params = match proto {
+        Proto::Native => v.get("parameters").unwrap_or(&Value::Null),
+        _ => &v,
     };
-    let Some(messages) = messages.and_then(Value::as_array).filter(|m| !m.is_empty()) else {
+    // The conversation as (text) turns; the system prompt where a protocol keeps it apart.
+    fn list(v: Option<&Value>) -> Option<Vec<&Value>> {
+        v.and_then(Value::as_array).map(|a| a.iter().collect())
+    }
+    let turns: Vec<&Value> = match proto {
+        Proto::Compat | Proto::Anthropic => list(v.get("messages")),
+        Proto::Native => list(v.pointer("/input/messages")),
+        Proto::Responses => match v.get("input") {
+            Some(s @ Value::String(_)) => Some(vec![s]),
+            other => list(other),
+        },
+    }
+    .unwrap_or_default();
+    if turns.is_empty() {
         return Err(bad(match proto {
-            Proto::Compat => "'messages' must be a non-empty array.",
+            Proto::Compat | Proto::Anthropic => "'messages' must be a non-empty array.",
             Proto::Native => "Either \"prompt\" or \"messages\" must exist and cannot both be none",
+            Proto::Responses => "'input' must be a string or a non-empty array.",
         }));
-    };
+    }
     let Some(rule) = thinking_rule(&model) else {
         return Err(Box::new(error(
             proto,
@@ -115,11 +142,36 @@ pub(super) fn parse_call(
             false,
         )));
     };
-    let enable_thinking = params
-        .get("enable_thinking")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let (prompt, input_tokens) = prompt_of(messages);
+    let text = |p: &str| v.pointer(p).and_then(Value::as_str);
+    let (switch, effort) = match proto {
+        Proto::Compat | Proto::Native => (
+            params.get("enable_thinking").and_then(Value::as_bool),
+            params.get("reasoning_effort").and_then(Value::as_str),
+        ),
+        Proto::Responses => {
+            let effort = text("/reasoning/effort");
+            let switch = match effort {
+                Some("none") => Some(false),
+                _ => v.get("enable_thinking").and_then(Value::as_bool),
+            };
+            (switch, effort)
+        }
+        Proto::Anthropic => (
+            match text("/thinking/type") {
+                Some("disabled") => Some(false),
+                Some("enabled") => Some(true),
+                _ => None,
+            },
+            // The Anthropic API's default effort is `max`.
+            Some(text("/output_config/effort").unwrap_or("max")),
+        ),
+    };
+    let system = match proto {
+        Proto::Responses => v.get("instructions"),
+        Proto::Anthropic => v.get("system"),
+        Proto::Compat | Proto::Native => None,
+    };
+    let (prompt, input_tokens) = prompt_of(system, &turns);
     let header_num = |name: &str| {
         headers
             .get(name)
@@ -132,15 +184,23 @@ pub(super) fn parse_call(
         .and_then(|t| t.first())
         .and_then(|t| t.pointer("/function/name"))
         .and_then(Value::as_str)
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .filter(|_| matches!(proto, Proto::Compat | Proto::Native));
     let stream = is_stream(proto, &v, headers);
     let accepts_gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
+    let cached_tokens = header_num("x-sim-cached-tokens")
+        .unwrap_or(0)
+        .min(input_tokens);
     Ok(Call {
         proto,
-        thinking: rule.unwrap_or(enable_thinking),
+        thinking: rule.thinks(switch),
+        effort: match effort {
+            Some("max") | Some("xhigh") => 2,
+            _ => 1,
+        },
         stream,
         include_usage: v
             .pointer("/stream_options/include_usage")
@@ -151,9 +211,10 @@ pub(super) fn parse_call(
             .and_then(Value::as_bool)
             .unwrap_or(false),
         tool,
-        cached_tokens: header_num("x-sim-cached-tokens")
+        cached_tokens,
+        cache_creation_tokens: header_num("x-sim-cache-creation-tokens")
             .unwrap_or(0)
-            .min(input_tokens),
+            .min(input_tokens - cached_tokens),
         input_tokens,
         prompt,
         model,
@@ -164,33 +225,48 @@ pub(super) fn parse_call(
     })
 }
 
-/// The model's thinking rule (`Some(true)` always, `Some(false)` never, `None` with `enable_thinking`), or
-/// `None` for a model the platform does not have. Unknown `deepseek-*` names are served like deepseek-v3.
-fn thinking_rule(model: &str) -> Option<Option<bool>> {
-    THINKING_RULES
-        .iter()
-        .find(|(m, _)| *m == model)
-        .map(|(_, r)| *r)
-        .or_else(|| model.starts_with("deepseek-").then_some(Some(false)))
-}
-
-/// The prompt's text (every message's content, a line each) and its input tokens by the estimator.
-fn prompt_of(messages: &[Value]) -> (String, u64) {
-    let mut prompt = String::new();
-    for m in messages {
-        if let Some(s) = m.get("content").and_then(Value::as_str) {
-            prompt.push_str(s);
-            prompt.push('\n');
+/// The prompt's text (the system prompt and every turn's content, a line each) and its input tokens by the
+/// estimator. A content is a string, or parts with `text` (Responses also `output` for a tool result).
+fn prompt_of(system: Option<&Value>, turns: &[&Value]) -> (String, u64) {
+    fn text(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => out.push_str(s),
+            Value::Array(parts) => {
+                for p in parts {
+                    match p.get("text") {
+                        Some(t) => text(t, out),
+                        None => text(p.get("content").unwrap_or(&Value::Null), out),
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    let tokens = char_rate_tokens(&prompt) + 3 * messages.len() as u64;
+    let mut prompt = String::new();
+    let mut n = 0u64;
+    for v in system.into_iter().chain(turns.iter().map(|t| {
+        if t.is_string() {
+            t
+        } else {
+            t.get("content")
+                .or_else(|| t.get("output"))
+                .unwrap_or(&Value::Null)
+        }
+    })) {
+        text(v, &mut prompt);
+        prompt.push('\n');
+        n += 1;
+    }
+    let tokens = char_rate_tokens(&prompt) + 3 * n;
     (prompt, tokens)
 }
 
-/// Compat: `"stream": true`; native: the `X-DashScope-SSE: enable` header.
+/// Native: the `X-DashScope-SSE: enable` header; the others: `"stream": true`.
 fn is_stream(proto: Proto, body: &Value, headers: &HeaderMap) -> bool {
     match proto {
-        Proto::Compat => body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        Proto::Compat | Proto::Responses | Proto::Anthropic => {
+            body.get("stream").and_then(Value::as_bool).unwrap_or(false)
+        }
         Proto::Native => headers
             .get("x-dashscope-sse")
             .and_then(|v| v.to_str().ok())
@@ -255,7 +331,8 @@ pub(super) struct Script {
 impl Script {
     pub(super) fn new(call: &Call, options: &SimOptions) -> Script {
         let reasoning = if call.thinking {
-            pieces(options.seed, "r", call, REASONING_PIECES, call.chunks)
+            let n = call.chunks.saturating_mul(call.effort);
+            pieces(options.seed, "r", call, REASONING_PIECES, n)
         } else {
             vec![]
         };

@@ -1,4 +1,5 @@
-//! The protocol a call speaks, and the platform's error shapes in each (reference §1.4, §2.4).
+//! The protocol a call speaks, and the platform's error shapes in each (reference §1.4, §2.4; the Responses
+//! API answers errors in the chat shape, the Anthropic API in Anthropic's `{"type":"error","error":{…}}`).
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,6 +9,8 @@ use serde_json::json;
 pub(super) enum Proto {
     Compat,
     Native,
+    Responses,
+    Anthropic,
 }
 
 pub(super) enum ErrorKind {
@@ -29,7 +32,29 @@ pub(super) fn error(
 ) -> Response {
     let rid = request_id.to_string();
     let body = match proto {
-        Proto::Compat => {
+        Proto::Anthropic => {
+            let (ty, message) = match &kind {
+                ErrorKind::InvalidApiKey => {
+                    ("authentication_error", "invalid x-api-key".to_owned())
+                }
+                ErrorKind::RateLimited => (
+                    "rate_limit_error",
+                    "Requests rate limit exceeded, please try again later.".to_owned(),
+                ),
+                ErrorKind::Internal => (
+                    "api_error",
+                    "An internal error has occured, please try again later.".to_owned(),
+                ),
+                ErrorKind::Moderation => (
+                    "invalid_request_error",
+                    "Input data may contain inappropriate content.".to_owned(),
+                ),
+                ErrorKind::InvalidParameter(m) => ("invalid_request_error", m.clone()),
+                ErrorKind::ModelNotFound(m) => ("not_found_error", format!("model: {m}")),
+            };
+            json!({"type": "error", "error": {"type": ty, "message": message}, "request_id": rid})
+        }
+        Proto::Compat | Proto::Responses => {
             let (code, ty, message) = match &kind {
                 ErrorKind::InvalidApiKey => ("invalid_api_key", "invalid_request_error", "Incorrect API key provided. For details, see: https://help.aliyun.com/zh/model-studio/error-code#apikey-error".to_owned()),
                 ErrorKind::RateLimited => ("limit_requests", "limit_requests", "You have exceeded your current request limit. For details, see: https://help.aliyun.com/zh/model-studio/error-code#rate-limit".to_owned()),

@@ -1,5 +1,6 @@
-//! What the simulator writes: the reference's response shapes for both protocols, whole or streamed, and
-//! the platform's error shapes.
+//! What the simulator writes: the reference's response shapes for the chat and native protocols, whole or
+//! streamed (the Responses and Anthropic shapes are in their own files), the stream machinery all four share,
+//! and the faults that end a stream.
 
 use super::request::{Call, Fault, Script};
 use super::shape::Proto;
@@ -16,13 +17,25 @@ pub(super) fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// `prompt_tokens_details` of the chat and native shapes (reference bailian-2026 §4): cache reads, and with
+/// the explicit cache its writes, type and lifetime.
+pub(super) fn prompt_details(call: &Call) -> Option<Value> {
+    let mut d = json!({"cached_tokens": call.cached_tokens});
+    if call.cache_creation_tokens > 0 {
+        d["cache_creation_input_tokens"] = json!(call.cache_creation_tokens);
+        d["cache_type"] = json!("ephemeral");
+        d["cache_creation"] = json!({"ephemeral_5m_input_tokens": call.cache_creation_tokens});
+    }
+    (call.cached_tokens > 0 || call.cache_creation_tokens > 0).then_some(d)
+}
+
 pub(super) fn compat_usage(call: &Call, output: u64, reasoning: u64) -> Value {
     let mut u = json!({"prompt_tokens": call.input_tokens, "completion_tokens": output, "total_tokens": call.input_tokens + output});
     if call.thinking {
         u["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
     }
-    if call.cached_tokens > 0 {
-        u["prompt_tokens_details"] = json!({"cached_tokens": call.cached_tokens});
+    if let Some(d) = prompt_details(call) {
+        u["prompt_tokens_details"] = d;
     }
     u
 }
@@ -32,8 +45,8 @@ pub(super) fn native_usage(call: &Call, output: u64, reasoning: u64) -> Value {
     if call.thinking {
         u["output_tokens_details"] = json!({"reasoning_tokens": reasoning});
     }
-    if call.cached_tokens > 0 {
-        u["prompt_tokens_details"] = json!({"cached_tokens": call.cached_tokens});
+    if let Some(d) = prompt_details(call) {
+        u["prompt_tokens_details"] = d;
     }
     u
 }
@@ -130,6 +143,8 @@ pub(super) fn stream_events(call: &Call, s: &Script) -> Vec<Vec<u8>> {
     match call.proto {
         Proto::Compat => compat_events(call, s),
         Proto::Native => native_events(call, s),
+        Proto::Responses => super::responses::events(call, s),
+        Proto::Anthropic => super::anthropic::events(call, s),
     }
 }
 
@@ -259,19 +274,31 @@ pub(super) fn native_events(call: &Call, s: &Script) -> Vec<Vec<u8>> {
 
 /// What ends a stream early, after half its events.
 pub(super) fn fault_event(call: &Call, n: usize) -> Option<Vec<u8>> {
-    match call.fault {
-        Some(Fault::Moderation) => Some(match call.proto {
-            Proto::Compat => br#"data: {"error":{"message":"Output data may contain inappropriate content.","type":"data_inspection_failed","param":null,"code":"data_inspection_failed"}}"#
-                .iter()
-                .chain(b"\n\n")
-                .copied()
-                .collect(),
-            Proto::Native => format!(
-                "id:{n}\nevent:error\n:HTTP_STATUS/400\ndata:{}\n\n",
-                json!({"code": "DataInspectionFailed", "message": "Output data may contain inappropriate content.", "request_id": call.request_id.to_string()})
-            )
-            .into_bytes(),
-        }),
+    let moderation = "Output data may contain inappropriate content.";
+    match (call.fault?, call.proto) {
+        (Fault::Moderation, Proto::Compat) => Some(format!(
+            "data: {}\n\n",
+            json!({"error": {"message": moderation, "type": "data_inspection_failed", "param": null, "code": "data_inspection_failed"}})
+        ).into_bytes()),
+        (Fault::Moderation, Proto::Native) => Some(format!(
+            "id:{n}\nevent:error\n:HTTP_STATUS/400\ndata:{}\n\n",
+            json!({"code": "DataInspectionFailed", "message": moderation, "request_id": call.request_id.to_string()})
+        ).into_bytes()),
+        (Fault::Moderation, Proto::Responses) => {
+            Some(super::responses::failed_event(call, n, "data_inspection_failed", moderation))
+        }
+        (Fault::Failed, Proto::Responses) => Some(super::responses::failed_event(
+            call,
+            n,
+            "rate_limit_exceeded",
+            "Requests rate limit exceeded, please try again later.",
+        )),
+        (Fault::Moderation, Proto::Anthropic) => {
+            Some(super::anthropic::error_event("invalid_request_error", moderation))
+        }
+        (Fault::Failed, Proto::Anthropic) => {
+            Some(super::anthropic::error_event("overloaded_error", "Overloaded"))
+        }
         _ => None,
     }
 }
@@ -308,7 +335,12 @@ pub(super) fn stream_response(call: Call, script: Script, options: &SimOptions) 
     let mut events = stream_events(&call, &script);
     let cut_at = call
         .fault
-        .filter(|f| matches!(f, Fault::Moderation | Fault::Reset | Fault::Stall))
+        .filter(|f| {
+            matches!(
+                f,
+                Fault::Moderation | Fault::Reset | Fault::Stall | Fault::Failed
+            )
+        })
         .map(|_| events.len() / 2);
     if let (Some(cut), Some(ev)) = (cut_at, fault_event(&call, events.len() / 2 + 1)) {
         events.truncate(cut);
@@ -387,6 +419,20 @@ pub(super) fn sse_error(call: &Call) -> Response {
             );
             (StatusCode::OK, headers, body).into_response()
         }
+        // The Responses and Anthropic streams say it in an `error` event, with HTTP 200.
+        Proto::Responses => {
+            let body = format!(
+                "event: error\ndata: {}\n\n",
+                json!({"type": "error", "code": "invalid_parameter_error", "message": "Range of top_logprobs should be [0, 5]", "param": null, "sequence_number": 0})
+            );
+            (StatusCode::OK, headers, body).into_response()
+        }
+        Proto::Anthropic => (
+            StatusCode::OK,
+            headers,
+            super::anthropic::error_event("invalid_request_error", "max_tokens: must be positive"),
+        )
+            .into_response(),
     }
 }
 

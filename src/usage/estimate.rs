@@ -220,7 +220,7 @@ pub enum Role {
 impl Role {
     pub fn parse(role: &str) -> Role {
         match role {
-            "system" => Role::System,
+            "system" | "developer" => Role::System,
             "assistant" => Role::Assistant,
             "tool" | "function" => Role::Tool,
             _ => Role::User,

@@ -5,7 +5,10 @@
 //! only what the record needs (ids, the latest usage, error code, running text tallies for the estimator)
 //! plus, for non-streaming bodies, the body itself up to [`MAX_JSON_BODY`].
 //!
-//! Shapes handled (reference §1–§2, §7): compat JSON and SSE (`data: ` + `[DONE]`, usage-only chunk with
+//! Each protocol's objects are read by its own reader (`compat` for chat and native, `responses`,
+//! `anthropic`) into one [`Observed`]; framing, decoding and the conclusion are shared.
+//!
+//! Shapes handled (reference §1–§2, §7; `bailian-2026.md` §4 for Responses and Anthropic): compat JSON and SSE (`data: ` + `[DONE]`, usage-only chunk with
 //! `choices: []`, `reasoning_content` as `""`/`null`/absent, tool calls, in-band `{"error":…}` chunks, flat
 //! `{code,message}` error events, SSE-framed 4xx bodies); native JSON and SSE (`data:` without space,
 //! `:HTTP_STATUS/NNN`, `event:error` with HTTP 200, cumulative usage, `finish_reason: "null"`, incremental
@@ -17,14 +20,13 @@
 //! from the text that streamed) and `parse_errors` counts what was skipped. Only an upstream error with
 //! nothing generated is `none`.
 
+pub use super::anthropic::InputConvention;
 use super::decode::BodyDecoder;
 use super::estimate::{Transcript, COMPLETION_OVERHEAD};
+use super::observed::Observed;
 use super::sse::{SseEvent, SseParser};
-use super::wire::{
-    error_code_of, is_finished, parse_wire, Message, UsageRead, Wire, WireTokens, BOM,
-};
-use super::{Protocol, RequestInfo, Tokens, UsageSource};
-use std::borrow::Cow;
+use super::wire::{parse_wire, BOM};
+use super::{anthropic, compat, responses, Protocol, RequestInfo, Tokens, UsageSource};
 
 /// Largest non-streaming body the tap buffers to read its usage. Larger bodies are forwarded untouched and
 /// recorded with `usage_source = none`.
@@ -95,6 +97,46 @@ pub struct UsageReport {
     pub parse_errors: u64,
     /// The upstream's usage was inconsistent (cached > input or reasoning > output) and was clamped.
     pub usage_clamped: bool,
+    /// The upstream reported the output but not how much of it was reasoning: the split between reasoning and
+    /// answer was estimated from the two texts (the total stays exact).
+    pub reasoning_estimated: bool,
+}
+
+/// How the objects of one response are read: its protocol and the request's facts that change the reading.
+#[derive(Debug, Clone, Copy)]
+struct Reader {
+    protocol: Protocol,
+    /// Native: each event carries only its new text (otherwise the whole text so far).
+    incremental: bool,
+    anthropic_input: InputConvention,
+}
+
+impl Reader {
+    /// One JSON object (`whole`: a whole body; otherwise an event's data). `error_event`: it came as an
+    /// `event:error` SSE event.
+    fn absorb(
+        self,
+        obs: &mut Observed,
+        data: &[u8],
+        whole: bool,
+        error_event: bool,
+        signal: &mut TapSignal,
+    ) {
+        match self.protocol {
+            Protocol::OpenAi | Protocol::DashScope => match parse_wire(data) {
+                Some((w, partial)) => {
+                    obs.parse_errors += u64::from(partial);
+                    compat::absorb(obs, self.protocol, self.incremental, w, error_event, signal);
+                    if whole {
+                        obs.terminal = true;
+                    }
+                }
+                None => obs.parse_errors += 1,
+            },
+            Protocol::Responses => responses::absorb(obs, data, whole),
+            Protocol::Anthropic => anthropic::absorb(obs, data, whole),
+        }
+    }
 }
 
 /// How the tap reads the decoded body.
@@ -107,30 +149,12 @@ enum Mode {
     Body,
 }
 
-#[derive(Debug, Default)]
-struct Observed {
-    request_id: Option<String>,
-    model: Option<String>,
-    usage: Option<WireTokens>,
-    /// A usage object arrived whose counts are not counts.
-    usage_unreadable: bool,
-    error_code: Option<String>,
-    errored: bool,
-    inband_status: Option<u16>,
-    terminal: bool,
-    reasoning: Transcript,
-    answer: Transcript,
-    saw_token: bool,
-    parse_errors: u64,
-}
-
 pub struct ResponseTap {
-    protocol: Protocol,
     http_status: u16,
     /// The response was labelled `text/event-stream`.
     labelled_sse: bool,
     mode: Mode,
-    incremental: bool,
+    reader: Reader,
     /// `None`: an encoding the tap cannot read, or a body that failed to decode; nothing more is inspected.
     decoder: Option<BodyDecoder>,
     /// The encoded body ended before its encoding's end (a gzip stream without its trailer).
@@ -156,7 +180,6 @@ impl ResponseTap {
         let labelled_sse =
             content_type.is_some_and(|c| c.to_ascii_lowercase().contains("text/event-stream"));
         ResponseTap {
-            protocol,
             http_status,
             labelled_sse,
             mode: if labelled_sse {
@@ -164,7 +187,11 @@ impl ResponseTap {
             } else {
                 Mode::Body
             },
-            incremental: request.incremental_output,
+            reader: Reader {
+                protocol,
+                incremental: request.incremental_output,
+                anthropic_input: InputConvention::default(),
+            },
             decoder: BodyDecoder::for_encoding(content_encoding),
             truncated: false,
             plain: Vec::new(),
@@ -172,12 +199,14 @@ impl ResponseTap {
             parser: SseParser::default(),
             body: Vec::new(),
             body_overflow: false,
-            obs: Observed {
-                reasoning: Transcript::new(),
-                answer: Transcript::new(),
-                ..Observed::default()
-            },
+            obs: Observed::new(),
         }
+    }
+
+    /// What Anthropic's `input_tokens` counts (`--anthropic-input-tokens`); ignored by the other protocols.
+    pub fn with_anthropic_input(mut self, convention: InputConvention) -> Self {
+        self.reader.anthropic_input = convention;
+        self
     }
 
     /// Reads the next piece of the response body, exactly as it is forwarded. Every byte the piece decodes to
@@ -220,13 +249,12 @@ impl ResponseTap {
                 let Self {
                     parser,
                     obs,
-                    protocol,
-                    incremental,
+                    reader,
                     ..
                 } = self;
                 parser.push(bytes, &mut |ev| {
                     signal.events += 1;
-                    on_event(obs, *protocol, *incremental, ev, signal)
+                    on_event(obs, *reader, ev, signal)
                 });
             }
             Mode::Body if !self.body_overflow => {
@@ -297,12 +325,10 @@ impl ResponseTap {
                     let Self {
                         parser,
                         obs,
-                        protocol,
-                        incremental,
+                        reader,
                         ..
                     } = &mut self;
-                    parser
-                        .finish(&mut |ev| on_event(obs, *protocol, *incremental, ev, &mut signal));
+                    parser.finish(&mut |ev| on_event(obs, *reader, ev, &mut signal));
                 }
                 Mode::Body if !self.body.is_empty() => self.read_body(&mut signal),
                 Mode::Body | Mode::Sniff => {}
@@ -320,30 +346,12 @@ impl ResponseTap {
         let start = super::wire::skip_bom(body.trim_ascii_start());
         let first = start.first().copied();
         if first == Some(b'{') {
-            match parse_wire(&body) {
-                Some((w, partial)) => {
-                    self.obs.parse_errors += u64::from(partial);
-                    absorb(
-                        &mut self.obs,
-                        self.protocol,
-                        self.incremental,
-                        w,
-                        false,
-                        signal,
-                    );
-                    self.obs.terminal = true;
-                }
-                None => self.obs.parse_errors += 1,
-            }
+            self.reader
+                .absorb(&mut self.obs, &body, true, false, signal);
         } else if first.is_some() {
-            let Self {
-                obs,
-                protocol,
-                incremental,
-                ..
-            } = self;
+            let Self { obs, reader, .. } = self;
             let mut parser = SseParser::default();
-            let mut f = |ev: SseEvent<'_>| on_event(obs, *protocol, *incremental, ev, signal);
+            let mut f = |ev: SseEvent<'_>| on_event(obs, *reader, ev, signal);
             parser.push(start, &mut f);
             parser.finish(&mut f);
             if !self.obs.errored && self.obs.usage.is_none() && !self.obs.usage_unreadable {
@@ -363,6 +371,10 @@ impl ResponseTap {
         }
         let status = if obs.errored || self.http_status >= 400 {
             CallStatus::UpstreamError
+        } else if let Some(reason) = obs.incomplete.take() {
+            // The upstream stopped the response short and said so (Responses `incomplete`).
+            obs.error_code = Some(reason);
+            CallStatus::UpstreamAborted
         } else {
             match end {
                 StreamEnd::ClientGone => CallStatus::ClientAborted,
@@ -374,10 +386,18 @@ impl ResponseTap {
                 StreamEnd::Complete => CallStatus::Ok,
             }
         };
+        // An Anthropic stream cut before `message_delta` has only `message_start`'s output so far: its input
+        // is exact, its output is estimated from the text that streamed.
+        let output_partial = self.reader.protocol == Protocol::Anthropic
+            && !obs.terminal
+            && status != CallStatus::Ok;
         Concluded {
             status,
             http_status: obs.inband_status.unwrap_or(self.http_status),
             stream,
+            input_excludes_cache: self.reader.protocol == Protocol::Anthropic
+                && self.reader.anthropic_input == InputConvention::ExcludesCache,
+            output_partial,
             obs,
         }
     }
@@ -388,6 +408,10 @@ pub struct Concluded {
     status: CallStatus,
     http_status: u16,
     stream: bool,
+    /// The usage's input field leaves out cache reads and writes (Anthropic's convention).
+    input_excludes_cache: bool,
+    /// The reported output is not the final count (see [`ResponseTap::conclude`]).
+    output_partial: bool,
     obs: Observed,
 }
 
@@ -402,12 +426,16 @@ impl Concluded {
         self.obs.usage.is_none() && (self.produced() || self.status != CallStatus::UpstreamError)
     }
 
+    /// The reported output needs the text's count: it is partial, or its reasoning share is not reported.
+    fn splits(&self) -> bool {
+        let unsplit = self.obs.usage.is_some_and(|w| w.reasoning.is_none());
+        (unsplit || self.output_partial) && self.produced()
+    }
+
     /// Whether [`Concluded::report`] will count tokens (with the tokenizer): for an estimate, or to split an
     /// upstream total between reasoning and answer. Most calls report their usage and count nothing.
     pub fn counts_tokens(&self) -> bool {
-        let splits =
-            self.obs.usage.is_some_and(|w| w.reasoning.is_none()) && !self.obs.reasoning.is_empty();
-        splits || self.estimated()
+        self.splits() || self.estimated()
     }
 
     /// What the call used. `prompt_estimate` is only called when usage has to be estimated.
@@ -415,21 +443,53 @@ impl Concluded {
         let (produced, estimated) = (self.produced(), self.estimated());
         let obs = self.obs;
         let mut usage_clamped = false;
+        let mut reasoning_estimated = false;
+        // The text's own count: reasoning, and all output (with the closing tokens a completion adds).
+        let text_tokens = || {
+            let reasoning = obs.reasoning.tokens();
+            let overhead = if produced { COMPLETION_OVERHEAD } else { 0 };
+            (reasoning, reasoning + obs.answer.tokens() + overhead)
+        };
         let (tokens, usage_source) = match obs.usage {
             Some(w) => {
-                let reasoning = w
-                    .reasoning
-                    .unwrap_or_else(|| split_reasoning(w.output, &obs.reasoning, &obs.answer));
-                let (t, clamped) = Tokens::clamped(w.input, w.cached, w.output, reasoning);
+                let (cached, cache_creation) =
+                    (w.cached.unwrap_or(0), w.cache_creation.unwrap_or(0));
+                let mut input = w.input.unwrap_or(0);
+                if self.input_excludes_cache {
+                    input = input.saturating_add(cached).saturating_add(cache_creation);
+                }
+                let (mut output, mut reasoning) = (w.output.unwrap_or(0), w.reasoning);
+                let mut source = UsageSource::Reported;
+                if self.output_partial && produced {
+                    let (r, o) = text_tokens();
+                    if o > output {
+                        (output, reasoning, source) = (o, Some(r), UsageSource::Estimated);
+                    }
+                }
+                let reasoning = reasoning.unwrap_or_else(|| {
+                    reasoning_estimated = !obs.reasoning.is_empty();
+                    split_reasoning(output, &obs.reasoning, &obs.answer)
+                });
+                let (t, clamped) = Tokens {
+                    input,
+                    cached,
+                    cache_creation,
+                    output,
+                    reasoning,
+                }
+                .clamp();
                 usage_clamped = clamped;
-                (t, UsageSource::Reported)
+                (t, source)
             }
             None if estimated => {
-                let reasoning = obs.reasoning.tokens();
-                let overhead = if produced { COMPLETION_OVERHEAD } else { 0 };
-                let output = reasoning + obs.answer.tokens() + overhead;
-                let (t, _) = Tokens::clamped(prompt_estimate(), 0, output, reasoning);
-                (t, UsageSource::Estimated)
+                let (reasoning, output) = text_tokens();
+                let t = Tokens {
+                    input: prompt_estimate(),
+                    output,
+                    reasoning,
+                    ..Tokens::default()
+                };
+                (t.clamp().0, UsageSource::Estimated)
             }
             None => (Tokens::default(), UsageSource::None),
         };
@@ -444,6 +504,7 @@ impl Concluded {
             usage_source,
             parse_errors: obs.parse_errors,
             usage_clamped,
+            reasoning_estimated,
         }
     }
 }
@@ -462,13 +523,7 @@ fn split_reasoning(output: u64, reasoning: &Transcript, answer: &Transcript) -> 
     ((output as u128 * r + (r + a) / 2) / (r + a)) as u64
 }
 
-fn on_event(
-    obs: &mut Observed,
-    protocol: Protocol,
-    incremental: bool,
-    ev: SseEvent<'_>,
-    signal: &mut TapSignal,
-) {
+fn on_event(obs: &mut Observed, reader: Reader, ev: SseEvent<'_>, signal: &mut TapSignal) {
     match ev.http_status {
         Some(status @ 400..=599) => {
             obs.inband_status = Some(status);
@@ -487,130 +542,8 @@ fn on_event(
         obs.terminal = true;
         return;
     }
-    match parse_wire(data) {
-        Some((w, partial)) => {
-            obs.parse_errors += u64::from(partial);
-            absorb(obs, protocol, incremental, w, error_event, signal);
-        }
-        None => obs.parse_errors += 1,
-    }
+    reader.absorb(obs, data, false, error_event, signal);
     if error_event && obs.error_code.is_none() {
         obs.error_code = Some("unknown".into());
-    }
-}
-
-fn absorb(
-    obs: &mut Observed,
-    protocol: Protocol,
-    incremental: bool,
-    w: Wire<'_>,
-    error_event: bool,
-    signal: &mut TapSignal,
-) {
-    if obs.request_id.is_none() {
-        let id = w
-            .request_id
-            .as_deref()
-            .or_else(|| w.id.as_deref().map(|i| i.trim_start_matches("chatcmpl-")));
-        obs.request_id = id.filter(|s| !s.is_empty()).map(str::to_owned);
-    }
-    if obs.model.is_none() {
-        obs.model = w.model.map(Cow::into_owned);
-    }
-    if let Some(error) = w.error.as_ref().filter(|e| !e.is_null()) {
-        obs.errored = true;
-        obs.error_code = Some(error_code_of(error));
-    }
-    let flat_code = w
-        .code
-        .as_ref()
-        .and_then(|c| c.as_str())
-        .filter(|c| !c.is_empty());
-    if let Some(code) = flat_code {
-        if error_event || (w.choices.is_none() && w.output.is_none() && w.usage.is_none()) {
-            obs.errored = true;
-            obs.error_code = Some(code.to_owned());
-        }
-    }
-    let usage = match w.usage.as_ref().map(|u| u.read()) {
-        Some(UsageRead::Read(u)) => Some(u),
-        Some(UsageRead::Unreadable) => {
-            obs.usage_unreadable = true;
-            obs.parse_errors += 1;
-            None
-        }
-        Some(UsageRead::Absent) | None => None,
-    };
-    if let Some(u) = usage {
-        // Compat reports once; native reports cumulative totals in every event: the latest wins either way.
-        obs.usage = Some(u);
-    }
-    if let Some(choices) = &w.choices {
-        if choices.is_empty() && usage.is_some() {
-            signal.usage_only_chunk = true;
-        }
-        for c in choices {
-            tally_message(obs, c.delta.as_ref().or(c.message.as_ref()), true);
-            if c.finish_reason.as_deref().is_some_and(is_finished)
-                && protocol == Protocol::DashScope
-            {
-                obs.terminal = true;
-            }
-        }
-    }
-    if let Some(out) = &w.output {
-        let accumulate = incremental || protocol == Protocol::OpenAi;
-        for c in out.choices.iter().flatten() {
-            tally_message(obs, c.message.as_ref().or(c.delta.as_ref()), accumulate);
-            if c.finish_reason.as_deref().is_some_and(is_finished) {
-                obs.terminal = true;
-            }
-        }
-        if let Some(text) = out.text.as_deref().filter(|t| !t.is_empty()) {
-            obs.saw_token = true;
-            if accumulate {
-                obs.answer.add(text);
-            } else {
-                obs.answer.replace(text);
-            }
-        }
-        if out.finish_reason.as_deref().is_some_and(is_finished) {
-            obs.terminal = true;
-        }
-    }
-}
-
-fn tally_message(obs: &mut Observed, message: Option<&Message<'_>>, accumulate: bool) {
-    let Some(m) = message else { return };
-    let reasoning = m.reasoning_content.as_deref().unwrap_or("");
-    let content = m.content.as_deref().unwrap_or("");
-    let tools = m
-        .tool_calls
-        .iter()
-        .flatten()
-        .filter_map(|t| t.function.as_ref());
-    let has_tools = tools.clone().any(|f| {
-        f.name.as_deref().is_some_and(|n| !n.is_empty())
-            || f.arguments.as_deref().is_some_and(|a| !a.is_empty())
-    });
-    if !reasoning.is_empty() || !content.is_empty() || has_tools {
-        obs.saw_token = true;
-    }
-    if accumulate {
-        obs.reasoning.add(reasoning);
-        obs.answer.add(content);
-    } else {
-        // Full-text mode: each event repeats everything so far.
-        if !reasoning.is_empty() {
-            obs.reasoning.replace(reasoning);
-        }
-        if content.is_empty() && !has_tools {
-            return;
-        }
-        obs.answer.replace(content);
-    }
-    for f in tools {
-        obs.answer.add(f.name.as_deref().unwrap_or(""));
-        obs.answer.add(f.arguments.as_deref().unwrap_or(""));
     }
 }

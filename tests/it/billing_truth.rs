@@ -578,10 +578,12 @@ mod records_the_ledger_accepts {
                     tokens: Tokens {
                         input,
                         cached,
+                        cache_creation: cached / 2,
                         output,
                         reasoning,
                     },
                     usage_source: UsageSource::Reported,
+                    reasoning_estimated: false,
                     key_fingerprint: None,
                     key_hint: None,
                     project: None,

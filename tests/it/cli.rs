@@ -101,9 +101,29 @@ fn prices_prints_the_builtin_book() {
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
         cols,
-        ["deepseek-v3.2-exp", "2025-09-29", "2", "0.4", "3", "3"]
+        [
+            "deepseek-v3.2-exp",
+            "2025-09-29",
+            "all",
+            "day",
+            "2",
+            "0.4",
+            "2.5*",
+            "3",
+            "3",
+            "2026-10-10"
+        ]
     );
-    assert_eq!(text.lines().count(), 12, "header + 11 models");
+    // One line per price: 27 entries, two of them with a peak and an off-peak price.
+    let prices = text.lines().skip(1).take_while(|l| !l.is_empty()).count();
+    assert_eq!(prices, 29, "{text}");
+    let book = deepseek_meter::pricing::PriceBook::builtin();
+    for model in book.models() {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{model} "))),
+            "{model} in\n{text}"
+        );
+    }
 }
 
 /// Runs `serve` on the simulator with `env`, makes an ok call and a failed one (x-sim-fault: 429), stops it

@@ -102,6 +102,7 @@ fn record(g: &Gen, start: DateTime<Utc>, tz: Tz) -> CallRecord {
         billing_hour: start_of(Granularity::Hour, finished, tz),
         input_tokens: g.input,
         cached_tokens: cached,
+        cache_creation_tokens: 0,
         output_tokens: g.output,
         reasoning_tokens: reasoning,
         answer_tokens: g.output - reasoning,
@@ -112,7 +113,9 @@ fn record(g: &Gen, start: DateTime<Utc>, tz: Tz) -> CallRecord {
         },
         priced,
         price_version: priced.then(|| format!("{}@test", MODELS[g.model])),
+        price_period: None,
         cost_total: priced.then(|| Decimal::new(g.cost_units, g.cost_scale)),
+        cost_input: None,
         ..a_record(0)
     }
 }
@@ -133,6 +136,7 @@ fn expected(
                     Group::Model => Some(r.model.clone()),
                     Group::Project => r.project.clone(),
                     Group::Key => r.key_fingerprint.clone(),
+                    Group::Period => r.price_period.clone(),
                 })
                 .collect();
         let s = out
@@ -144,6 +148,7 @@ fn expected(
             estimated_calls: i64::from(r.usage_source == UsageSource::Estimated),
             input_tokens: r.input_tokens as i64,
             cached_tokens: r.cached_tokens as i64,
+            cache_creation_tokens: r.cache_creation_tokens as i64,
             reasoning_tokens: r.reasoning_tokens as i64,
             answer_tokens: r.answer_tokens as i64,
             output_tokens: r.output_tokens as i64,
@@ -448,7 +453,10 @@ async fn the_binary_prints_the_report_in_every_format() {
     assert_eq!(header[..2], ["billing_hour", "project"]);
     assert_eq!(csv_rows.len(), 4, "{csv_text}");
     assert_eq!(csv_rows[3][0], "total");
-    assert_eq!(csv_rows[3][10], "0.02618");
+    assert_eq!(
+        csv_rows[3][header.iter().position(|h| h == "cost_total").unwrap()],
+        "0.02618"
+    );
 
     let (code, table, err) = run(&window);
     assert_eq!(code, Some(0), "{err}");
@@ -531,7 +539,7 @@ async fn the_admin_route_serves_the_report_behind_the_token() {
     assert_eq!(e["error"]["code"], "InvalidReportQuery");
     assert_eq!(
         e["error"]["message"],
-        "by: \"team\" is not one of model, project, key"
+        "by: \"team\" is not one of model, project, key, period"
     );
     t.audit(&[]).await;
 }

@@ -493,10 +493,12 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
         authorization: Some(&format!("Bearer {CANARY}")),
         workspace: None,
         model: "deepseek-r1",
-        input: 10,
-        cached: 0,
-        reasoning: 20,
-        answer: 30,
+        tokens: deepseek_meter::usage::Tokens {
+            input: 10,
+            output: 50,
+            reasoning: 20,
+            ..Default::default()
+        },
     });
     let export = dir.path().join("bill.csv");
     std::fs::write(&export, platform.csv(false)).unwrap();

@@ -56,6 +56,7 @@ fn tokens(input: u64, cached: u64, output: u64, reasoning: u64) -> Tokens {
     Tokens {
         input,
         cached,
+        cache_creation: 0,
         output,
         reasoning,
     }
