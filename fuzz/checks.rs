@@ -160,8 +160,12 @@ pub fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
 /// `stream_options.include_usage` is true and whose every other member is the original's, as the same raw
 /// JSON text in the same order (numbers and strings byte for byte: nothing the client sent may change).
 pub fn request_rewrite(data: &[u8]) {
-    for protocol in [Protocol::OpenAi, Protocol::DashScope] {
+    for protocol in Protocol::ALL {
         let r = inspect_request(protocol, data, true);
+        assert!(
+            r.rewritten_body.is_none() || protocol == Protocol::OpenAi,
+            "only chat is rewritten"
+        );
         let _ = estimate_prompt_tokens(protocol, data);
         if let Some(body) = r.rewritten_body {
             let others = |m: Vec<(String, String)>| {
@@ -214,6 +218,59 @@ pub fn price_book(data: &[u8]) {
     }
 }
 
+/// The Responses and Anthropic readers (`protocol`): any bytes, as a stream split anywhere or as a whole
+/// body, never panic, give the same report however split, keep the token invariants, and report usage only
+/// where the bytes carry a token count. Byte 0 picks stream or body and the Anthropic input reading, byte 1
+/// the split.
+fn tap_new_protocol(protocol: Protocol, data: &[u8]) {
+    use deepseek_meter::usage::tap::InputConvention;
+    if data.len() < 3 {
+        return;
+    }
+    let content_type = if data[0] & 1 == 0 {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let convention = if data[0] & 2 == 0 {
+        InputConvention::ExcludesCache
+    } else {
+        InputConvention::IncludesCache
+    };
+    let step = usize::from(data[1]).max(1);
+    let body = &data[2..];
+    let run = |chunks: &mut dyn Iterator<Item = &[u8]>| {
+        let mut tap = ResponseTap::new(
+            protocol,
+            &RequestInfo::default(),
+            200,
+            Some(content_type),
+            None,
+        )
+        .with_anthropic_input(convention);
+        for c in chunks {
+            tap.feed(c);
+        }
+        tap.finish(StreamEnd::Complete, || 3)
+    };
+    let whole = run(&mut std::iter::once(body));
+    assert_eq!(whole, run(&mut body.chunks(step)));
+    let t = whole.tokens;
+    assert!(
+        t.cached + t.cache_creation <= t.input && t.reasoning <= t.output,
+        "{t:?}"
+    );
+    assert_reported_only_from_token_counts(body, whole.usage_source);
+}
+
+pub fn tap_responses(data: &[u8]) {
+    tap_new_protocol(Protocol::Responses, data)
+}
+
+pub fn tap_anthropic(data: &[u8]) {
+    tap_new_protocol(Protocol::Anthropic, data)
+}
+
 /// A fuzz oracle: panics when its property fails.
 pub type Oracle = fn(&[u8]);
 
@@ -251,9 +308,11 @@ pub fn bill_csv(data: &[u8]) {
     );
 }
 
-pub const TARGETS: [(&str, Oracle); 6] = [
+pub const TARGETS: [(&str, Oracle); 8] = [
     ("tap_sse", tap_sse),
     ("tap_json", tap_json),
+    ("tap_responses", tap_responses),
+    ("tap_anthropic", tap_anthropic),
     ("tap_encoded", tap_encoded),
     ("request_rewrite", request_rewrite),
     ("price_book", price_book),

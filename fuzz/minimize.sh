@@ -5,7 +5,7 @@
 # Usage: fuzz/minimize.sh [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(tap_sse tap_json tap_encoded request_rewrite price_book bill_csv)
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(tap_sse tap_json tap_responses tap_anthropic tap_encoded request_rewrite price_book bill_csv)
 for t in "${targets[@]}"; do
   out="fuzz/regressions/$t"
   mkdir -p "$out"

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-300}; shift || true
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(tap_sse tap_json tap_encoded request_rewrite price_book bill_csv)
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(tap_sse tap_json tap_responses tap_anthropic tap_encoded request_rewrite price_book bill_csv)
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 limit=(-max_total_time="$secs"); [ -n "${FUZZ_RUNS:-}" ] && limit=(-runs="$FUZZ_RUNS")
 for t in "${targets[@]}"; do

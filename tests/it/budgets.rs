@@ -134,6 +134,31 @@ async fn a_block_budget_refuses_in_each_protocols_shape_and_an_alert_budget_neve
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "BudgetExceeded");
     assert_eq!(body["request_id"], id.as_str());
+    // The Responses API answers in the OpenAI shape, the Anthropic API in its own; each limit is read.
+    let responses = r#"{"model":"deepseek-v3","input":"hi","max_output_tokens":64}"#;
+    let resp = post(&t, "/compatible-mode/v1/responses", responses, "alpha").await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "BudgetExceeded");
+    let anthropic =
+        r#"{"model":"deepseek-v3","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = post(&t, "/apps/anthropic/v1/messages", anthropic, "alpha").await;
+    assert_eq!(resp.status(), 429);
+    let id = call_id(&resp);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            &body["type"],
+            &body["error"]["type"],
+            &body["error"]["code"]
+        ),
+        (
+            &Value::from("error"),
+            &Value::from("rate_limit_error"),
+            &Value::from("BudgetExceeded")
+        )
+    );
+    assert_eq!(body["request_id"], id.as_str());
     // Another project is not covered by the block budget; the alert budget (long past its limit) refuses
     // nothing.
     let resp = post(&t, COMPAT_PATH, V3_BODY, "beta").await;
@@ -166,7 +191,7 @@ async fn a_block_budget_refuses_in_each_protocols_shape_and_an_alert_budget_neve
     );
     let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
     for line in [
-        "deepseek_meter_budget_rejections_total{budget=\"alpha-daily\"} 2",
+        "deepseek_meter_budget_rejections_total{budget=\"alpha-daily\"} 4",
         "deepseek_meter_budget_limit_yuan{budget=\"alpha-daily\"} 0.0015",
         "deepseek_meter_budget_window_end_timestamp_seconds{budget=\"alpha-daily\"} 1795622400",
     ] {

@@ -137,7 +137,8 @@ fn free_port() -> u16 {
 }
 
 /// A sidecar on the simulator with a budget and a closed billing hour, and traffic of every kind the
-/// dashboard shows: thinking and plain models, streams, an upstream error, an unpriced model.
+/// dashboard shows: thinking and plain models, streams, an upstream error, an unpriced model, a retired
+/// model (deepseek-r1, after 2026-10-10), cache writes, a model priced by period, every protocol.
 async fn busy_sidecar() -> LedgerApp {
     let clock = Clock::manual(at("2026-11-25T10:30:00Z"));
     let t = LedgerApp::start_at(Upstream::Sim, clock.clone(), |s| {
@@ -165,7 +166,7 @@ async fn busy_sidecar() -> LedgerApp {
 }
 
 async fn traffic(t: &LedgerApp) {
-    let calls: [(&str, Option<&str>); 5] = [
+    let calls: [(&str, Option<&str>); 8] = [
         (
             r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#,
             None,
@@ -186,13 +187,34 @@ async fn traffic(t: &LedgerApp) {
             r#"{"model":"mystery-model","messages":[{"role":"user","content":"hi"}]}"#,
             None,
         ),
+        (
+            r#"{"model":"deepseek-v4-pro","messages":[{"role":"user","content":"a long prompt to cache, a long prompt to cache"}]}"#,
+            None,
+        ),
+        (
+            r#"{"model":"deepseek-v4-flash-0731","input":"hi","stream":true}"#,
+            None,
+        ),
+        (
+            r#"{"model":"deepseek-v4-flash","max_tokens":512,"messages":[{"role":"user","content":"hi"}]}"#,
+            None,
+        ),
     ];
-    for (body, fault) in calls {
+    for (i, (body, fault)) in calls.into_iter().enumerate() {
+        let path = match i {
+            6 => "/compatible-mode/v1/responses",
+            7 => "/apps/anthropic/v1/messages",
+            _ => COMPAT_PATH,
+        };
         let mut req = t
             .http
-            .post(t.url(COMPAT_PATH))
+            .post(t.url(path))
             .bearer_auth("sk-dashboard-test-01")
             .body(body);
+        if i == 5 {
+            // deepseek-v4-pro, the model with the explicit cache: a cache write.
+            req = req.header("x-sim-cache-creation-tokens", "8");
+        }
         if let Some(f) = fault {
             req = req.header("x-sim-fault", f);
         }

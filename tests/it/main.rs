@@ -20,6 +20,7 @@ mod faults;
 mod fuzz_regressions;
 mod ledger;
 mod openai_sdk;
+mod platform;
 mod proxy;
 mod reconcile;
 mod reports;
@@ -27,6 +28,7 @@ mod reprice;
 mod secrets;
 mod simulator;
 mod usage_tap;
+mod usage_tap_2026;
 
 /// The oracles the fuzz targets use, shared so that CI replays the committed inputs through the same checks.
 #[path = "../../fuzz/checks.rs"]

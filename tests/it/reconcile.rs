@@ -63,6 +63,14 @@ struct World {
 
 impl World {
     async fn start(wrong_v3: bool) -> World {
+        World::start_with(wrong_v3, |_| {}).await
+    }
+
+    /// A world whose sidecar has these settings changed too.
+    async fn start_with(
+        wrong_v3: bool,
+        tweak: impl FnOnce(&mut deepseek_meter::config::Settings) + Send + 'static,
+    ) -> World {
         let clock = Clock::manual("2026-11-25T05:10:00Z".parse().unwrap());
         let bill = Arc::new(PlatformBill::new(clock.clone(), Duration::from_secs(300)));
         let sim = SimServer::start(
@@ -84,6 +92,7 @@ impl World {
             s.api_keys = resolved.api_keys;
             s.reconcile = resolved.reconcile;
             s.prices = resolved.prices;
+            tweak(s);
         })
         .await;
         World {
@@ -136,6 +145,32 @@ impl World {
         if through_sidecar {
             self.t.saw(&call_id(&resp));
         }
+        resp.bytes().await.unwrap();
+    }
+
+    /// An Anthropic Messages call at `beijing` through the sidecar, with the cache reads and writes the
+    /// simulator reports.
+    async fn call_anthropic(&self, beijing: &str, model: &str, cached: u64, written: u64) {
+        let at: chrono::DateTime<chrono::Utc> =
+            format!("2026-11-25T{beijing}:00+08:00").parse().unwrap();
+        self.clock.set(at);
+        let resp = self
+            .t
+            .http
+            .post(self.t.url("/apps/anthropic/v1/messages"))
+            .header("x-api-key", KEY)
+            .header("x-sim-chunks", "200")
+            .header("x-sim-cached-tokens", cached.to_string())
+            .header("x-sim-cache-creation-tokens", written.to_string())
+            .body(format!(
+                r#"{{"model":"{model}","max_tokens":4096,"stream":true,"system":"{}","messages":[{{"role":"user","content":"reconcile me at {beijing}"}}]}}"#,
+                "a long shared system prompt, cached. ".repeat(40)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        self.t.saw(&call_id(&resp));
         resp.bytes().await.unwrap();
     }
 
@@ -476,4 +511,79 @@ async fn long_commands_show_progress_on_a_terminal_and_stay_quiet_when_piped() {
     }
     w.t.audit(&[]).await;
     w.sim.shutdown().await;
+}
+
+/// Whether the Anthropic API's `input_tokens` counts the cache reads and writes is unconfirmed on Bailian
+/// (reference §4); the meter reads it Anthropic's way by default. The simulator bills every input token and
+/// reports usage Anthropic's way: with the default, Anthropic calls with cache reads and writes — and a model
+/// priced peak and off-peak, either side of 08:00 — reconcile to a match; a sidecar set to the other
+/// reading (`--anthropic-input-tokens includes-cache`) sees its input tokens drift from the bill's, which is
+/// how an operator learns which reading the platform uses.
+#[tokio::test]
+async fn the_platforms_bill_tells_which_anthropic_input_reading_is_right() {
+    use deepseek_meter::usage::tap::InputConvention;
+    let mut verdicts = Vec::new();
+    for convention in [
+        InputConvention::ExcludesCache,
+        InputConvention::IncludesCache,
+    ] {
+        let w = World::start_with(false, move |s| s.anthropic_input_tokens = convention).await;
+        w.call_anthropic("07:30", "deepseek-v4-flash-0731", 0, 0)
+            .await;
+        w.call_anthropic("08:30", "deepseek-v4-flash-0731", 0, 0)
+            .await;
+        w.call_anthropic("13:10", "deepseek-v4-pro", 64, 128).await;
+        w.call_anthropic("13:40", "deepseek-v4-pro", 200, 0).await;
+        flush(&w.t.app).await;
+        let pool = w.t.db.pool().await;
+        let periods: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT price_period FROM usage_ledger ORDER BY finished_at")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            periods,
+            [Some("off-peak".into()), Some("peak".into()), None, None]
+        );
+        let bill = w.export("anthropic.csv", |_| false);
+        let (code, out, err) = w.reconcile(&["--bill", &bill, "--format", "json"]);
+        assert_eq!(code, Some(0), "{err}");
+        let j: Value = serde_json::from_str(&out).unwrap();
+        if convention == InputConvention::ExcludesCache {
+            assert_eq!(
+                hours(&j),
+                [
+                    ("07".into(), "match".into()),
+                    ("08".into(), "match".into()),
+                    ("13".into(), "match".into())
+                ],
+                "{j}"
+            );
+            assert_eq!(j["total_matches"], true, "{j}");
+            // The same call costs twice as much at peak (the bill's lines are rounded to cents; the ledger is
+            // exact).
+            assert_eq!(
+                d(&hour(&j, "08")["ledger_yuan"]),
+                d(&hour(&j, "07")["ledger_yuan"]) * Decimal::TWO
+            );
+        } else {
+            let h13 = hour(&j, "13");
+            assert_eq!(h13["verdict"], "token_drift", "{j}");
+            let input = h13["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["token_type"] == "input_token")
+                .unwrap();
+            // The reads and writes the meter left out: 64 + 128 + 200.
+            assert_eq!(
+                input["bill_tokens"].as_i64().unwrap() - input["ledger_tokens"].as_i64().unwrap(),
+                392,
+                "{input}"
+            );
+        }
+        verdicts.push(hours(&j));
+        w.sim.shutdown().await;
+    }
+    assert_ne!(verdicts[0], verdicts[1]);
 }
