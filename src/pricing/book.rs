@@ -279,8 +279,8 @@ impl PriceBook {
             };
             for p in e.prices() {
                 let r = p.rates;
-                out.push_str(&format!(
-                    "{:<34} {:<10} {:<9} {:>8} {:>8} {:>8} {:>8} {:>9} {:<10}\n",
+                let line = format!(
+                    "{:<34} {:<11} {:<9} {:>8} {:>8} {:>8} {:>8} {:>9} {:<10}",
                     e.model,
                     format!(
                         "{}{}",
@@ -298,7 +298,9 @@ impl PriceBook {
                     mark("output", &r.output),
                     mark("reasoning", &r.reasoning),
                     e.retires.map(|d| d.to_string()).unwrap_or_default(),
-                ));
+                );
+                out.push_str(line.trim_end());
+                out.push('\n');
             }
         }
         out.push_str(

@@ -117,6 +117,27 @@ fn prices_prints_the_builtin_book() {
     // One line per price: 27 entries, two of them with a peak and an off-peak price.
     let prices = text.lines().skip(1).take_while(|l| !l.is_empty()).count();
     assert_eq!(prices, 29, "{text}");
+    // The README's excerpt is this output, line for line.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let excerpt: Vec<&str> = readme
+        .split("```\nmodel ")
+        .nth(1)
+        .expect("the README shows `prices` output")
+        .split("```")
+        .next()
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(excerpt.len() >= 3);
+    for line in excerpt {
+        assert!(
+            text.lines().any(|l| l == line),
+            "README line not in the output: {line}"
+        );
+    }
     let book = deepseek_meter::pricing::PriceBook::builtin();
     for model in book.models() {
         assert!(
