@@ -26,7 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls/{call_id}", get(call))
         .route("/v1/bill/hourly", get(bill_hourly))
         .route("/v1/budgets", get(budgets))
-        .route("/v1/reconcile", get(reconcile))
+        .route("/v1/reconcile", get(reconcile).post(reconcile_and_record))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -86,11 +86,18 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// does not make the sidecar unready (calls are journaled and shipped later); the body says so.
 async fn readyz(State(state): State<AppState>) -> Response {
     let accepting = state.meter.accepting();
+    // `block` budgets admit nothing until their spent has been read once: not ready until then.
+    let budgets_known = state.ledger.is_none()
+        || state
+            .budgets
+            .as_ref()
+            .is_none_or(|b| b.tracker().known(state.meter.now()));
     let body = match (&state.journal, &state.ledger) {
         (Some(j), Some(l)) => {
             let b = j.backlog();
             json!({
                 "accepting_calls": accepting,
+                "budgets_known": budgets_known,
                 "database_reachable": l.reachable.load(Ordering::Relaxed),
                 "journal_pending_records": b.pending_records,
                 "journal_bytes": b.bytes,
@@ -102,7 +109,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
         _ => json!({"accepting_calls": accepting, "ledger": "in-memory"}),
     };
-    let status = if accepting {
+    let status = if accepting && budgets_known {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -160,7 +167,7 @@ async fn budgets(State(state): State<AppState>) -> Json<serde_json::Value> {
         })
         .collect();
     // Where `block` budgets are decided: Postgres once it has their definitions, else this sidecar.
-    let coordination = match &state.budget_coordinator {
+    let coordination = match state.budgets.as_ref().and_then(|b| b.coordinator()) {
         Some(c) if c.ready() => "postgres",
         Some(_) => "postgres-pending",
         None => "local",
@@ -236,9 +243,27 @@ struct ReconcileParams {
 
 /// The ledger against the imported platform bill over `[from, to)` (`format` json by default, csv or table);
 /// the run is recorded as the command's is.
+/// `GET /v1/reconcile`: the comparison, read only (DESIGN §6: no `GET` writes).
 async fn reconcile(
     State(state): State<AppState>,
     Query(p): Query<ReconcileParams>,
+) -> Result<Response, ApiError> {
+    reconciled(state, p, false).await
+}
+
+/// `POST /v1/reconcile`: the same, recorded as a run (the drift metric and the bill's reconciled hours show
+/// the newest run).
+async fn reconcile_and_record(
+    State(state): State<AppState>,
+    Query(p): Query<ReconcileParams>,
+) -> Result<Response, ApiError> {
+    reconciled(state, p, true).await
+}
+
+async fn reconciled(
+    state: AppState,
+    p: ReconcileParams,
+    record: bool,
 ) -> Result<Response, ApiError> {
     use crate::billing::report::parse_instant;
     let bad = |m: String| ApiError::BadReportQuery(m);
@@ -267,6 +292,7 @@ async fn reconcile(
         bill: None,
         from: Some(from),
         to: Some(to),
+        record,
     };
     let outcome = crate::reconcile::reconcile(ledger.pool(), &cx, req, state.meter.now(), &|_| {})
         .await

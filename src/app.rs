@@ -19,6 +19,7 @@ use crate::admin;
 use crate::billing::delivery::{Attempt, Deliverer, Destinations, StatusCell};
 use crate::billing::{self as bill, Bill};
 use crate::budget::coordinated::{Coordination, Coordinator};
+use crate::budget::gate::Budgets;
 use crate::clock::Clock;
 use crate::config::{LedgerSettings, Settings, Upstream as UpstreamSetting};
 use crate::journal::{Journal, Position, WriterHandle};
@@ -108,17 +109,22 @@ impl App {
             (None, Some(ls)) => Some(start_ledger(ls, settings.billing_timezone, &metrics)?),
             _ => None,
         };
-        let state = app_state(&settings, injected, metrics, ledger_tasks.as_ref());
-        let budgets = start_budgets(&settings, &state, ledger_tasks.as_ref())?;
+        let clock = injected.clock.clone().unwrap_or_else(Clock::system);
+        let mut state = app_state(&settings, injected, metrics, ledger_tasks.as_ref());
+        state.budgets = start_budgets(&settings, &state, ledger_tasks.as_ref())?;
         let ledger_tasks = ledger_tasks.map(|mut t| {
-            if let Some(tracker) = &budgets {
-                t.budgeting = tokio::spawn(refresh_budgets(
-                    tracker.clone(),
-                    t.ledger.pool().clone(),
-                    state.clone(),
-                    settings.alert_webhook.clone(),
-                    t.billing_stop.clone(),
-                ));
+            if let Some(budgets) = &state.budgets {
+                let refresher = crate::budget::refresher::Refresher {
+                    tracker: budgets.tracker().clone(),
+                    coordinator: budgets.coordinator().cloned(),
+                    ledger: t.ledger.clone(),
+                    clock: clock.clone(),
+                    timezone: settings.billing_timezone,
+                    metrics: state.metrics.instance.clone(),
+                    alert_webhook: settings.alert_webhook.clone(),
+                    instance_stale: bill::INSTANCE_STALE,
+                };
+                t.budgeting = tokio::spawn(refresher.run(t.billing_stop.clone()));
             }
             t.roller = tokio::spawn(roll_bill(
                 t.bill.clone(),
@@ -305,20 +311,7 @@ fn app_state(
         admin_token: settings.admin_token.clone(),
         api_keys: settings.api_keys.clone(),
         reconcile: settings.reconcile.clone(),
-        budget_coordinator: ledger_tasks
-            .filter(|_| {
-                settings.budget_coordination == Coordination::Postgres
-                    && !settings.budgets.is_empty()
-            })
-            .map(|t| {
-                Arc::new(Coordinator::new(
-                    t.ledger.pool().clone(),
-                    t.instance,
-                    &settings.budgets,
-                    settings.billing_timezone,
-                    settings.budget_reservation,
-                ))
-            }),
+        budgets: None,
     }
 }
 
@@ -501,12 +494,13 @@ async fn deliver_reports(
 }
 
 /// The budgets of the settings, if any: their tracker on the meter, seeded with what this sidecar journaled
-/// and has not shipped (so a restart, even with the database away, keeps what was spent).
+/// and has not shipped (so a restart, even with the database away, keeps what was spent), and the coordinator
+/// when Postgres decides.
 fn start_budgets(
     settings: &Settings,
     state: &AppState,
     ledger_tasks: Option<&LedgerTasks>,
-) -> anyhow::Result<Option<Arc<crate::budget::tracker::Tracker>>> {
+) -> anyhow::Result<Option<Arc<Budgets>>> {
     if settings.budgets.is_empty() {
         return Ok(None);
     }
@@ -516,6 +510,7 @@ fn start_budgets(
         settings.billing_timezone,
         settings.budget_reservation,
         settings.budget_when_database_down,
+        settings.budget_unpriced,
         meter.now(),
     ));
     if let Some(tasks) = ledger_tasks {
@@ -539,85 +534,30 @@ fn start_budgets(
             );
         }
     }
-    meter.set_budgets(tracker.clone());
-    Ok(Some(tracker))
-}
-
-/// Budgets, every second: read each budget's spent (and which of this sidecar's calls reached the ledger),
-/// record the thresholds crossed (once across sidecars: the one that records a crossing raises it — a `warn`
-/// line and the metric), and POST due alerts to `--alert-webhook`. Postgres away: the tracker keeps counting
-/// this sidecar's calls; crossings wait.
-async fn refresh_budgets(
-    tracker: Arc<crate::budget::tracker::Tracker>,
-    pool: sqlx::PgPool,
-    state: AppState,
-    alert_webhook: Option<http::Uri>,
-    stop: CancellationToken,
-) {
-    use crate::budget::store;
-    let hook = alert_webhook.and_then(|u| crate::webhook::Webhook::new(u).ok());
-    let mut tick = tokio::time::interval(bill::ROLL_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let metrics = &state.metrics.instance;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = state.meter.now();
-        let windows = tracker.windows(now);
-        let ids = tracker.unshipped_ids();
-        if let Some(c) = &state.budget_coordinator {
-            let swept = async {
-                c.publish().await?;
-                c.sweep(
-                    now,
-                    chrono::Duration::from_std(bill::INSTANCE_STALE).unwrap_or_default(),
-                )
-                .await
-            };
-            if let Err(e) = swept.await {
-                tracing::debug!(error = %e, "budget coordination upkeep failed; retrying next round");
-            }
-        }
-        match store::refresh(
-            &pool,
-            tracker.budgets(),
-            &windows,
-            state.meter.open_hour(),
-            &ids,
-        )
-        .await
-        {
-            Ok(r) => tracker.refreshed(&r.spent, &r.in_ledger, &r.raised),
-            Err(e) => tracing::debug!(error = %e, "budget refresh failed; retrying next round"),
-        }
-        let mut unrecorded = Vec::new();
-        for c in tracker.take_crossings() {
-            let payload = store::payload(&c, state.timezone);
-            match store::record(&pool, &c, &payload, now, hook.is_some()).await {
-                Ok(true) => {
-                    metrics.budget_alert_raised(&c.budget.name);
-                    tracing::warn!(budget = %c.budget.name, threshold = %c.threshold, spent = %c.spent,
-                        limit = %c.budget.limit, "budget threshold crossed");
-                }
-                Ok(false) => {}
-                Err(_) => unrecorded.push(c),
-            }
-        }
-        tracker.requeue(unrecorded);
-        if let Some(hook) = &hook {
-            while !stop.is_cancelled() {
-                match store::deliver_one(&pool, hook, state.meter.now()).await {
-                    Ok(Some(Ok(()))) => {}
-                    Ok(Some(Err(error))) => {
-                        tracing::warn!(%error, "budget alert delivery failed; retrying with backoff");
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
+    if ledger_tasks.is_none() {
+        // No database to read spent from: the database-down policy decides every admission.
+        tracker.unanswered();
     }
+    meter.set_budgets(tracker.clone());
+    let coordinator = ledger_tasks
+        .filter(|_| settings.budget_coordination == Coordination::Postgres)
+        .map(|t| {
+            Arc::new(Coordinator::new(
+                t.ledger.pool().clone(),
+                t.instance,
+                &settings.budgets,
+                settings.billing_timezone,
+                settings.budget_reservation,
+            ))
+        });
+    let budgets = Budgets::new(
+        tracker,
+        coordinator,
+        settings.prices.clone(),
+        state.metrics.instance.clone(),
+    );
+    budgets.warn_unpriced_scopes(settings.budget_unpriced);
+    Ok(Some(Arc::new(budgets)))
 }
 
 /// The upstream's base URI, starting the in-process simulator for `--upstream sim`.

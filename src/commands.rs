@@ -43,6 +43,7 @@ pub async fn reconcile(settings: &Settings, r: &ReconcileArgs) -> anyhow::Result
         timezone: tz,
     };
     let req = reconciliation::Request {
+        record: true,
         bill: bytes.as_deref(),
         from,
         to,

@@ -48,10 +48,41 @@ pub enum ApiError {
     BadReportQuery(String),
     #[error("This proxy lends its API key only to clients with the right X-Meter-Client-Token (or send your own Authorization).")]
     ClientToken,
-    #[error("Budget `{budget}` has no room for this call; nothing was forwarded.")]
-    BudgetExceeded { budget: String },
+    #[error("Budget `{budget}` has no room for this call{}; nothing was forwarded.{}",
+        detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default(),
+        if *suggest_max_tokens { " Set max_tokens to bound what the call may cost." } else { "" })]
+    BudgetExceeded {
+        budget: String,
+        /// What the call needed and what was left, in words.
+        detail: Option<String>,
+        /// The worst case came from the model's maximum output: the client set no output limit.
+        suggest_max_tokens: bool,
+    },
     #[error("Budget `{budget}` cannot be checked (the ledger database is unreachable); nothing was forwarded.")]
     BudgetUnknown { budget: String },
+    #[error("Model `{model}` has no price, so budget `{budget}` cannot bound what the call costs; nothing was forwarded (add the model to the price book, or set --budget-unpriced admit).")]
+    BudgetUnpriced { budget: String, model: String },
+}
+
+impl From<crate::budget::gate::Refused> for ApiError {
+    fn from(r: crate::budget::gate::Refused) -> ApiError {
+        use crate::budget::tracker::Refusal;
+        match r.refusal {
+            Refusal::Exceeded {
+                budget,
+                needed,
+                left,
+            } => ApiError::BudgetExceeded {
+                budget,
+                detail: Some(crate::budget::gate::describe(needed, left)),
+                suggest_max_tokens: r.worst_from_model_maximum,
+            },
+            Refusal::Unknown { budget } | Refusal::Pending { budget } => {
+                ApiError::BudgetUnknown { budget }
+            }
+            Refusal::Unpriced { budget, model } => ApiError::BudgetUnpriced { budget, model },
+        }
+    }
 }
 
 impl ApiError {
@@ -64,6 +95,7 @@ impl ApiError {
             | ApiError::LedgerUnavailable
             | ApiError::BudgetUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BudgetUnpriced { .. } => StatusCode::FORBIDDEN,
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestBodyUnreadable | ApiError::BadCallId | ApiError::BadReportQuery(_) => {
                 StatusCode::BAD_REQUEST
@@ -94,6 +126,7 @@ impl ApiError {
             ApiError::BudgetExceeded { .. } => "BudgetExceeded",
             ApiError::ClientToken => "MeterClientTokenInvalid",
             ApiError::BudgetUnknown { .. } => "BudgetUnavailable",
+            ApiError::BudgetUnpriced { .. } => "BudgetUnpricedModel",
         }
     }
 
@@ -226,6 +259,8 @@ mod tests {
         let id = Uuid::now_v7();
         let err = ApiError::BudgetExceeded {
             budget: "alpha-daily".into(),
+            detail: None,
+            suggest_max_tokens: false,
         };
         let compat = err.for_call(Protocol::OpenAi, id);
         assert_eq!(compat.status(), 429);

@@ -20,6 +20,8 @@ pub struct Ledger {
     pool: PgPool,
     /// Last known reachability, for `/readyz`.
     pub reachable: Arc<AtomicBool>,
+    /// The schema is this build's (migrated at startup, or `--no-migrate`): readers may start.
+    migrated: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Ledger {
@@ -33,7 +35,19 @@ impl Ledger {
         Ok(Ledger {
             pool,
             reachable: Arc::new(AtomicBool::new(false)),
+            migrated: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Says the schema is ready (the shipper, once it has migrated, or at once with `--no-migrate`).
+    pub fn set_migrated(&self) {
+        self.migrated.send_replace(true);
+    }
+
+    /// Waits until the schema is ready.
+    pub async fn wait_migrated(&self) {
+        let mut rx = self.migrated.subscribe();
+        let _ = rx.wait_for(|m| *m).await;
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -75,6 +75,7 @@ impl Meter {
         metrics: InstanceMetrics,
         recorder: Arc<dyn Recorder>,
     ) -> Meter {
+        metrics.start_at_zero(prices.retiring());
         Meter {
             inner: Arc::new(Inner {
                 prices,

@@ -140,6 +140,31 @@ mod tests {
     }
 
     #[test]
+    fn a_model_outside_the_table_gets_the_largest_of_every_limit() {
+        let f = facts("mystery-model");
+        assert_eq!(
+            f,
+            ModelFacts {
+                explicit_cache: true,
+                ..V4
+            }
+        );
+        assert_eq!(f.thinking, Thinking::DefaultOn);
+        for known in [
+            "deepseek-v3",
+            "deepseek-r1",
+            "deepseek-v3.2",
+            "deepseek-v4-flash",
+        ] {
+            let k = facts(known);
+            assert!(
+                k.max_input <= f.max_input && k.max_answer <= f.max_answer,
+                "{known}"
+            );
+        }
+    }
+
+    #[test]
     fn who_decides_whether_a_call_thinks() {
         assert!(Thinking::DefaultOn.thinks(None) && !Thinking::DefaultOn.thinks(Some(false)));
         assert!(!Thinking::DefaultOff.thinks(None) && Thinking::DefaultOff.thinks(Some(true)));

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// The model of a call whose request named none (or could not be read).
+pub const UNKNOWN_MODEL: &str = "unknown";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     pub call_id: Uuid,

@@ -61,6 +61,9 @@ impl Shipper {
     pub async fn run(mut self, stop: CancellationToken, drain: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut ready = self.prepare.is_none();
+        if ready {
+            self.ledger.set_migrated();
+        }
         loop {
             if drain.is_cancelled() {
                 return;
@@ -70,6 +73,7 @@ impl Shipper {
                     Ok(()) => {
                         ready = true;
                         self.ledger.reachable.store(true, Ordering::Relaxed);
+                        self.ledger.set_migrated();
                         backoff.reset();
                     }
                     Err(e) => {

@@ -19,9 +19,9 @@ pub struct AppState {
     pub timezone: chrono_tz::Tz,
     /// Required on the admin listener (all but `/healthz`) when set.
     pub admin_token: Option<String>,
-    /// `block` budgets decided in Postgres (`--budget-coordination postgres`, with a ledger).
     /// `[[api_key]]` (the proxy's attribution, the reconciliation's key IDs) and `[reconcile]` of the config file.
     pub api_keys: crate::keys::ApiKeys,
     pub reconcile: crate::reconcile::ReconcileConfig,
-    pub budget_coordinator: Option<std::sync::Arc<crate::budget::coordinated::Coordinator>>,
+    /// The budgets (`None`: none configured): the request path's admission, `/v1/budgets`, the metrics.
+    pub budgets: Option<std::sync::Arc<crate::budget::gate::Budgets>>,
 }

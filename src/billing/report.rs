@@ -275,6 +275,12 @@ pub struct Sums {
 }
 
 impl Sums {
+    /// The money of these calls: `None` when every one of them is unpriced (there is no cost to show, and
+    /// never a zero); otherwise the priced calls' cost, the unpriced ones counted apart beside it.
+    pub fn cost(&self) -> Option<Decimal> {
+        (self.calls == 0 || self.unpriced_calls < self.calls).then_some(self.cost_total)
+    }
+
     pub fn add(&mut self, o: &Sums) {
         self.calls += o.calls;
         self.unpriced_calls += o.unpriced_calls;
@@ -301,7 +307,7 @@ impl Sums {
             self.reasoning_tokens.to_string(),
             self.answer_tokens.to_string(),
             self.output_tokens.to_string(),
-            money(self.cost_total),
+            self.cost().map(money).unwrap_or_default(),
             money(self.adjustment_yuan),
         ]
     }
@@ -508,7 +514,10 @@ fn sums_json(s: &Sums, o: &mut Map<String, Value>) {
     o.insert("reasoning_tokens".into(), s.reasoning_tokens.into());
     o.insert("answer_tokens".into(), s.answer_tokens.into());
     o.insert("output_tokens".into(), s.output_tokens.into());
-    o.insert("cost_total".into(), money(s.cost_total).into());
+    o.insert(
+        "cost_total".into(),
+        s.cost().map_or(Value::Null, |c| money(c).into()),
+    );
     o.insert("adjustment_yuan".into(), money(s.adjustment_yuan).into());
 }
 
@@ -666,6 +675,24 @@ mod tests {
         assert_eq!(j["total"]["state"], "provisional");
         assert_eq!(j["estimated_calls"], 2);
         assert!(j["rows"][0].get("key_fingerprint").is_none());
+    }
+
+    #[test]
+    fn an_unpriced_row_has_no_cost_in_any_format_and_its_count_beside_it() {
+        let mut r = sample();
+        r.rows[1].sums.unpriced_calls = r.rows[1].sums.calls;
+        let r = Report::new(r.query.clone(), r.rows.clone());
+        let j = r.to_json();
+        assert_eq!(j["rows"][1]["cost_total"], Value::Null);
+        assert_eq!(j["rows"][1]["unpriced_calls"], 1);
+        // The total still has the priced calls' cost, the unpriced one counted beside it.
+        assert_eq!(j["total"]["cost_total"], "0.025737");
+        assert_eq!(j["total"]["unpriced_calls"], 1);
+        let csv = r.to_csv();
+        let line = csv.lines().nth(2).unwrap();
+        assert!(line.contains(",1,1,"), "{line}");
+        assert!(line.contains(",,0,provisional,0"), "empty cost: {line}");
+        assert!(!r.to_table().lines().nth(2).unwrap().contains("0.000081"));
     }
 
     #[test]

@@ -51,9 +51,16 @@ pub fn worst_case_tokens(r: &Request<'_>) -> Tokens {
     }
 }
 
-/// The worst-case cost of `r` in CNY at `at`; `None` for a model without a price.
+/// The worst-case cost of `r` in CNY at `at`, at the dearest period of the entry in force (a call that starts
+/// off-peak may end at peak); `None` for a model without a price.
 pub fn worst_case_cost(book: &PriceBook, r: &Request<'_>, at: DateTime<Utc>) -> Option<Decimal> {
-    let price = book.price_at(r.model, at)?;
+    book.price_at(r.model, at)?;
+    let entry = book.entry_at(r.model, at)?;
+    entry.prices().iter().map(|p| worst_at(p, r)).max()
+}
+
+/// The worst case of `r` at one price.
+fn worst_at(price: &crate::pricing::Price<'_>, r: &Request<'_>) -> Decimal {
     let t = worst_case_tokens(r);
     // The same tokens in their dearest classes: input as cache writes or not, output that may be reasoning
     // as reasoning or as answer.
@@ -68,11 +75,11 @@ pub fn worst_case_cost(book: &PriceBook, r: &Request<'_>, at: DateTime<Utc>) -> 
     } else {
         0
     };
-    Some(price.cost(&Tokens {
+    price.cost(&Tokens {
         cache_creation,
         reasoning,
         ..t
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -143,6 +150,21 @@ mod tests {
         assert_eq!(
             worst_case_cost(&book, &req("deepseek-v4-pro", Some(100), None), at),
             Some("0.0054".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_call_starting_off_peak_reserves_at_the_peak_price() {
+        let book = PriceBook::builtin();
+        // 07:59 Beijing, off-peak; the call may end at peak: 200 × 3 + 100 × 9 = 1,500 per million.
+        let at: DateTime<Utc> = "2026-11-24T23:59:00Z".parse().unwrap();
+        assert_eq!(
+            worst_case_cost(
+                &book,
+                &req("deepseek-v4-flash-0731", Some(100), Some(false)),
+                at
+            ),
+            Some("0.0015".parse().unwrap())
         );
     }
 

@@ -15,7 +15,9 @@
 //! term in the same snapshot that counted it in the first, so nothing is counted twice or missed.
 
 pub mod coordinated;
+pub mod gate;
 pub mod limits;
+pub mod refresher;
 pub mod store;
 pub mod tracker;
 

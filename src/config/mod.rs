@@ -11,7 +11,7 @@
 pub mod table;
 
 use crate::budget::coordinated::Coordination;
-use crate::budget::tracker::{Reservation, WhenUnknown};
+use crate::budget::tracker::{Reservation, Unpriced, WhenUnknown};
 use crate::budget::Budget;
 use crate::journal::{Durability, JournalConfig, OnFull};
 use crate::pricing::PriceBook;
@@ -209,6 +209,8 @@ serve_settings! {
     budget_reservation: Reservation = Some("worst-case"), env "METER_BUDGET_RESERVATION", parse choice;
     /// A `block` budget whose spent is unknown (database away): `open` (serve, count, warn) or `closed` (503).
     budget_when_database_down: WhenUnknown = Some("open"), env "METER_BUDGET_WHEN_DATABASE_DOWN", parse choice;
+    /// A call to a model without a price under a `block` budget: `refuse` it (the budget cannot bound it) or `admit` it (served, counted in a metric, not in spent).
+    budget_unpriced: Unpriced = Some("refuse"), env "METER_BUDGET_UNPRICED", parse choice;
     /// How sidecars share `block` budgets: `local` (reserve in memory) or `postgres` (one round trip per call, exact).
     budget_coordination: Coordination = Some("local"), env "METER_BUDGET_COORDINATION", parse choice;
     /// Do not create or migrate the database at startup.
@@ -253,6 +255,7 @@ pub struct Settings {
     pub budgets: Vec<Budget>,
     pub budget_reservation: Reservation,
     pub budget_when_database_down: WhenUnknown,
+    pub budget_unpriced: Unpriced,
     pub budget_coordination: Coordination,
     /// `[[api_key]]` tables of the config file.
     pub api_keys: crate::keys::ApiKeys,
@@ -316,6 +319,25 @@ impl Settings {
                 ),
             ));
         }
+        // --upstream-address replaces the resolution of a host name: with nothing to resolve it would be ignored.
+        if v.upstream_address.is_some() {
+            let named = match &v.upstream {
+                Upstream::Url(u) => u.host().is_some_and(|h| {
+                    h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                }),
+                Upstream::Sim => false,
+            };
+            if !named {
+                return Err(SettingError::new(
+                    "upstream_address",
+                    "METER_UPSTREAM_ADDRESS",
+                    "applies only to an --upstream named by a host name (it replaces that name's resolution)"
+                        .into(),
+                ));
+            }
+        }
         // The admin API (calls, bills, budgets) is open only on loopback; anywhere else it needs the token.
         if !v.admin_listen.ip().is_loopback() && admin_token.is_none() {
             return Err(SettingError::new(
@@ -331,6 +353,7 @@ impl Settings {
             budgets,
             budget_reservation: v.budget_reservation,
             budget_when_database_down: v.budget_when_database_down,
+            budget_unpriced: v.budget_unpriced,
             budget_coordination: v.budget_coordination,
             api_keys,
             reconcile,
@@ -685,6 +708,29 @@ mod tests {
             Upstream::Url("https://dashscope.aliyuncs.com".parse().unwrap())
         );
         assert_eq!(s.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn an_upstream_address_needs_a_host_name_to_replace() {
+        let with = |upstream: &str| {
+            Settings::resolve(
+                ServeArgs {
+                    upstream: Some(upstream.into()),
+                    upstream_address: Some("127.0.0.1:9".into()),
+                    ..Default::default()
+                },
+                FileConfig::default(),
+            )
+        };
+        let s = with("https://llm-ws1.cn-beijing.maas.aliyuncs.com").unwrap();
+        assert_eq!(s.upstream_address, Some("127.0.0.1:9".parse().unwrap()));
+        for ignored in ["sim", "http://127.0.0.1:8788"] {
+            let e = with(ignored).unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid setting --upstream-address (METER_UPSTREAM_ADDRESS"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,8 @@ metrics! {
         budget_rejections: IntCounterVec = "deepseek_meter_budget_rejections_total" ["budget"],
         /// Calls served without a budget check while the budget's spent was unknown (database away, `open`).
         budget_unchecked: IntCounterVec = "deepseek_meter_budget_unchecked_calls_total" ["budget"],
+        /// Calls to a model without a price a `block` budget served (`--budget-unpriced admit`), uncounted in spent.
+        budget_unpriced_admitted: IntCounterVec = "deepseek_meter_budget_unpriced_admitted_total" ["budget"],
         /// Threshold alerts this sidecar raised (each crossing is raised by one sidecar, once).
         budget_alerts: IntCounterVec = "deepseek_meter_budget_alerts_total" ["budget"],
     }
@@ -85,7 +87,12 @@ impl InstanceMetrics {
                     .inc_by(cost.to_f64().unwrap_or(0.0));
             }
         }
-        if cost_by_class.is_none() {
+        // A call is unpriced when there is something to price: a model it named, or tokens it used. A call
+        // refused before its request was read (an oversized upload's 413) is neither.
+        let t = record.tokens();
+        let something_to_price =
+            record.model != crate::record::UNKNOWN_MODEL || t.input + t.output > 0;
+        if cost_by_class.is_none() && something_to_price {
             self.unpriced.with_label_values(&[model_label]).inc();
         }
         let protocol = record.protocol.as_str();
@@ -114,6 +121,15 @@ impl InstanceMetrics {
             self.upstream_errors
                 .with_label_values(&[model_label, code])
                 .inc();
+        }
+    }
+
+    /// Starts at 0 the series that alert on their first increase: unpriced calls (`other`) and calls to each
+    /// model with an announced retirement. A series born at 1 would hide its first call from `increase()`.
+    pub fn start_at_zero<'a>(&self, retiring: impl Iterator<Item = &'a str>) {
+        self.unpriced.with_label_values(&["other"]);
+        for model in retiring {
+            self.retired.with_label_values(&[model]);
         }
     }
 
@@ -167,6 +183,12 @@ impl InstanceMetrics {
 
     pub fn budget_unchecked(&self, budget: &str) {
         self.budget_unchecked.with_label_values(&[budget]).inc();
+    }
+
+    pub fn budget_unpriced_admitted(&self, budget: &str) {
+        self.budget_unpriced_admitted
+            .with_label_values(&[budget])
+            .inc();
     }
 
     pub fn budget_alert_raised(&self, budget: &str) {

@@ -242,12 +242,23 @@ impl PriceBook {
         entry.prices().into_iter().find(|p| p.period == period)
     }
 
-    /// Whether a call to `model` at `at` is past the model's announced retirement (the newest entry's).
+    /// Whether a call to `model` at `at` is past the model's announced retirement (as its newest entry says:
+    /// a later entry without `retires` lifts it).
     pub fn retired(&self, model: &str, at: DateTime<Utc>) -> bool {
         self.by_model
             .get(model)
-            .and_then(|es| es.iter().rev().find_map(|e| e.retires_at))
+            .and_then(|es| es.last())
+            .and_then(|e| e.retires_at)
             .is_some_and(|r| r <= at)
+    }
+
+    /// The models with an announced retirement (their metric series start at 0, so the first call after it
+    /// shows as an increase).
+    pub fn retiring(&self) -> impl Iterator<Item = &str> {
+        self.by_model
+            .iter()
+            .filter(|(_, es)| es.last().is_some_and(|e| e.retires.is_some()))
+            .map(|(m, _)| m.as_str())
     }
 
     /// Whether the book knows the model at all (it is then a bounded metric label).

@@ -79,6 +79,15 @@ fn v4_pro_at_12_and_24_with_a_cache_write_at_its_write_price() {
 }
 
 #[test]
+fn reasoning_has_its_own_price_when_the_book_gives_one() {
+    let text = "[[model]]\nname = \"m\"\neffective_from = 2025-01-01\ninput = 1\noutput = 2\nreasoning = 5\n";
+    let book = PriceBook::parse(text, DEFAULT_TIMEZONE).unwrap();
+    let p = book.price_at("m", at("2025-06-01T00:00:00Z")).unwrap();
+    // 10 input × 1 + 30 reasoning × 5 + 20 answer × 2 = 200 per million.
+    assert_eq!(p.cost(&tokens(10, 0, 0, 50, 30)), d("0.0002"));
+}
+
+#[test]
 fn time_of_day_prices_follow_the_billing_hour() {
     let book = PriceBook::builtin();
     let t = tokens(1_000_000, 0, 0, 1_000_000, 0);
@@ -92,6 +101,10 @@ fn time_of_day_prices_follow_the_billing_hour() {
     assert_eq!((off.period, off.cost(&t)), (Some("off-peak"), d("6")));
     assert_eq!((peak.period, peak.cost(&t)), (Some("peak"), d("12")));
     // 21:59:59 is peak, 22:00 off-peak again.
+    let last = book
+        .price_at("deepseek-v4-flash-0731", at("2026-11-25T13:59:59Z"))
+        .unwrap();
+    assert_eq!(last.period, Some("peak"));
     let late = book
         .price_at("deepseek-v4-flash-0731", at("2026-11-25T14:00:00Z"))
         .unwrap();
@@ -110,9 +123,19 @@ fn time_of_day_prices_follow_the_billing_hour() {
 #[test]
 fn retirement_is_announced_not_a_price_change() {
     let book = PriceBook::builtin();
-    let after = at("2026-10-10T00:00:00Z");
+    // Midnight 2026-10-10 in Beijing.
+    let after = at("2026-10-09T16:00:00Z");
     assert!(book.retired("deepseek-r1", after));
     assert!(!book.retired("deepseek-r1", at("2026-10-09T15:59:59Z")));
+    // A later entry without `retires` lifts it.
+    let lifted = PriceBook::with_file(
+        "[[model]]\nname = \"deepseek-r1\"\neffective_from = 2026-11-01\ninput = 4\noutput = 16\n",
+        DEFAULT_TIMEZONE,
+    )
+    .unwrap();
+    assert!(!lifted.retired("deepseek-r1", at("2026-11-25T00:00:00Z")));
+    assert!(book.retiring().any(|m| m == "deepseek-r1"));
+    assert!(!lifted.retiring().any(|m| m == "deepseek-r1"));
     assert!(book.price_at("deepseek-r1", after).is_some());
     assert!(!book.retired("deepseek-v4-pro", after));
 }
@@ -176,6 +199,15 @@ output = "200"
     let now = at("2026-11-25T05:00:00Z");
     let pro = book.price_at("deepseek-v4-pro", now).unwrap();
     assert_eq!((pro.rates.input, pro.rates.cache_write), (d("10"), d("11")));
+    // Replaced, not added: the stored version finds the file's rates, and there is one entry of that date.
+    let stored = book.price_of("deepseek-v4-pro@2026-01-01", None).unwrap();
+    assert_eq!(stored.rates.input, d("10"));
+    assert_eq!(
+        book.entries()
+            .filter(|e| e.version() == "deepseek-v4-pro@2026-01-01")
+            .count(),
+        1
+    );
     // The built-in cache-read ratio (0.2), the file's own write ratio (1.5).
     let us = book.price_at("deepseek-v4-pro-us", now).unwrap();
     assert_eq!(
@@ -343,8 +375,5 @@ proptest! {
         };
         prop_assert_eq!(p.cost(&a) + p.cost(&b), p.cost(&sum));
         prop_assert!(!p.cost(&a).is_sign_negative() || p.cost(&a).is_zero());
-        // The input part is the three input classes' money.
-        let classes = p.cost_by_class(&a);
-        prop_assert_eq!(p.rates.input_cost(&a), classes[0].1 + classes[1].1 + classes[2].1);
     }
 }

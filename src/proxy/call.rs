@@ -67,7 +67,7 @@ impl CallContext {
                 .info
                 .model
                 .or(report.response_model)
-                .unwrap_or_else(|| "unknown".into()),
+                .unwrap_or_else(|| crate::record::UNKNOWN_MODEL.into()),
             stream: self.info.stream || report.stream,
             status: report.status,
             http_status: Some(report.http_status),

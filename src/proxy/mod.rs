@@ -309,78 +309,37 @@ impl Proxy {
         self.respond(response, ctx, metered, outgoing.strip_usage_chunk)
     }
 
-    /// The call against the `block` budgets that cover it (`crate::budget`): admitted with its worst case
-    /// reserved, or refused (`BudgetExceeded` 429, or 503 while a budget cannot be checked with
-    /// `--budget-when-database-down closed`).
+    /// The call against the `block` budgets that cover it (`crate::budget::gate`): admitted with its worst case
+    /// reserved, or refused in the caller's shape.
     async fn admit(&self, ctx: &CallContext, body_bytes: usize) -> Result<(), ApiError> {
-        let meter = &self.inner.state.meter;
-        let Some(budgets) = meter.budgets() else {
+        let state = &self.inner.state;
+        let Some(budgets) = &state.budgets else {
             return Ok(());
         };
-        let model = ctx.info.model.as_deref().unwrap_or("unknown");
-        let a = crate::budget::Attribution {
-            project: ctx.project.as_deref(),
-            model,
-            key_fingerprint: ctx.key_fingerprint.as_deref(),
-            end_user: ctx.end_user.as_deref(),
+        let model = ctx
+            .info
+            .model
+            .as_deref()
+            .unwrap_or(crate::record::UNKNOWN_MODEL);
+        let call = crate::budget::gate::Call {
+            call_id: ctx.call_id,
+            attribution: crate::budget::Attribution {
+                project: ctx.project.as_deref(),
+                model,
+                key_fingerprint: ctx.key_fingerprint.as_deref(),
+                end_user: ctx.end_user.as_deref(),
+            },
+            request: crate::budget::limits::Request {
+                model,
+                body_bytes,
+                max_output_tokens: ctx.info.max_output_tokens,
+                enable_thinking: ctx.info.enable_thinking,
+            },
         };
-        if !budgets.blocks(&a) {
-            return Ok(());
-        }
-        let worst = meter.worst_case(&crate::budget::limits::Request {
-            model,
-            body_bytes,
-            max_output_tokens: ctx.info.max_output_tokens,
-            enable_thinking: ctx.info.enable_thinking,
-        });
-        let metrics = &self.inner.state.metrics.instance;
-        let now = meter.now();
-        if let Some(c) = self
-            .inner
-            .state
-            .budget_coordinator
-            .as_ref()
-            .filter(|c| c.ready())
-        {
-            use crate::budget::coordinated::{Verdict, ROUND_TRIP_TIMEOUT};
-            let windows = budgets.windows(now);
-            let asked = c.admit(ctx.call_id, &a, worst, &windows, now);
-            match tokio::time::timeout(ROUND_TRIP_TIMEOUT, asked).await {
-                Ok(Ok(Verdict::Admitted)) => {
-                    budgets.hold(ctx.call_id, &a, worst, now);
-                    return Ok(());
-                }
-                Ok(Ok(Verdict::Exceeded(i))) => {
-                    let budget = budgets.budgets()[i].name.clone();
-                    metrics.budget_rejected(&budget);
-                    return Err(ApiError::BudgetExceeded { budget });
-                }
-                // Postgres cannot answer now: this sidecar's own numbers decide.
-                Ok(Err(e)) => {
-                    tracing::debug!(call_id = %ctx.call_id, error = %e, "budget admission in Postgres failed; deciding locally")
-                }
-                Err(_) => {
-                    tracing::debug!(call_id = %ctx.call_id, "budget admission in Postgres timed out; deciding locally")
-                }
-            }
-        }
-        match budgets.admit(ctx.call_id, &a, worst, now) {
-            Ok(admission) => {
-                for budget in &admission.unchecked {
-                    metrics.budget_unchecked(budget);
-                    tracing::warn!(call_id = %ctx.call_id, budget, "budget spent unknown (database unreachable): call served unchecked");
-                }
-                Ok(())
-            }
-            Err(crate::budget::tracker::Refusal::Exceeded { budget }) => {
-                metrics.budget_rejected(&budget);
-                Err(ApiError::BudgetExceeded { budget })
-            }
-            Err(crate::budget::tracker::Refusal::Unknown { budget }) => {
-                metrics.budget_rejected(&budget);
-                Err(ApiError::BudgetUnknown { budget })
-            }
-        }
+        budgets
+            .admit(&call, state.meter.now())
+            .await
+            .map_err(ApiError::from)
     }
 
     /// What is known of the call from its head: key identity and attribution, taken before the headers

@@ -37,13 +37,14 @@ pub fn parse(value: Option<&toml::Value>) -> Result<ReconcileConfig, String> {
     }
 }
 
-/// What `reconcile` was asked: an export to import first (its bytes), and the period (default: the hours
-/// the export covers).
+/// What `reconcile` was asked: an export to import first (its bytes), the period (default: the hours the
+/// export covers), and whether to record the run (the CLI and `POST /v1/reconcile` do; a `GET` only reads).
 #[derive(Debug, Default)]
 pub struct Request<'a> {
     pub bill: Option<&'a [u8]>,
     pub from: Option<chrono::DateTime<chrono::Utc>>,
     pub to: Option<chrono::DateTime<chrono::Utc>>,
+    pub record: bool,
 }
 
 /// What the ledger's side needs from the settings.
@@ -72,7 +73,8 @@ pub enum ReconcileError {
     Database(#[from] sqlx::Error),
 }
 
-/// Imports the export (if any), compares the period, and records the run. `progress` hears each stage.
+/// Imports the export (if any), compares the period, and records the run (when asked). `progress` hears each
+/// stage.
 pub async fn reconcile(
     pool: &sqlx::PgPool,
     cx: &Context<'_>,
@@ -117,7 +119,9 @@ pub async fn reconcile(
         &bill,
         cx.config.default_workspace.as_deref(),
     );
-    store::record(pool, &r, now).await?;
+    if req.record {
+        store::record(pool, &r, now).await?;
+    }
     Ok(Outcome {
         imported,
         reconciliation: r,

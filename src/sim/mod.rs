@@ -283,9 +283,10 @@ async fn serve(proto: Proto, options: &SimOptions, headers: &HeaderMap, body: &[
             .or_else(|| text("x-api-key").map(|k| format!("Bearer {k}")));
         bill.book(&billing::Booking {
             authorization: authorization.as_deref(),
-            workspace: text("x-dashscope-workspace")
-                .filter(|w| !w.is_empty())
-                .or(options.workspace.as_deref()),
+            workspace: options
+                .workspace
+                .as_deref()
+                .or(text("x-dashscope-workspace").filter(|w| !w.is_empty())),
             model: &call.model,
             tokens: crate::usage::Tokens {
                 input: call.input_tokens,

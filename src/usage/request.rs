@@ -387,6 +387,10 @@ mod tests {
         let r = inspect_request(Protocol::Responses, body, true);
         assert!(!r.info.stream, "the native SSE header means nothing here");
         assert_eq!(r.info.enable_thinking, Some(true));
+        // No effort: the top-level switch, as the chat API takes it.
+        let body = br#"{"model":"deepseek-v3.2","input":"hi","enable_thinking":true}"#;
+        let r = inspect_request(Protocol::Responses, body, false);
+        assert_eq!(r.info.enable_thinking, Some(true));
     }
 
     #[test]

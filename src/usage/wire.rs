@@ -534,6 +534,9 @@ mod tests {
                 other => panic!("{json}: {other:?}"),
             }
         }
+        // Several billing types: their writes add up.
+        let two = r#"{"input_tokens":3000,"output_tokens":1,"x_details":[{"prompt_tokens_details":{"cache_creation_input_tokens":1000}},{"x_billing_type":"x"},{"cache_creation_input_tokens":500}]}"#;
+        assert!(matches!(read(two), UsageRead::Read(t) if t.cache_creation == Some(1500)));
         let bad = r#"{"input_tokens":3,"output_tokens":1,"x_details":[{"cache_creation_input_tokens":-1}]}"#;
         assert!(matches!(read(bad), UsageRead::Unreadable));
         let null = r#"{"input_tokens":3,"output_tokens":1,"x_details":null}"#;

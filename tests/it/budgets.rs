@@ -134,7 +134,7 @@ async fn a_block_budget_refuses_in_each_protocols_shape_and_an_alert_budget_neve
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "BudgetExceeded");
     assert_eq!(body["request_id"], id.as_str());
-    // The Responses API answers in the OpenAI shape, the Anthropic API in its own; each limit is read.
+    // The Responses API answers in the OpenAI shape, the Anthropic API in its own.
     let responses = r#"{"model":"deepseek-v3","input":"hi","max_output_tokens":64}"#;
     let resp = post(&t, "/compatible-mode/v1/responses", responses, "alpha").await;
     assert_eq!(resp.status(), 429);

@@ -154,10 +154,11 @@ async fn busy_sidecar() -> LedgerApp {
     t.app.roll_bill().await.unwrap().unwrap();
     clock.set(at("2026-11-25T11:11:00Z"));
     t.app.roll_bill().await.unwrap().unwrap();
-    // A reconciliation (no platform bill imported: every hour only in the ledger) for the drift panel.
+    // A reconciliation, recorded (no platform bill imported: every hour only in the ledger), for the drift
+    // panel.
     let resp = t
         .http
-        .get(t.admin_url("/v1/reconcile?from=2026-11-25&to=2026-11-26"))
+        .post(t.admin_url("/v1/reconcile?from=2026-11-25&to=2026-11-26"))
         .send()
         .await
         .unwrap();
@@ -337,6 +338,13 @@ async fn every_sql_query_of_the_bill_dashboard_returns_rows() {
             assert!(!rows.is_empty(), "{title}: no rows: {sql}");
         }
     }
+    // The period panel has a real period to show, not only the flat prices' "all day".
+    let peak: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM hourly_model_bill WHERE price_period = 'peak'")
+            .fetch_one(&reader)
+            .await
+            .unwrap();
+    assert!(peak > 0, "no peak row for the period panel");
     let err = sqlx::query("SELECT end_user, key_hint FROM usage_ledger LIMIT 1")
         .fetch_all(&reader)
         .await

@@ -598,7 +598,7 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
         "the writer recorded the budget's three thresholds"
     );
     let reconciled = http
-        .get(format!(
+        .post(format!(
             "http://{}/v1/reconcile?from=2026-11-25T18&to=2026-11-25T19",
             app.admin_addr
         ))

@@ -124,6 +124,38 @@ async fn responses_and_anthropic_sdks_work_unchanged_through_the_proxy() {
     let of = |p: Protocol| records.iter().filter(move |r| r.protocol == p);
     assert_eq!(of(Protocol::Responses).count(), 4);
     assert_eq!(of(Protocol::Anthropic).count(), 4);
+    // What the meter booked is what the SDKs were told (their usage objects, summed per protocol); the
+    // Anthropic API's input_tokens leaves the cache out, and these calls have none.
+    let told = |prefix: &str, i: usize| -> u64 {
+        proxied
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, c)| c["usage"][i].as_u64().unwrap())
+            .sum()
+    };
+    let booked = |p: Protocol, f: fn(&deepseek_meter::record::CallRecord) -> u64| -> u64 {
+        of(p).map(f).sum()
+    };
+    assert_eq!(
+        booked(Protocol::Responses, |r| r.input_tokens),
+        told("responses/", 0)
+    );
+    assert_eq!(
+        booked(Protocol::Responses, |r| r.output_tokens),
+        told("responses/", 1)
+    );
+    assert_eq!(
+        booked(Protocol::Responses, |r| r.reasoning_tokens),
+        told("responses/", 2)
+    );
+    assert_eq!(
+        booked(Protocol::Anthropic, |r| r.input_tokens),
+        told("anthropic/", 0)
+    );
+    assert_eq!(
+        booked(Protocol::Anthropic, |r| r.output_tokens),
+        told("anthropic/", 1)
+    );
     // The anthropic SDK sends its key as x-api-key: read all the same.
     assert!(of(Protocol::Anthropic).all(|r| r.key_hint.as_deref() == Some("sk-…0044")));
     assert!(of(Protocol::Responses).all(|r| r.key_hint.as_deref() == Some("sk-…0043")));

@@ -100,6 +100,7 @@ async fn call(
 #[tokio::test]
 async fn every_protocol_streaming_or_not_thinking_or_not_is_metered_at_v4_flash_prices() {
     let t = TestApp::start(Upstream::Sim).await;
+    let mut inputs = std::collections::BTreeSet::new();
     for protocol in Protocol::ALL {
         for stream in [false, true] {
             for thinking in [None, Some(false)] {
@@ -137,9 +138,13 @@ async fn every_protocol_streaming_or_not_thinking_or_not_is_metered_at_v4_flash_
                     "{case}"
                 );
                 assert_eq!(r.key_hint.as_deref(), Some("sk-…7777"));
+                inputs.insert(r.input_tokens);
             }
         }
     }
+    // The simulator counts the same prompt the same in every protocol (Anthropic's too, reported the
+    // Anthropic way and read back as every input token).
+    assert_eq!(inputs.len(), 1, "{inputs:?}");
     assert_eq!(t.records.records().len(), 16);
 }
 
@@ -163,9 +168,9 @@ async fn v4_pro_at_12_and_24_with_cache_reads_and_writes_at_their_prices() {
     for protocol in Protocol::ALL {
         let (_, r) = call(&t, request(protocol, "deepseek-v4-pro", true, None), &cache).await;
         assert_eq!(
-            (r.cached_tokens, r.cache_creation_tokens),
-            (5, 8),
-            "{protocol:?}"
+            (r.input_tokens, r.cached_tokens, r.cache_creation_tokens),
+            (plain.input_tokens, 5, 8),
+            "{protocol:?}: reads and writes are parts of the same input"
         );
         // Cache reads at 2.4 (20 % of 12) and writes at 15 (125 %): the book's marked assumptions for V4.
         assert_eq!(
@@ -263,6 +268,29 @@ async fn provider_models_are_priced_and_a_retired_model_is_priced_and_counted() 
         "{metrics}"
     );
     assert!(!metrics.contains("retired_model_requests_total{model=\"vanchin"));
+}
+
+#[tokio::test]
+async fn an_upstream_address_connects_there_with_the_upstreams_own_host() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(
+        200,
+        r#"{"choices":[{"message":{"content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+    ));
+    let host = "llm-ws7q.cn-beijing.maas.aliyuncs.com";
+    let t = TestApp::start_with(
+        Upstream::Url(format!("http://{host}").parse().unwrap()),
+        |s| s.upstream_address = Some(up.addr),
+    )
+    .await;
+    let (_, r) = call(
+        &t,
+        request(Protocol::OpenAi, "deepseek-v4-flash", false, None),
+        &[],
+    )
+    .await;
+    assert_eq!(up.last_seen().header("host"), Some(host));
+    assert_eq!(r.workspace.as_deref(), Some("llm-ws7q"));
 }
 
 #[tokio::test]
@@ -375,10 +403,11 @@ async fn the_anthropic_api_takes_its_key_from_x_api_key_and_refuses_in_its_own_s
         .unwrap();
     assert_eq!(resp.status(), 200);
     let r = t.record_of(&call_id(&resp)).await;
-    let expected = deepseek_meter::usage::key_identity_of("sk-anthropic-style-5678").unwrap();
+    // The same key as a Bearer token has the same fingerprint.
+    let bearer = deepseek_meter::usage::key_identity("Bearer sk-anthropic-style-5678").unwrap();
     assert_eq!(
-        (r.key_fingerprint.clone(), r.key_hint.clone()),
-        (Some(expected.0), Some(expected.1))
+        (r.key_fingerprint.clone(), r.key_hint.as_deref()),
+        (Some(bearer.0), Some("sk-…5678"))
     );
     // No key of its own and no client token: 401 in Anthropic's shape.
     let resp = t.http.post(t.url(path)).body(body).send().await.unwrap();
@@ -423,6 +452,123 @@ async fn the_anthropic_api_takes_its_key_from_x_api_key_and_refuses_in_its_own_s
         "the simulator has no such path; the proxy forwarded it"
     );
     assert!(resp.text().await.unwrap().contains("NotFound"));
+}
+
+/// The Anthropic API's own key header counts as the client's key: the injected key is not added beside it;
+/// a client with no key of its own (and the client token) gets the injected one as `Authorization`.
+#[tokio::test]
+async fn the_injected_key_goes_only_to_clients_without_a_key_of_their_own() {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(
+        200,
+        r#"{"type":"message","content":[{"type":"text","text":"ok"}],"usage":{"input_tokens":3,"output_tokens":1}}"#,
+    ));
+    let t = TestApp::start_with(up.upstream(), |s| {
+        s.dashscope_api_key = Some("sk-injected-0000".into());
+        s.client_token = Some("let-me-use-the-key".into());
+    })
+    .await;
+    let (path, body, _) = request(Protocol::Anthropic, "deepseek-v4-flash", false, None);
+    let resp = t
+        .http
+        .post(t.url(path))
+        .header("x-api-key", "sk-anthropic-style-5678")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = t.record_of(&call_id(&resp)).await;
+    assert_eq!(r.key_hint.as_deref(), Some("sk-…5678"));
+    let seen = up.last_seen();
+    assert_eq!(seen.header("x-api-key"), Some("sk-anthropic-style-5678"));
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "no injected key beside the client's"
+    );
+    let resp = t
+        .http
+        .post(t.url(path))
+        .header("x-meter-client-token", "let-me-use-the-key")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = t.record_of(&call_id(&resp)).await;
+    assert_eq!(r.key_hint.as_deref(), Some("sk-…0000"));
+    let seen = up.last_seen();
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-injected-0000")
+    );
+    assert_eq!(seen.header("x-meter-client-token"), None, "never forwarded");
+    // Other Anthropic paths are forwarded, counted, and not metered.
+    let before = t.records.records().len();
+    let resp = t
+        .http
+        .post(t.url("/apps/anthropic/v1/messages/count_tokens"))
+        .header("x-api-key", "sk-anthropic-style-5678")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let _ = resp.bytes().await;
+    assert_eq!(
+        up.last_seen().request_line.split(' ').nth(1),
+        Some("/apps/anthropic/v1/messages/count_tokens")
+    );
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("deepseek_meter_forwarded_unmetered_total 1"),
+        "{metrics}"
+    );
+    assert_eq!(t.records.records().len(), before, "not metered");
+}
+
+/// The bill and its report by price period: v4-flash-0731 calls on both sides of 08:00 Beijing land in two
+/// hours of the bill with their periods, and `by=model,period` shows peak costing twice off-peak.
+#[tokio::test]
+async fn the_bill_and_its_report_show_peak_and_off_peak_spend() {
+    let clock = Clock::manual("2026-11-24T23:30:00Z".parse().unwrap());
+    let t = LedgerApp::start_at(Upstream::Sim, clock.clone(), |_| {}).await;
+    let body = request(Protocol::OpenAi, "deepseek-v4-flash-0731", false, None).1;
+    for at in ["2026-11-24T23:30:00Z", "2026-11-25T00:30:00Z"] {
+        clock.set(at.parse().unwrap());
+        let (status, _, _) = t.call(COMPAT_PATH, &body, &[]).await;
+        assert_eq!(status, 200);
+    }
+    flush(&t.app).await;
+    t.app.roll_bill().await.unwrap().unwrap();
+    let pool = t.db.pool().await;
+    let periods: Vec<(Option<String>, Decimal)> =
+        sqlx::query_as("SELECT price_period, cost_total FROM hourly_bill ORDER BY billing_hour")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(periods.len(), 2);
+    assert_eq!(
+        (periods[0].0.as_deref(), periods[1].0.as_deref()),
+        (Some("off-peak"), Some("peak"))
+    );
+    assert_eq!(periods[1].1, periods[0].1 * Decimal::TWO);
+    let report = get_json(
+        &t.http,
+        &t.admin_url(
+            "/v1/bill/hourly?from=2026-11-25&to=2026-11-26&by=model,period&granularity=day",
+        ),
+    )
+    .await;
+    let rows = report["rows"].as_array().unwrap();
+    let cost = |period: &str| {
+        rows.iter()
+            .find(|r| r["price_period"] == period)
+            .map(|r| d(r["cost_total"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("{period} in {report}"))
+    };
+    assert_eq!(cost("peak"), cost("off-peak") * Decimal::TWO);
+    t.audit(&[]).await;
 }
 
 #[tokio::test]

@@ -150,7 +150,14 @@ impl World {
 
     /// An Anthropic Messages call at `beijing` through the sidecar, with the cache reads and writes the
     /// simulator reports.
-    async fn call_anthropic(&self, beijing: &str, model: &str, cached: u64, written: u64) {
+    async fn call_anthropic(
+        &self,
+        beijing: &str,
+        model: &str,
+        chunks: u32,
+        cached: u64,
+        written: u64,
+    ) {
         let at: chrono::DateTime<chrono::Utc> =
             format!("2026-11-25T{beijing}:00+08:00").parse().unwrap();
         self.clock.set(at);
@@ -159,7 +166,7 @@ impl World {
             .http
             .post(self.t.url("/apps/anthropic/v1/messages"))
             .header("x-api-key", KEY)
-            .header("x-sim-chunks", "200")
+            .header("x-sim-chunks", chunks.to_string())
             .header("x-sim-cached-tokens", cached.to_string())
             .header("x-sim-cache-creation-tokens", written.to_string())
             .body(format!(
@@ -384,8 +391,20 @@ async fn simulator_traffic_reconciles_to_a_match_and_each_injected_drift_is_name
     }
     let url =
         w.t.admin_url("/v1/reconcile?from=2026-11-25T13&to=2026-11-25T19");
+    // A GET reads; it records nothing (DESIGN §6). A POST records the run.
+    let runs = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reconcile_runs")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = runs().await;
     let via_api: Value = get_json(&w.t.http, &url).await;
     assert_eq!(hours(&via_api), want, "{via_api}");
+    assert_eq!(runs().await, before, "a GET recorded a run");
+    let posted = w.t.http.post(&url).send().await.unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(runs().await, before + 1);
     let metrics = get_text(&w.t.http, &w.t.admin_url("/metrics")).await;
     assert!(
         metrics
@@ -522,18 +541,20 @@ async fn long_commands_show_progress_on_a_terminal_and_stay_quiet_when_piped() {
 #[tokio::test]
 async fn the_platforms_bill_tells_which_anthropic_input_reading_is_right() {
     use deepseek_meter::usage::tap::InputConvention;
-    let mut verdicts = Vec::new();
     for convention in [
         InputConvention::ExcludesCache,
         InputConvention::IncludesCache,
     ] {
         let w = World::start_with(false, move |s| s.anthropic_input_tokens = convention).await;
-        w.call_anthropic("07:30", "deepseek-v4-flash-0731", 0, 0)
+        // 10,000 thinking and 10,000 answer pieces: 0.09 CNY off-peak, 0.18 at peak, visible to the cent.
+        w.call_anthropic("07:30", "deepseek-v4-flash-0731", 10_000, 0, 0)
             .await;
-        w.call_anthropic("08:30", "deepseek-v4-flash-0731", 0, 0)
+        w.call_anthropic("08:30", "deepseek-v4-flash-0731", 10_000, 0, 0)
             .await;
-        w.call_anthropic("13:10", "deepseek-v4-pro", 64, 128).await;
-        w.call_anthropic("13:40", "deepseek-v4-pro", 200, 0).await;
+        w.call_anthropic("13:10", "deepseek-v4-pro", 200, 64, 128)
+            .await;
+        w.call_anthropic("13:40", "deepseek-v4-pro", 200, 200, 0)
+            .await;
         flush(&w.t.app).await;
         let pool = w.t.db.pool().await;
         let periods: Vec<Option<String>> =
@@ -560,13 +581,26 @@ async fn the_platforms_bill_tells_which_anthropic_input_reading_is_right() {
                 "{j}"
             );
             assert_eq!(j["total_matches"], true, "{j}");
-            // The same call costs twice as much at peak (the bill's lines are rounded to cents; the ledger is
-            // exact).
+            // The same call costs twice as much at peak, on both sides: the ledger exactly, the platform's
+            // bill (the simulator's, priced by the hour's period) to the cent of its rounding.
             assert_eq!(
                 d(&hour(&j, "08")["ledger_yuan"]),
                 d(&hour(&j, "07")["ledger_yuan"]) * Decimal::TWO
             );
+            // (each line rounded to the cent, the bill's rounding put back on its largest line).
+            let (b07, b08) = (
+                d(&hour(&j, "07")["bill_yuan"]),
+                d(&hour(&j, "08")["bill_yuan"]),
+            );
+            assert!(b07 >= "0.09".parse().unwrap(), "{j}");
+            assert!(
+                b08 * Decimal::TEN >= b07 * Decimal::from(18),
+                "peak is priced at peak: {b07} {b08}"
+            );
         } else {
+            // Calls without cache reads or writes read the same either way.
+            assert_eq!(hour(&j, "07")["verdict"], "match", "{j}");
+            assert_eq!(hour(&j, "08")["verdict"], "match", "{j}");
             let h13 = hour(&j, "13");
             assert_eq!(h13["verdict"], "token_drift", "{j}");
             let input = h13["lines"]
@@ -582,8 +616,6 @@ async fn the_platforms_bill_tells_which_anthropic_input_reading_is_right() {
                 "{input}"
             );
         }
-        verdicts.push(hours(&j));
         w.sim.shutdown().await;
     }
-    assert_ne!(verdicts[0], verdicts[1]);
 }

@@ -212,7 +212,7 @@ const ANTHROPIC_SSE: &str = concat!(
     "\n\n",
     "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
     "event: message_delta\n",
-    r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"input_tokens":15,"output_tokens":60,"cache_creation_input_tokens":0,"cache_read_input_tokens":512}}"#,
+    r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":60}}"#,
     "\n\n",
     "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
 );
@@ -235,6 +235,8 @@ fn anthropic_json_counts_every_input_token_and_splits_reasoning_by_text() {
         v["content"][1]["text"].as_str().unwrap(),
     );
     assert_eq!(r.tokens.reasoning, split_by_text(1078, thinking, text));
+    // The same number, pinned: the thinking text is 2.2 times the answer's tokens.
+    assert_eq!(r.tokens.reasoning, 741);
     assert!(r.reasoning_estimated);
     assert_eq!(r.upstream_request_id.as_deref(), Some("msg_01"));
 }
@@ -253,6 +255,25 @@ fn anthropic_input_convention_is_a_setting() {
     // they are more than it: the usage is inconsistent, bounded, and counted as such.
     assert_eq!(r.tokens.input, 15);
     assert!(r.usage_clamped);
+    // A consistent usage in that reading: the cache is part of the input, nothing added, nothing clamped.
+    let body = ANTHROPIC_JSON.replace("\"input_tokens\":15", "\"input_tokens\":3015");
+    let r = tap(
+        Protocol::Anthropic,
+        InputConvention::IncludesCache,
+        200,
+        JSON,
+        &[body.as_bytes()],
+        StreamEnd::Complete,
+    );
+    assert_eq!(
+        (
+            r.tokens.input,
+            r.tokens.cached,
+            r.tokens.cache_creation,
+            r.usage_clamped
+        ),
+        (3015, 1000, 2000, false)
+    );
     // The convention is Anthropic's alone: the other protocols read input_tokens as every input token.
     let responses = tap(
         Protocol::Responses,
@@ -274,7 +295,9 @@ fn anthropic_stream_merges_message_start_and_message_delta() {
         (r.tokens.input, r.tokens.cached, r.tokens.output),
         (527, 512, 60)
     );
-    assert!(r.reasoning_estimated && r.tokens.reasoning > 0 && r.tokens.reasoning < 60);
+    // Split by the thinking and text deltas' token counts (the signature is not text): 38 of 60.
+    assert!(r.reasoning_estimated);
+    assert_eq!(r.tokens.reasoning, 38);
     assert_eq!(r.response_model.as_deref(), Some("deepseek-v4-flash"));
     // The thinking delta is the first token; the signature is not text.
     let mut t = ResponseTap::new(Protocol::Anthropic, &RequestInfo::default(), 200, SSE, None);

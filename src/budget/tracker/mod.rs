@@ -12,6 +12,13 @@
 //!
 //! The admission is one short critical section (a mutex, no await): the check and the reservation happen
 //! together, so concurrent calls cannot both take the last room.
+//!
+//! **Closed until known.** A window whose spent this sidecar has not read yet (after a start, or when a new
+//! window begins) admits no call of a `block` budget: the admission answers [`Refusal::Pending`] and the caller
+//! waits for the refresh ([`Tracker::changed`]), a bounded time. `--budget-when-database-down` applies only
+//! once the database has failed to answer: a failed refresh, a read older than [`LEDGER_STALE`], or a wait
+//! past its bound ([`Tracker::unanswered`]). A poisoned lock (a panic elsewhere) follows the same policy, and
+//! is counted as unchecked like any call that policy lets through.
 
 use super::{Action, Attribution, Budget};
 use crate::billing::report::{start_of, Granularity};
@@ -46,22 +53,52 @@ pub enum WhenUnknown {
 /// The ledger's part of spent is trusted this long after its refresh; past it, it is unknown.
 pub const LEDGER_STALE: Duration = Duration::from_secs(30);
 
+/// What a `block` budget does with a call to a model without a price (`--budget-unpriced`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unpriced {
+    /// Refuse it: the budget cannot bound what it costs.
+    Refuse,
+    /// Serve it, uncounted in spent (it has no cost), and count it in a metric.
+    Admit,
+}
+
 /// Why a call is not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// This `block` budget has no room for the call.
-    Exceeded { budget: String },
-    /// This `block` budget's spent is unknown (no refresh for [`LEDGER_STALE`]) and `--budget-when-database-down
-    /// closed`.
+    /// This `block` budget has no room for the call: it could cost `needed`, and `left` is what remains.
+    Exceeded {
+        budget: String,
+        needed: Decimal,
+        left: Decimal,
+    },
+    /// This `block` budget's spent is unknown (the database failed to answer) and
+    /// `--budget-when-database-down closed`.
     Unknown { budget: String },
+    /// The model has no price, so this `block` budget cannot bound the call (`--budget-unpriced refuse`).
+    Unpriced { budget: String, model: String },
+    /// This `block` budget's spent has not been read yet in its window, and the database has not failed:
+    /// wait for the refresh ([`Tracker::changed`]) and ask again.
+    Pending { budget: String },
 }
 
-/// An admitted call: which budgets hold a reservation for it, and which were not checked (spent unknown,
-/// `open`).
+/// Whether this sidecar has heard from the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Database {
+    /// Not yet (starting: the database may still be migrating). Windows not read yet wait.
+    Unheard,
+    /// The last refresh succeeded.
+    Answered,
+    /// The last refresh failed, or an admission waited past its bound: unknown windows follow the policy.
+    Failed,
+}
+
+/// An admitted call: which budgets hold a reservation for it, which were not checked (spent unknown,
+/// `open`), and which admitted it though its model has no price (`--budget-unpriced admit`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admission {
     pub reserved_in: Vec<String>,
     pub unchecked: Vec<String>,
+    pub unpriced: Vec<String>,
 }
 
 /// Costs by call, with their running total (an admission reads the total, never sums the calls).
@@ -97,10 +134,11 @@ struct Unshipped {
 /// Budgets per config file: each unshipped call keeps its budgets in a 64-bit mask.
 pub const MAX_BUDGETS: usize = 64;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     windows: Vec<Window>,
     unshipped: HashMap<Uuid, Unshipped>,
+    database: Database,
 }
 
 impl State {
@@ -127,6 +165,9 @@ struct Window {
     reserved: Tally,
     /// Thresholds (indexes into the budget's) already raised in this window.
     raised: BTreeSet<usize>,
+    /// The worst case of the last call this budget refused in this window: while it would still be refused,
+    /// the budget is `blocking`.
+    refused: Option<Decimal>,
 }
 
 impl Window {
@@ -139,6 +180,7 @@ impl Window {
             unshipped: Decimal::ZERO,
             reserved: Tally::default(),
             raised: BTreeSet::new(),
+            refused: None,
         }
     }
 
@@ -154,6 +196,14 @@ impl Window {
         self.refreshed_at
             .is_some_and(|t| t.elapsed() <= LEDGER_STALE)
     }
+
+    /// Room for a call costing at most `cost` (by `reservation`).
+    fn has_room(&self, limit: Decimal, cost: Decimal, reservation: Reservation) -> bool {
+        match reservation {
+            Reservation::WorstCase => self.spent() + self.reserved() + cost <= limit,
+            Reservation::None => self.spent() < limit,
+        }
+    }
 }
 
 /// Every budget's current window.
@@ -162,9 +212,12 @@ pub struct Tracker {
     timezone: Tz,
     reservation: Reservation,
     when_unknown: WhenUnknown,
+    unpriced: Unpriced,
     state: Mutex<State>,
     /// Crossings seen and not yet recorded in Postgres (the refresher takes them; put back on failure).
     crossings: Mutex<Vec<Crossing>>,
+    /// Bumped by every refresh, failed or not: what a pending admission waits on.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A budget's state as `/v1/budgets` and the metrics show it.
@@ -178,6 +231,8 @@ pub struct Snapshot {
     pub spent: Decimal,
     pub reserved: Decimal,
     pub raised: Vec<Decimal>,
+    /// The worst case of the last call refused in this window.
+    pub refused: Option<Decimal>,
 }
 
 impl Snapshot {
@@ -185,9 +240,15 @@ impl Snapshot {
         (self.budget.limit - self.spent - self.reserved).max(Decimal::ZERO)
     }
 
-    /// `blocking` (a `block` budget with no room left), `alerting` (a threshold crossed), else `ok`.
+    /// `blocking` whenever the budget would refuse the next call like the last one it refused (or has no room
+    /// at all), `alerting` (a threshold crossed), else `ok`.
     pub fn state(&self) -> &'static str {
-        if self.budget.action == Action::Block && self.spent + self.reserved >= self.budget.limit {
+        let used = self.spent + self.reserved;
+        let would_refuse = used >= self.budget.limit
+            || self
+                .refused
+                .is_some_and(|need| used + need > self.budget.limit);
+        if self.budget.action == Action::Block && would_refuse {
             "blocking"
         } else if !self.raised.is_empty() {
             "alerting"
@@ -220,6 +281,7 @@ impl Tracker {
         timezone: Tz,
         reservation: Reservation,
         when_unknown: WhenUnknown,
+        unpriced: Unpriced,
         now: DateTime<Utc>,
     ) -> Tracker {
         let windows = budgets
@@ -234,12 +296,70 @@ impl Tracker {
             timezone,
             reservation,
             when_unknown,
+            unpriced,
             state: Mutex::new(State {
                 windows,
                 unshipped: HashMap::new(),
+                database: Database::Unheard,
             }),
             crossings: Mutex::new(Vec::new()),
+            changed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Fires at each refresh (failed or not): what an admission answered [`Refusal::Pending`] waits on.
+    pub fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Whether every `block` budget's current window has been read (for `/readyz`).
+    pub fn known(&self, now: DateTime<Utc>) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        self.roll(&mut state, now);
+        self.budgets
+            .iter()
+            .zip(&state.windows)
+            .all(|(b, w)| b.action != Action::Block || w.known())
+    }
+
+    /// A refresh failed: windows not read since follow `--budget-when-database-down`.
+    pub fn refresh_failed(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.database = Database::Failed;
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// An admission waited its bound for a window's first read: the database has failed to answer (until the
+    /// next refresh that succeeds).
+    pub fn unanswered(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.database = Database::Failed;
+        }
+    }
+
+    /// The database-down policy's answer for the covering `block` budgets (also when the state cannot be read).
+    fn policy(&self, a: &Attribution<'_>) -> Result<Admission, Refusal> {
+        let mut admission = Admission::default();
+        for b in self.covering(a) {
+            match self.when_unknown {
+                WhenUnknown::Open => admission.unchecked.push(b.name.clone()),
+                WhenUnknown::Closed => {
+                    return Err(Refusal::Unknown {
+                        budget: b.name.clone(),
+                    })
+                }
+            }
+        }
+        Ok(admission)
+    }
+
+    fn covering<'a>(&'a self, a: &'a Attribution<'_>) -> impl Iterator<Item = &'a Budget> + 'a {
+        self.budgets
+            .iter()
+            .filter(move |b| b.action == Action::Block && b.scope.covers(a))
     }
 
     pub fn budgets(&self) -> &[Budget] {
@@ -288,8 +408,8 @@ impl Tracker {
         }
     }
 
-    /// Admits or refuses a call covered by `a` whose worst case is `worst` (`None`: unpriced, reserves
-    /// nothing). On admission the worst case is reserved in every covering `block` budget.
+    /// Admits or refuses a call covered by `a` whose worst case is `worst` (`None`: the model has no price).
+    /// On admission the worst case is reserved in every covering `block` budget.
     pub fn admit(
         &self,
         call_id: Uuid,
@@ -298,17 +418,38 @@ impl Tracker {
         now: DateTime<Utc>,
     ) -> Result<Admission, Refusal> {
         let Ok(mut state) = self.state.lock() else {
-            return Ok(Admission::default());
+            // A panic elsewhere poisoned the lock: the policy decides, and the call is counted if served.
+            return self.policy(a);
         };
         self.roll(&mut state, now);
+        let database = state.database;
         let windows = &mut state.windows;
-        let cost = worst.unwrap_or_default();
         let mut admission = Admission::default();
-        for (b, w) in self.budgets.iter().zip(windows.iter()) {
+        for (b, w) in self.budgets.iter().zip(windows.iter_mut()) {
             if b.action != Action::Block || !b.scope.covers(a) {
                 continue;
             }
+            let Some(cost) = worst else {
+                match self.unpriced {
+                    Unpriced::Refuse => {
+                        return Err(Refusal::Unpriced {
+                            budget: b.name.clone(),
+                            model: a.model.to_owned(),
+                        })
+                    }
+                    Unpriced::Admit => {
+                        admission.unpriced.push(b.name.clone());
+                        continue;
+                    }
+                }
+            };
             if !w.known() {
+                // Never read in this window and the database has not failed: wait for the read.
+                if w.ledger.is_none() && database != Database::Failed {
+                    return Err(Refusal::Pending {
+                        budget: b.name.clone(),
+                    });
+                }
                 match self.when_unknown {
                     WhenUnknown::Open => {
                         admission.unchecked.push(b.name.clone());
@@ -321,18 +462,43 @@ impl Tracker {
                     }
                 }
             }
-            let room = match self.reservation {
-                Reservation::WorstCase => w.spent() + w.reserved() + cost <= b.limit,
-                Reservation::None => w.spent() < b.limit,
-            };
-            if !room {
+            if !w.has_room(b.limit, cost, self.reservation) {
+                w.refused = Some(cost);
                 return Err(Refusal::Exceeded {
                     budget: b.name.clone(),
+                    needed: cost,
+                    left: (b.limit - w.spent() - w.reserved()).max(Decimal::ZERO),
                 });
             }
         }
-        admission.reserved_in = self.reserve(windows, call_id, a, cost, &admission.unchecked);
+        let skip: Vec<String> = admission
+            .unchecked
+            .iter()
+            .chain(&admission.unpriced)
+            .cloned()
+            .collect();
+        admission.reserved_in = self.reserve(windows, call_id, a, worst.unwrap_or_default(), &skip);
         Ok(admission)
+    }
+
+    /// A budget's refusal as Postgres decided it (`--budget-coordination postgres`), in this sidecar's view:
+    /// what the call needed and what this sidecar sees left.
+    pub fn refused(&self, index: usize, needed: Decimal, now: DateTime<Utc>) -> Refusal {
+        let b = &self.budgets[index];
+        let left = match self.state.lock() {
+            Ok(mut state) => {
+                self.roll(&mut state, now);
+                let w = &mut state.windows[index];
+                w.refused = Some(needed);
+                (b.limit - w.spent() - w.reserved()).max(Decimal::ZERO)
+            }
+            Err(_) => Decimal::ZERO,
+        };
+        Refusal::Exceeded {
+            budget: b.name.clone(),
+            needed,
+            left,
+        }
     }
 
     /// A call Postgres admitted (`--budget-coordination postgres`): its worst case is held in this
@@ -351,7 +517,7 @@ impl Tracker {
         let cost = worst.unwrap_or_default();
         Admission {
             reserved_in: self.reserve(&mut state.windows, call_id, a, cost, &[]),
-            unchecked: Vec::new(),
+            ..Admission::default()
         }
     }
 
@@ -451,6 +617,7 @@ impl Tracker {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
+        state.database = Database::Answered;
         for id in in_ledger {
             state.forget(id);
         }
@@ -471,6 +638,8 @@ impl Tracker {
             }
         }
         self.cross(&mut state.windows);
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// The crossings queued so far (to record and raise); [`Tracker::requeue`] those that could not be.
@@ -528,183 +697,11 @@ impl Tracker {
                 spent: w.spent(),
                 reserved: w.reserved(),
                 raised: w.raised.iter().map(|i| b.thresholds[*i]).collect(),
+                refused: w.refused,
             })
             .collect()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::budget::{Period, Scope};
-
-    fn at(s: &str) -> DateTime<Utc> {
-        s.parse().unwrap()
-    }
-
-    fn d(s: &str) -> Decimal {
-        s.parse().unwrap()
-    }
-
-    fn budget(period: Period, limit: &str, action: Action) -> Budget {
-        Budget {
-            name: "b".into(),
-            period,
-            limit: d(limit),
-            scope: Scope::default(),
-            action,
-            thresholds: crate::budget::default_thresholds(),
-        }
-    }
-
-    const CALL: Attribution<'static> = Attribution {
-        project: None,
-        model: "deepseek-v3",
-        key_fingerprint: None,
-        end_user: None,
-    };
-
-    #[test]
-    fn windows_are_calendar_windows_in_beijing() {
-        let bj = chrono_tz::Asia::Shanghai;
-        let t = at("2026-11-30T15:59:59Z"); // 23:59:59 on 30 November in Beijing
-        assert_eq!(
-            window_of(Granularity::Day, t, bj),
-            (at("2026-11-29T16:00:00Z"), at("2026-11-30T16:00:00Z"))
-        );
-        assert_eq!(
-            window_of(Granularity::Month, t, bj),
-            (at("2026-10-31T16:00:00Z"), at("2026-11-30T16:00:00Z"))
-        );
-        assert_eq!(
-            window_of(Granularity::Hour, t, bj),
-            (at("2026-11-30T15:00:00Z"), at("2026-11-30T16:00:00Z"))
-        );
-    }
-
-    #[test]
-    fn worst_case_reservation_never_admits_past_the_limit() {
-        let now = at("2026-11-25T05:00:00Z");
-        let t = Tracker::new(
-            vec![budget(Period::Day, "1", Action::Block)],
-            chrono_tz::Asia::Shanghai,
-            Reservation::WorstCase,
-            WhenUnknown::Closed,
-            now,
-        );
-        // Unknown until refreshed: closed refuses.
-        assert_eq!(
-            t.admit(Uuid::now_v7(), &CALL, Some(d("0.3")), now),
-            Err(Refusal::Unknown { budget: "b".into() })
-        );
-        t.refreshed(&[(at("2026-11-24T16:00:00Z"), d("0.2"))], &[], &[]);
-        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
-        assert!(t.admit(ids[0], &CALL, Some(d("0.3")), now).is_ok());
-        assert!(t.admit(ids[1], &CALL, Some(d("0.3")), now).is_ok());
-        // 0.2 + 0.6 reserved + 0.3 > 1.
-        assert!(t.admit(ids[2], &CALL, Some(d("0.3")), now).is_err());
-        // The first costs 0.05 in the end: room again.
-        t.settle(
-            ids[0],
-            &CALL,
-            at("2026-11-25T05:00:00Z"),
-            Some(d("0.05")),
-            now,
-        );
-        assert!(t.admit(ids[3], &CALL, Some(d("0.3")), now).is_ok());
-        let s = &t.snapshot(now)[0];
-        assert_eq!((s.spent, s.reserved), (d("0.25"), d("0.6")));
-        // The refresh finds the first call in the ledger: counted there, not twice.
-        t.refreshed(&[(at("2026-11-24T16:00:00Z"), d("0.25"))], &[ids[0]], &[]);
-        assert_eq!(t.snapshot(now)[0].spent, d("0.25"));
-        // The next day starts empty (and unknown until its first refresh).
-        let tomorrow = at("2026-11-25T16:00:00Z");
-        let s = &t.snapshot(tomorrow)[0];
-        assert_eq!(
-            (s.spent, s.window_start, s.ledger_known),
-            (d("0"), tomorrow, false)
-        );
-        assert_eq!(
-            s.reserved,
-            d("0.6"),
-            "calls in flight keep their reservations"
-        );
-    }
-
-    #[test]
-    fn an_unshipped_call_counts_in_every_budget_covering_it_until_the_ledger_has_it() {
-        let now = at("2026-11-25T05:30:00Z");
-        let mut hourly = budget(Period::Hour, "10", Action::Alert);
-        hourly.name = "hourly".into();
-        let t = Tracker::new(
-            vec![budget(Period::Day, "10", Action::Alert), hourly],
-            chrono_tz::Asia::Shanghai,
-            Reservation::WorstCase,
-            WhenUnknown::Open,
-            now,
-        );
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        t.settle(a, &CALL, at("2026-11-25T05:00:00Z"), Some(d("1")), now);
-        t.settle(b, &CALL, at("2026-11-25T05:00:00Z"), Some(d("2")), now);
-        assert_eq!(t.unshipped_ids().len(), 2, "each call kept once");
-        let spent = |at| t.snapshot(at).iter().map(|s| s.spent).collect::<Vec<_>>();
-        assert_eq!(spent(now), vec![d("3"), d("3")]);
-        t.refreshed(&[], &[a], &[]);
-        assert_eq!(spent(now), vec![d("2"), d("2")]);
-        // The next hour: the hourly budget no longer counts it, the day still does.
-        assert_eq!(spent(at("2026-11-25T06:00:00Z")), vec![d("2"), d("0")]);
-        // The next day: nobody counts it, and it is forgotten.
-        assert_eq!(spent(at("2026-11-25T16:00:00Z")), vec![d("0"), d("0")]);
-        assert!(t.unshipped_ids().is_empty());
-    }
-
-    #[test]
-    fn thresholds_are_crossed_once_per_window() {
-        let now = at("2026-11-25T05:10:00Z");
-        let t = Tracker::new(
-            vec![budget(Period::Hour, "10", Action::Alert)],
-            chrono_tz::Asia::Shanghai,
-            Reservation::WorstCase,
-            WhenUnknown::Open,
-            now,
-        );
-        let w = at("2026-11-25T05:00:00Z");
-        t.refreshed(&[(w, d("4"))], &[], &[]);
-        assert!(t.take_crossings().is_empty());
-        let id = Uuid::now_v7();
-        t.settle(id, &CALL, w, Some(d("4.5")), now);
-        let crossed: Vec<Decimal> = t.take_crossings().iter().map(|c| c.threshold).collect();
-        assert_eq!(crossed, vec![d("0.5"), d("0.8")]);
-        // The call reached the ledger: 8.5 in all, nothing new crossed.
-        t.refreshed(&[(w, d("8.5"))], &[id], &[]);
-        assert!(t.take_crossings().is_empty());
-        // Another sidecar raised 1.0 already (recorded in Postgres): not again here.
-        t.refreshed(&[(w, d("12"))], &[], &[("b".into(), w, Decimal::ONE)]);
-        assert!(t.take_crossings().is_empty());
-        // An alert budget never refuses.
-        assert!(t.admit(Uuid::now_v7(), &CALL, Some(d("100")), now).is_ok());
-    }
-
-    #[test]
-    fn without_reservation_calls_are_admitted_while_spent_is_under_the_limit() {
-        let now = at("2026-11-25T05:00:00Z");
-        let t = Tracker::new(
-            vec![budget(Period::Month, "1", Action::Block)],
-            chrono_tz::Asia::Shanghai,
-            Reservation::None,
-            WhenUnknown::Open,
-            now,
-        );
-        // Unknown and open: admitted unchecked.
-        assert_eq!(
-            t.admit(Uuid::now_v7(), &CALL, Some(d("5")), now)
-                .unwrap()
-                .unchecked,
-            vec!["b".to_owned()]
-        );
-        t.refreshed(&[(at("2026-10-31T16:00:00Z"), d("0.99"))], &[], &[]);
-        assert!(t.admit(Uuid::now_v7(), &CALL, Some(d("5")), now).is_ok());
-        t.refreshed(&[(at("2026-10-31T16:00:00Z"), d("1"))], &[], &[]);
-        assert!(t.admit(Uuid::now_v7(), &CALL, Some(d("0")), now).is_err());
-    }
-}
+mod tests;
