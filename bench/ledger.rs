@@ -163,6 +163,7 @@ async fn main() {
         billing_grace: Duration::from_secs(600),
         report_dir: None,
         report_webhook: None,
+        retention: None,
     });
     let app = deepseek_meter::app::App::start(settings).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -48,7 +48,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .as_ref()
         .filter(|l| l.reachable.load(Ordering::Relaxed))
     {
-        let hour = ledger.hour_cost_by_model(state.meter.open_hour());
+        let hour = crate::billing::roll::hour_cost_by_model(ledger.pool(), state.meter.open_hour());
         match tokio::time::timeout(SERVICE_METRICS_TIMEOUT, hour).await {
             Ok(Ok(rows)) => {
                 let labelled: Vec<_> = rows

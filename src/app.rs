@@ -17,6 +17,7 @@
 
 use crate::admin;
 use crate::billing::delivery::{Attempt, Deliverer, Destinations, StatusCell};
+use crate::billing::roller::Roller;
 use crate::billing::{self as bill, Bill};
 use crate::budget::coordinated::{Coordination, Coordinator};
 use crate::budget::gate::Budgets;
@@ -86,7 +87,9 @@ struct LedgerTasks {
     instance: uuid::Uuid,
     /// Stops the roller (after its last round) and the deliverer (after its current delivery).
     billing_stop: CancellationToken,
-    roller: tokio::task::JoinHandle<()>,
+    /// Built once the meter exists (its clock says which hour is open).
+    roller: Option<Arc<Roller>>,
+    rolling: tokio::task::JoinHandle<()>,
     deliverer: Deliverer,
     delivering: tokio::task::JoinHandle<()>,
     /// Budgets' refresher and alert deliverer (a finished task when no budget is configured).
@@ -94,6 +97,8 @@ struct LedgerTasks {
     delivery_status: StatusCell,
     /// The shipper's oldest unshipped billing hour, for the heartbeat.
     holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
+    /// `--ledger-retention`.
+    retention: Option<chrono::Duration>,
 }
 
 impl App {
@@ -126,16 +131,21 @@ impl App {
                 };
                 t.budgeting = tokio::spawn(refresher.run(t.billing_stop.clone()));
             }
-            t.roller = tokio::spawn(roll_bill(
-                t.bill.clone(),
-                t.instance,
-                state.meter.clone(),
-                t.holding.clone(),
-                t.billing_stop.clone(),
-            ));
-            t.delivering = tokio::spawn(deliver_reports(
+            let roller = Arc::new(Roller {
+                bill: t.bill.clone(),
+                pool: t.ledger.pool().clone(),
+                instance: t.instance,
+                clock: clock.clone(),
+                timezone: settings.billing_timezone,
+                holding: t.holding.clone(),
+                metrics: state.metrics.instance.clone(),
+                retention: t.retention,
+            });
+            t.rolling = tokio::spawn(roller.clone().run(t.billing_stop.clone()));
+            t.roller = Some(roller);
+            t.delivering = tokio::spawn(bill::delivery::run(
                 t.deliverer.clone(),
-                state.meter.clone(),
+                clock.clone(),
                 state.metrics.instance.clone(),
                 t.delivery_status.clone(),
                 t.billing_stop.clone(),
@@ -206,10 +216,8 @@ impl App {
     /// One round of the roller now: this sidecar's heartbeat, then a roll of the hourly bill (tests; the
     /// roller also runs every second). `None` without a ledger.
     pub async fn roll_bill(&self) -> Option<Result<bill::Rolled, sqlx::Error>> {
-        let tasks = self.ledger_tasks.as_ref()?;
-        let meter = &self.state.meter;
-        let oldest = *tasks.holding.borrow();
-        Some(roller_round(&tasks.bill, tasks.instance, meter, oldest).await)
+        let roller = self.ledger_tasks.as_ref()?.roller.as_ref()?;
+        Some(roller.round().await)
     }
 
     /// Makes every report delivery that is due now (tests; the deliverer also runs every second). Empty
@@ -262,7 +270,7 @@ impl App {
             // 6: the roller's last round; the deliverer's current delivery.
             tasks.billing_stop.cancel();
             let bound = crate::webhook::WEBHOOK_TIMEOUT + Duration::from_secs(2);
-            for mut task in [tasks.roller, tasks.delivering, tasks.budgeting] {
+            for mut task in [tasks.rolling, tasks.delivering, tasks.budgeting] {
                 if tokio::time::timeout(bound, &mut task).await.is_err() {
                     task.abort();
                 }
@@ -384,8 +392,9 @@ fn start_ledger(
         holding,
         billing_stop: CancellationToken::new(),
         instance: uuid::Uuid::now_v7(),
-        // Started once the meter exists (its clock says which hour is open).
-        roller: tokio::spawn(async {}),
+        roller: None,
+        rolling: tokio::spawn(async {}),
+        retention: ls.retention,
         deliverer: Deliverer::new(ledger.pool().clone(), timezone, destinations),
         delivering: tokio::spawn(async {}),
         budgeting: tokio::spawn(async {}),
@@ -399,98 +408,6 @@ fn start_ledger(
         drain,
         ship_deadline: ls.ship_deadline,
     })
-}
-
-/// The roller: every [`bill::ROLL_EVERY`], this sidecar's heartbeat, then one roll of the hourly bill
-/// (skipped when another sidecar holds the roller lock; retried next round when Postgres is away). When
-/// stopped, one last round.
-async fn roll_bill(
-    bill: Bill,
-    instance: uuid::Uuid,
-    meter: crate::meter::Meter,
-    holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(bill::ROLL_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let last = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = tick.tick() => false,
-        };
-        let oldest = *holding.borrow();
-        if let Err(e) = roller_round(&bill, instance, &meter, oldest).await {
-            tracing::debug!(error = %e, "hourly bill roll failed; retrying next round");
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-/// One round of the roller: this sidecar's heartbeat (holding `oldest`), then one roll.
-async fn roller_round(
-    bill: &Bill,
-    instance: uuid::Uuid,
-    meter: &crate::meter::Meter,
-    oldest: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<bill::Rolled, sqlx::Error> {
-    bill.heartbeat(instance, meter.now(), oldest).await?;
-    bill.roll(meter.now(), meter.open_hour()).await
-}
-
-/// The deliverer: every [`bill::ROLL_EVERY`], the closings not yet queued for this sidecar's destinations,
-/// then every due delivery, then the pending count for `/readyz` and the gauge. Stops between deliveries.
-async fn deliver_reports(
-    deliverer: Deliverer,
-    meter: crate::meter::Meter,
-    metrics: crate::metrics::InstanceMetrics,
-    status: StatusCell,
-    stop: CancellationToken,
-) {
-    if deliverer.destination_ids().is_empty() {
-        return;
-    }
-    let mut tick = tokio::time::interval(bill::ROLL_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = deliverer.enqueue(meter.now()).await {
-            tracing::debug!(error = %e, "report deliveries not enqueued; retrying next round");
-            continue;
-        }
-        while !stop.is_cancelled() {
-            match deliverer.deliver_one(meter.now()).await {
-                Ok(None) => break,
-                Ok(Some(Attempt::Delivered {
-                    hour,
-                    revision,
-                    target,
-                })) => {
-                    metrics.report_delivered(target);
-                    tracing::info!(%hour, revision, target, "hour report delivered");
-                }
-                Ok(Some(Attempt::Superseded)) => {}
-                Ok(Some(Attempt::Failed { target, error })) => {
-                    metrics.report_delivery_failed(target);
-                    tracing::warn!(target, %error, "hour report delivery failed; retrying with backoff");
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "report delivery round failed; retrying next round");
-                    break;
-                }
-            }
-        }
-        if let Ok(s) = deliverer.status().await {
-            metrics.publish_deliveries_pending(s.pending);
-            if let Ok(mut cell) = status.lock() {
-                *cell = s;
-            }
-        }
-    }
 }
 
 /// The budgets of the settings, if any: their tracker on the meter, seeded with what this sidecar journaled
@@ -544,6 +461,7 @@ fn start_budgets(
         .map(|t| {
             Arc::new(Coordinator::new(
                 t.ledger.pool().clone(),
+                t.ledger.admission_pool().clone(),
                 t.instance,
                 &settings.budgets,
                 settings.billing_timezone,

@@ -9,11 +9,12 @@
 //! any sidecar while this one was down or cut off is delivered when it is back, and a restart loses none. A
 //! sidecar delivers only the rows of the destinations it is configured with.
 //!
-//! **Once per (hour, revision) and destination, across sidecars and restarts.** A deliverer takes a due row
-//! with `FOR UPDATE SKIP LOCKED` and keeps the lock while it delivers; it marks the row delivered in the same
-//! transaction. Two sidecars configured alike never deliver the same row (the second skips the locked one and
-//! then sees it done). The one window for a repeat: the process dies after the receiver got the POST and
-//! before the commit. Then the row is delivered again after the restart, with the same `Idempotency-Key`
+//! **Once per (hour, revision) and destination, across sidecars and restarts.** A deliverer claims a due row
+//! by setting its lease ([`LEASE`]) in one short transaction, delivers with no connection or lock held, and
+//! records the outcome in a second transaction (if its lease is still its own). Two sidecars configured alike
+//! never deliver the same row while a lease runs (the second skips it, then sees it done). The one window for a
+//! repeat: the process dies (or loses the database) after the receiver got the POST and before the outcome is
+//! recorded. Then the lease runs out and the row is delivered again, with the same `Idempotency-Key`
 //! (`<hour>/r<revision>`), so a receiver that dedupes on it sees each (hour, revision) once. Files are
 //! written atomically (temporary file, fsync, rename), so a repeat rewrites the same content.
 //!
@@ -41,6 +42,9 @@ use std::time::Duration;
 
 /// Longest wait between two attempts of one delivery.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long a claimed delivery is its deliverer's: longer than a webhook POST may take.
+pub const LEASE: Duration = Duration::from_secs(60);
 
 /// Where this sidecar delivers.
 #[derive(Clone, Default)]
@@ -156,60 +160,67 @@ impl Deliverer {
         Ok(queued.rows_affected())
     }
 
-    /// Takes one due delivery of this sidecar's destinations and makes it. `None`: nothing is due.
+    /// Claims one due delivery of this sidecar's destinations and makes it. `None`: nothing is due.
     pub async fn deliver_one(&self, now: DateTime<Utc>) -> Result<Option<Attempt>, sqlx::Error> {
         if self.ids.is_empty() {
             return Ok(None);
         }
-        let mut tx = self.pool.begin().await?;
+        let lease = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        // 1. The claim: its own short transaction.
         let due: Option<(DateTime<Utc>, i32, String, i32)> = sqlx::query_as(
-            "SELECT billing_hour, revision, destination, attempts FROM bill_deliveries
-             WHERE outcome IS NULL AND destination = ANY($1) AND next_attempt_at <= $2
-             ORDER BY billing_hour, revision LIMIT 1 FOR UPDATE SKIP LOCKED",
+            "UPDATE bill_deliveries d SET lease_until = $3
+             FROM (SELECT billing_hour, revision, destination FROM bill_deliveries
+                   WHERE outcome IS NULL AND destination = ANY($1) AND next_attempt_at <= $2
+                     AND (lease_until IS NULL OR lease_until <= $2)
+                   ORDER BY billing_hour, revision LIMIT 1 FOR UPDATE SKIP LOCKED) due
+             WHERE d.billing_hour = due.billing_hour AND d.revision = due.revision
+               AND d.destination = due.destination
+             RETURNING d.billing_hour, d.revision, d.destination, d.attempts",
         )
         .bind(&self.ids)
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .bind(lease)
+        .fetch_optional(&self.pool)
         .await?;
         let Some((hour, revision, destination, attempts)) = due else {
             return Ok(None);
         };
+        let row = (hour, revision, destination.as_str(), lease);
+        // 2. What to deliver (reads only), then the delivery with nothing held.
         let current: Option<(String, i32)> =
             sqlx::query_as("SELECT state, revision FROM bill_hours WHERE billing_hour = $1")
                 .bind(hour)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
-        let row = (hour, revision, destination.as_str());
         if current.as_ref().is_some_and(|(_, r)| *r != revision) {
             finish(
-                &mut tx,
+                &self.pool,
                 row,
-                "outcome = 'superseded', finished_at = $4",
+                "outcome = 'superseded', finished_at = $5",
                 now,
                 None,
             )
             .await?;
-            tx.commit().await?;
             return Ok(Some(Attempt::Superseded));
         }
-        let report = read::report(&mut *tx, &ReportQuery::for_hour(hour, self.timezone)).await?;
+        let report = read::report(&self.pool, &ReportQuery::for_hour(hour, self.timezone)).await?;
         let target = if destination.starts_with("dir:") {
             "dir"
         } else {
             "webhook"
         };
         let result = self.deliver(target, hour, revision, &report).await;
+        // 3. The outcome: a second transaction.
         match &result {
             Ok(()) => {
-                let set = "outcome = 'delivered', finished_at = $4, attempts = attempts + 1, last_error = NULL";
-                finish(&mut tx, row, set, now, None).await?;
+                let set = "outcome = 'delivered', finished_at = $5, attempts = attempts + 1, last_error = NULL";
+                finish(&self.pool, row, set, now, None).await?;
             }
             Err(error) => {
-                let set = "attempts = attempts + 1, next_attempt_at = $4, last_error = $5";
-                finish(&mut tx, row, set, now + backoff(attempts), Some(error)).await?;
+                let set = "attempts = attempts + 1, next_attempt_at = $5, last_error = $6";
+                finish(&self.pool, row, set, now + backoff(attempts), Some(error)).await?;
             }
         }
-        tx.commit().await?;
         Ok(Some(match result {
             Ok(()) => Attempt::Delivered {
                 hour,
@@ -292,26 +303,83 @@ impl Deliverer {
     }
 }
 
-/// Updates one outbox row (`(hour, revision, destination)`) with `set`, which may use `$4` (a time) and
-/// `$5` (an error text).
+/// Records the outcome of a claimed outbox row (`(hour, revision, destination, lease)`) with `set`, which may
+/// use `$5` (a time) and `$6` (an error text), and releases the lease — only while the lease is still this
+/// claim's (a deliverer that overran it lets the next claim decide).
 async fn finish(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    (hour, revision, destination): (DateTime<Utc>, i32, &str),
+    pool: &PgPool,
+    (hour, revision, destination, lease): (DateTime<Utc>, i32, &str, DateTime<Utc>),
     set: &str,
     at: DateTime<Utc>,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "UPDATE bill_deliveries SET {set} WHERE billing_hour = $1 AND revision = $2 AND destination = $3"
+        "UPDATE bill_deliveries SET {set}, lease_until = NULL
+         WHERE billing_hour = $1 AND revision = $2 AND destination = $3 AND lease_until = $4"
     ))
     .bind(hour)
     .bind(revision)
     .bind(destination)
+    .bind(lease)
     .bind(at)
     .bind(error)
-    .execute(&mut **tx)
+    .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The deliverer: every [`super::ROLL_EVERY`], the closings not yet queued for this sidecar's destinations,
+/// then every due delivery, then the pending count for `/readyz` and the gauge. Stops between deliveries.
+pub async fn run(
+    deliverer: Deliverer,
+    clock: crate::clock::Clock,
+    metrics: crate::metrics::InstanceMetrics,
+    status: StatusCell,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if deliverer.destination_ids().is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(super::ROLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = deliverer.enqueue(clock.now()).await {
+            tracing::debug!(error = %e, "report deliveries not enqueued; retrying next round");
+            continue;
+        }
+        while !stop.is_cancelled() {
+            match deliverer.deliver_one(clock.now()).await {
+                Ok(None) => break,
+                Ok(Some(Attempt::Delivered {
+                    hour,
+                    revision,
+                    target,
+                })) => {
+                    metrics.report_delivered(target);
+                    tracing::info!(%hour, revision, target, "hour report delivered");
+                }
+                Ok(Some(Attempt::Superseded)) => {}
+                Ok(Some(Attempt::Failed { target, error })) => {
+                    metrics.report_delivery_failed(target);
+                    tracing::warn!(target, %error, "hour report delivery failed; retrying with backoff");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "report delivery round failed; retrying next round");
+                    break;
+                }
+            }
+        }
+        if let Ok(s) = deliverer.status().await {
+            metrics.publish_deliveries_pending(s.pending);
+            if let Ok(mut cell) = status.lock() {
+                *cell = s;
+            }
+        }
+    }
 }
 
 fn header(text: &str) -> HeaderValue {

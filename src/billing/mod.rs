@@ -17,5 +17,6 @@ pub mod read;
 pub mod report;
 pub mod reprice;
 pub mod roll;
+pub mod roller;
 
 pub use roll::{last_closed_hour, Bill, Rolled, INSTANCE_STALE, ROLLER_LOCK, ROLL_EVERY};

@@ -4,9 +4,12 @@
 //! trigger still holds); the roller adds the adjustments into the hourly bill, and every hour that changes is
 //! marked for it — a closed hour closes again with its revision bumped, which re-delivers its report.
 //!
-//! A call's effective cost is its `cost_total` plus the deltas of its earlier adjustments, so a second run with
-//! the same book finds nothing to change. One run is one transaction under an advisory lock: two runs cannot
-//! interleave, and a failed run leaves nothing behind.
+//! A call's effective cost is its `cost_total` plus the deltas of its earlier adjustments (the view
+//! `effective_costs`), so a second run with the same book finds nothing to change. In the same transaction as
+//! the adjustments, their deltas are added to the rollups (the hourly bill, spent per end user, usage per key
+//! with the input money apart) — the bill, reports, budgets and reconciliation all read the corrected money —
+//! and the budget counters move by a trigger. One run is one transaction under an advisory lock: two runs
+//! cannot interleave, and a failed run leaves nothing behind.
 
 use crate::pricing::PriceBook;
 use crate::usage::Tokens;
@@ -62,8 +65,22 @@ struct Adjustment {
     call_id: Uuid,
     project: Option<String>,
     key: Option<String>,
+    end_user: Option<String>,
+    workspace: Option<String>,
+    api_key_id: Option<String>,
     call: Priced,
     new: Correction,
+}
+
+impl Adjustment {
+    /// The old cost leaving the rollup's unsplit money: a priced call written before `cost_input` existed
+    /// (its effective input part unknown) is split from now on.
+    fn delta_unsplit(&self) -> Decimal {
+        match (self.call.cost, self.call.cost_input) {
+            (Some(cost), None) => -cost,
+            _ => Decimal::ZERO,
+        }
+    }
 }
 
 /// The correction `book` asks for, if any: the call's price by the book (its entry in force when the call
@@ -97,8 +114,9 @@ pub async fn reprice(
         .bind(REPRICE_LOCK)
         .execute(&mut *tx)
         .await?;
+    // The hours with calls, from the bill's hour list (never the ledger).
     let hours: Vec<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT DISTINCT billing_hour FROM usage_ledger WHERE billing_hour >= $1 AND billing_hour < $2 ORDER BY 1",
+        "SELECT billing_hour FROM bill_hours WHERE billing_hour >= $1 AND billing_hour < $2 ORDER BY 1",
     )
     .bind(from)
     .bind(to)
@@ -108,7 +126,8 @@ pub async fn reprice(
     for (done, hour) in hours.iter().enumerate() {
         // Each call with its effective cost and price (its newest adjustment's, else the ledger's).
         let rows: Vec<CallRow> = sqlx::query_as(
-            "SELECT l.call_id, l.finished_at, l.model, l.project, l.key_fingerprint, l.input_tokens,
+            "SELECT l.call_id, l.finished_at, l.model, l.project, l.key_fingerprint, l.end_user, l.workspace,
+                l.api_key_id, l.input_tokens,
                 l.cached_tokens, l.cache_creation_tokens, l.output_tokens, l.reasoning_tokens,
                 CASE WHEN a.call_id IS NULL THEN l.price_version ELSE a.version END AS version,
                 CASE WHEN a.call_id IS NULL THEN l.price_period ELSE a.period END AS period,
@@ -139,6 +158,9 @@ pub async fn reprice(
                     call_id: row.call_id,
                     project: row.project,
                     key: row.key_fingerprint,
+                    end_user: row.end_user,
+                    workspace: row.workspace,
+                    api_key_id: row.api_key_id,
                     new,
                     call,
                 });
@@ -156,11 +178,13 @@ pub async fn reprice(
         sqlx::query(
             "INSERT INTO cost_adjustments (call_id, billing_hour, model, project, key_fingerprint,
                 old_price_version, new_price_version, old_price_period, new_price_period, old_cost, new_cost,
-                delta, delta_input, reprice_run, created_at)
-             SELECT c, $2, m, p, k, ov, nv, op, np, oc, nc, nc - coalesce(oc, 0), ni - coalesce(oi, 0), $14, $15
+                delta, delta_input, reprice_run, created_at, end_user, workspace, api_key_id, delta_unsplit)
+             SELECT c, $2, m, p, k, ov, nv, op, np, oc, nc, nc - coalesce(oc, 0), ni - coalesce(oi, 0), $14, $15,
+                    u, w, a, du
              FROM UNNEST($1::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                         $9::text[], $10::numeric[], $11::numeric[], $12::numeric[], $13::numeric[])
-                  AS x(c, m, p, k, ov, nv, op, np, oc, nc, oi, ni)",
+                         $9::text[], $10::numeric[], $11::numeric[], $12::numeric[], $13::numeric[],
+                         $16::text[], $17::text[], $18::text[], $19::numeric[])
+                  AS x(c, m, p, k, ov, nv, op, np, oc, nc, oi, ni, u, w, a, du)",
         )
         .bind(adj.iter().map(|a| a.call_id).collect::<Vec<_>>())
         .bind(hour)
@@ -177,8 +201,13 @@ pub async fn reprice(
         .bind(adj.iter().map(|a| a.new.cost_input).collect::<Vec<_>>())
         .bind(out.run)
         .bind(now)
+        .bind(adj.iter().map(|a| a.end_user.clone()).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.workspace.clone()).collect::<Vec<_>>())
+        .bind(adj.iter().map(|a| a.api_key_id.clone()).collect::<Vec<_>>())
+        .bind(adj.iter().map(Adjustment::delta_unsplit).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        add_to_rollups(&mut tx, *hour, out.run).await?;
         sqlx::query("INSERT INTO bill_dirty_hours (billing_hour) VALUES ($1)")
             .bind(hour)
             .execute(&mut *tx)
@@ -189,6 +218,43 @@ pub async fn reprice(
     Ok(out)
 }
 
+/// Adds one run's corrections of one hour to the rollups, their rows locked first in the order the ledger
+/// insert locks them (so a concurrent insert cannot deadlock with the run).
+async fn add_to_rollups(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    hour: DateTime<Utc>,
+    run: Uuid,
+) -> Result<(), sqlx::Error> {
+    for sql in [
+        "SELECT 1 FROM hourly_bill WHERE billing_hour = $1 ORDER BY model, project, key_fingerprint FOR UPDATE",
+        "UPDATE hourly_bill b SET cost_total = b.cost_total + d.delta, adjustment_yuan = b.adjustment_yuan + d.delta
+         FROM (SELECT model, project, key_fingerprint, sum(delta) AS delta FROM cost_adjustments
+               WHERE billing_hour = $1 AND reprice_run = $2 GROUP BY 1, 2, 3) d
+         WHERE b.billing_hour = $1 AND b.model = d.model AND b.project IS NOT DISTINCT FROM d.project
+           AND b.key_fingerprint IS NOT DISTINCT FROM d.key_fingerprint",
+        "SELECT 1 FROM hourly_end_user_cost WHERE billing_hour = $1
+         ORDER BY end_user, model, project, key_fingerprint FOR UPDATE",
+        "UPDATE hourly_end_user_cost u SET cost = u.cost + d.delta
+         FROM (SELECT end_user, model, project, key_fingerprint, sum(delta) AS delta FROM cost_adjustments
+               WHERE billing_hour = $1 AND reprice_run = $2 AND end_user IS NOT NULL GROUP BY 1, 2, 3, 4) d
+         WHERE u.billing_hour = $1 AND u.end_user = d.end_user AND u.model = d.model
+           AND u.project IS NOT DISTINCT FROM d.project AND u.key_fingerprint IS NOT DISTINCT FROM d.key_fingerprint",
+        "SELECT 1 FROM hourly_key_usage WHERE billing_hour = $1
+         ORDER BY api_key_id, key_fingerprint, workspace, model FOR UPDATE",
+        "UPDATE hourly_key_usage k SET cost = k.cost + d.delta, cost_input = k.cost_input + d.delta_input,
+             unsplit_cost = k.unsplit_cost + d.delta_unsplit
+         FROM (SELECT api_key_id, key_fingerprint, workspace, model, sum(delta) AS delta,
+                      coalesce(sum(delta_input), 0) AS delta_input, sum(delta_unsplit) AS delta_unsplit
+               FROM cost_adjustments WHERE billing_hour = $1 AND reprice_run = $2 GROUP BY 1, 2, 3, 4) d
+         WHERE k.billing_hour = $1 AND k.api_key_id IS NOT DISTINCT FROM d.api_key_id
+           AND k.key_fingerprint IS NOT DISTINCT FROM d.key_fingerprint
+           AND k.workspace IS NOT DISTINCT FROM d.workspace AND k.model = d.model",
+    ] {
+        sqlx::query(sql).bind(hour).bind(run).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// A call of the period as `reprice` reads it.
 #[derive(sqlx::FromRow)]
 struct CallRow {
@@ -197,6 +263,9 @@ struct CallRow {
     model: String,
     project: Option<String>,
     key_fingerprint: Option<String>,
+    end_user: Option<String>,
+    workspace: Option<String>,
+    api_key_id: Option<String>,
     input_tokens: i64,
     cached_tokens: i64,
     cache_creation_tokens: i64,

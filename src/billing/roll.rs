@@ -1,12 +1,18 @@
-//! Rolling the hourly bill (DESIGN §5): `hourly_bill`, rolled up from `usage_ledger` in SQL by recomputing
-//! whole hours, and each hour's state.
+//! Rolling the hourly bill (DESIGN §5): each hour's state, and `hourly_model_bill` folded from `hourly_bill`.
 //!
-//! **No committed row is missed.** The shipper inserts a batch and, in the same statement, one mark per
-//! billing hour that got a new row (`bill_dirty_hours`, see `Ledger::insert`): a row and its mark commit
-//! together. A roll deletes the marks it sees (one statement, one snapshot) and then recomputes those hours
-//! from the ledger in a later statement, whose snapshot holds every row whose mark was deleted. A row committed
-//! after the delete left its mark in place, so the next roll recomputes its hour again. Recomputing is an
-//! idempotent upsert of whole-hour sums (the ledger is append-only: a group never disappears), never a delta.
+//! **The sums are kept where the rows are written.** The shipper's insert adds each batch's sums to
+//! `hourly_bill` (and the other rollups) in the same statement as the rows (`crate::ledger::insert`), and
+//! `reprice` adds its corrections the same way, so the bill is never behind the ledger and a roll never reads
+//! the ledger: its cost per second is the bill rows of the hours that changed (models × projects × keys), not
+//! their calls. Each insert also leaves a mark per billing hour (`bill_dirty_hours`); a roll takes the marks
+//! (one statement, one snapshot), moves those hours' states, and refolds their per-model rows from
+//! `hourly_bill` in a later statement, whose snapshot holds every sum whose mark was taken. A batch committed
+//! after the take left its mark in place, so the next roll refolds its hour again.
+//!
+//! **The audit at close.** When an hour closes, it is recomputed once from the ledger (its calls, with their
+//! price corrections: `effective_costs`) and compared with `hourly_bill`: a difference is recorded on the hour
+//! (`bill_hours.audit_ok`, `audit_detail`), counted (`deepseek_meter_bill_audit_mismatches_total`) and alerted
+//! on — never silently fixed, since a difference means a writer bypassed the insert or a rollup was edited.
 //!
 //! **One roller at a time** across the sidecars sharing a database: a roll runs inside a transaction that
 //! first takes a transaction-scoped advisory lock ([`ROLLER_LOCK`]); a sidecar that cannot take it skips
@@ -35,7 +41,7 @@ pub const ROLL_EVERY: Duration = Duration::from_secs(1);
 /// (its rows then arrive later, as a new revision of their hour).
 pub const INSTANCE_STALE: Duration = Duration::from_secs(120);
 
-/// An upsert's update of a bill row: every sum and the hour's state, recomputed (never added to).
+/// An upsert's update of a per-model bill row: every sum and the hour's state, refolded (never added to).
 const RECOMPUTED: &str = "calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpriced_calls,
     estimated_calls = EXCLUDED.estimated_calls, input_tokens = EXCLUDED.input_tokens,
     cached_tokens = EXCLUDED.cached_tokens, cache_creation_tokens = EXCLUDED.cache_creation_tokens,
@@ -45,14 +51,16 @@ const RECOMPUTED: &str = "calls = EXCLUDED.calls, unpriced_calls = EXCLUDED.unpr
     revision = EXCLUDED.revision, closed_at = EXCLUDED.closed_at";
 
 /// What one roll did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rolled {
     /// Another sidecar held the roller lock: nothing was done.
     pub skipped: bool,
-    /// Hours recomputed.
+    /// Hours refolded.
     pub hours: u64,
-    /// Hours that closed in this roll.
+    /// Hours that closed in this roll (each audited against the ledger).
     pub closed: u64,
+    /// Closed hours whose bill differs from their ledger, with what differs.
+    pub mismatched: Vec<(DateTime<Utc>, String)>,
 }
 
 /// The hourly bill's writer and reader.
@@ -129,47 +137,19 @@ impl Bill {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            // Cost = the ledger's cost_total + the price corrections of the group's calls (`reprice`).
-            sqlx::query(&format!(
-                "INSERT INTO hourly_bill (billing_hour, model, project, key_fingerprint, calls, unpriced_calls,
-                    estimated_calls, input_tokens, cached_tokens, cache_creation_tokens, price_period,
-                    reasoning_tokens, answer_tokens, output_tokens, cost_total, adjustment_yuan, state, revision,
-                    closed_at)
-                 SELECT g.billing_hour, g.model, g.project, g.key_fingerprint, g.calls, g.unpriced, g.estimated,
-                    g.input, g.cached, g.cache_creation, g.period, g.reasoning, g.answer, g.output,
-                    g.cost + coalesce(a.delta, 0), coalesce(a.delta, 0), h.state, h.revision, h.closed_at
-                 FROM (SELECT l.billing_hour, l.model, l.project, l.key_fingerprint, count(*) AS calls,
-                          count(*) FILTER (WHERE NOT l.priced) AS unpriced,
-                          count(*) FILTER (WHERE l.usage_source = 'estimated') AS estimated,
-                          sum(l.input_tokens) AS input, sum(l.cached_tokens) AS cached,
-                          sum(l.cache_creation_tokens) AS cache_creation, min(l.price_period) AS period,
-                          sum(l.reasoning_tokens) AS reasoning, sum(l.answer_tokens) AS answer,
-                          sum(l.output_tokens) AS output, coalesce(sum(l.cost_total), 0) AS cost
-                       FROM usage_ledger l WHERE l.billing_hour = ANY($1)
-                       GROUP BY l.billing_hour, l.model, l.project, l.key_fingerprint) g
-                 JOIN bill_hours h USING (billing_hour)
-                 LEFT JOIN (SELECT billing_hour, model, project, key_fingerprint, sum(delta) AS delta
-                            FROM cost_adjustments WHERE billing_hour = ANY($1)
-                            GROUP BY billing_hour, model, project, key_fingerprint) a
-                   ON a.billing_hour = g.billing_hour AND a.model = g.model
-                  AND a.project IS NOT DISTINCT FROM g.project AND a.key_fingerprint IS NOT DISTINCT FROM g.key_fingerprint
-                 ON CONFLICT (billing_hour, model, project, key_fingerprint) DO UPDATE SET {RECOMPUTED}"
-            ))
-            .bind(&hours)
-            .execute(&mut *tx)
-            .await?;
-            // The same hours by model (for reports that group by model only), from the rows just written.
+            // The per-model rows of those hours, refolded from the bill's rows (the bill has every committed
+            // batch whose mark was taken: see the module doc).
             sqlx::query(&format!(
                 "INSERT INTO hourly_model_bill (billing_hour, model, calls, unpriced_calls, estimated_calls,
                     input_tokens, cached_tokens, cache_creation_tokens, price_period, reasoning_tokens,
                     answer_tokens, output_tokens, cost_total, adjustment_yuan, state, revision, closed_at)
-                 SELECT billing_hour, model, sum(calls), sum(unpriced_calls), sum(estimated_calls),
-                    sum(input_tokens), sum(cached_tokens), sum(cache_creation_tokens), min(price_period),
-                    sum(reasoning_tokens), sum(answer_tokens),
-                    sum(output_tokens), sum(cost_total), sum(adjustment_yuan), min(state), min(revision),
-                    min(closed_at)
-                 FROM hourly_bill WHERE billing_hour = ANY($1)
-                 GROUP BY billing_hour, model
+                 SELECT b.billing_hour, b.model, sum(b.calls), sum(b.unpriced_calls), sum(b.estimated_calls),
+                    sum(b.input_tokens), sum(b.cached_tokens), sum(b.cache_creation_tokens), min(b.price_period),
+                    sum(b.reasoning_tokens), sum(b.answer_tokens), sum(b.output_tokens), sum(b.cost_total),
+                    sum(b.adjustment_yuan), h.state, h.revision, h.closed_at
+                 FROM hourly_bill b JOIN bill_hours h USING (billing_hour)
+                 WHERE b.billing_hour = ANY($1)
+                 GROUP BY b.billing_hour, b.model, h.state, h.revision, h.closed_at
                  ON CONFLICT (billing_hour, model) DO UPDATE SET {RECOMPUTED}"
             ))
             .bind(&hours)
@@ -197,17 +177,25 @@ impl Bill {
         .fetch_all(&mut *tx)
         .await?;
         changed.extend(&closed);
+        changed.extend(&hours);
         if !changed.is_empty() {
             // The bill's rows carry their hour's state.
             for table in ["hourly_bill", "hourly_model_bill"] {
                 sqlx::query(&format!(
                     "UPDATE {table} b SET state = h.state, revision = h.revision, closed_at = h.closed_at
                      FROM bill_hours h
-                     WHERE b.billing_hour = h.billing_hour AND h.billing_hour = ANY($1)"
+                     WHERE b.billing_hour = h.billing_hour AND h.billing_hour = ANY($1)
+                       AND (b.state, b.revision, b.closed_at) IS DISTINCT FROM (h.state, h.revision, h.closed_at)"
                 ))
                 .bind(&changed)
                 .execute(&mut *tx)
                 .await?;
+            }
+        }
+        let mut mismatched = Vec::new();
+        for hour in &closed {
+            if let Some(detail) = audit(&mut tx, *hour, now).await? {
+                mismatched.push((*hour, detail));
             }
         }
         tx.commit().await?;
@@ -215,8 +203,80 @@ impl Bill {
             skipped: false,
             hours: hours.len() as u64,
             closed: closed.len() as u64,
+            mismatched,
         })
     }
+}
+
+/// The close-time audit of one hour: its bill rows against its calls (with their price corrections),
+/// recorded on the hour. Returns what differs (`None`: they agree).
+async fn audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    hour: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, sqlx::Error> {
+    let differ: Vec<(String, String)> = sqlx::query_as(
+        "WITH ledger AS (
+            SELECT l.model, l.project, l.key_fingerprint, count(*) AS calls,
+                count(*) FILTER (WHERE NOT l.priced) AS unpriced,
+                sum(l.input_tokens) AS input, sum(l.cached_tokens) AS cached,
+                sum(l.cache_creation_tokens) AS writes, sum(l.reasoning_tokens) AS reasoning,
+                sum(l.answer_tokens) AS answer, coalesce(sum(e.cost), 0) AS cost
+            FROM usage_ledger l JOIN effective_costs e USING (call_id, billing_hour)
+            WHERE l.billing_hour = $1
+            GROUP BY 1, 2, 3
+         ), bill AS (
+            SELECT model, project, key_fingerprint, calls, unpriced_calls AS unpriced, input_tokens AS input,
+                cached_tokens AS cached, cache_creation_tokens AS writes, reasoning_tokens AS reasoning,
+                answer_tokens AS answer, cost_total AS cost
+            FROM hourly_bill WHERE billing_hour = $1
+         )
+         SELECT coalesce(l.model, b.model),
+            format('%s/%s: ledger %s calls %s CNY, bill %s calls %s CNY', coalesce(l.project, b.project, '-'),
+                   coalesce(l.key_fingerprint, b.key_fingerprint, '-'), coalesce(l.calls, 0),
+                   coalesce(l.cost, 0), coalesce(b.calls, 0), coalesce(b.cost, 0))
+         FROM ledger l FULL JOIN bill b
+           ON l.model = b.model AND l.project IS NOT DISTINCT FROM b.project
+          AND l.key_fingerprint IS NOT DISTINCT FROM b.key_fingerprint
+         WHERE (l.calls, l.unpriced, l.input, l.cached, l.writes, l.reasoning, l.answer, l.cost)
+               IS DISTINCT FROM (b.calls, b.unpriced, b.input, b.cached, b.writes, b.reasoning, b.answer, b.cost)
+         ORDER BY 1, 2",
+    )
+    .bind(hour)
+    .fetch_all(&mut **tx)
+    .await?;
+    let detail = (!differ.is_empty()).then(|| {
+        differ
+            .iter()
+            .map(|(model, d)| format!("{model} {d}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    sqlx::query(
+        "UPDATE bill_hours SET audited_at = $2, audit_ok = $3, audit_detail = $4 WHERE billing_hour = $1",
+    )
+    .bind(hour)
+    .bind(now)
+    .bind(detail.is_none())
+    .bind(&detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(detail)
+}
+
+/// Cost of one billing hour so far by model, over every sidecar on the database (the bill is kept by the
+/// inserts: it is as current as the ledger).
+pub async fn hour_cost_by_model(
+    pool: &PgPool,
+    billing_hour: DateTime<Utc>,
+) -> Result<Vec<(String, rust_decimal::Decimal)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT model, sum(cost_total) FROM hourly_bill
+         WHERE billing_hour = $1 AND calls > unpriced_calls GROUP BY model",
+    )
+    .bind(billing_hour)
+    .fetch_all(pool)
+    .await
 }
 
 /// Start of the newest closed hour, if any.

@@ -37,10 +37,11 @@ pub struct Coordinator {
     /// Per budget: its definition id (block budgets only; alerts reserve nothing).
     defs: Vec<Option<String>>,
     budgets: Vec<Budget>,
-    timezone: Tz,
     reservation: Reservation,
     /// The definitions are in `budget_defs` (the refresher writes them once the database answers).
     ready: AtomicBool,
+    /// Admissions go through the request path's own pool.
+    admission: PgPool,
 }
 
 /// Postgres's verdict on one call.
@@ -70,6 +71,7 @@ pub fn def_id(b: &Budget, tz: Tz) -> String {
 impl Coordinator {
     pub fn new(
         pool: PgPool,
+        admission: PgPool,
         instance: Uuid,
         budgets: &[Budget],
         timezone: Tz,
@@ -77,13 +79,13 @@ impl Coordinator {
     ) -> Coordinator {
         Coordinator {
             pool,
+            admission,
             instance,
             defs: budgets
                 .iter()
                 .map(|b| (b.action == Action::Block).then(|| def_id(b, timezone)))
                 .collect(),
             budgets: budgets.to_vec(),
-            timezone,
             reservation,
             ready: AtomicBool::new(false),
         }
@@ -93,30 +95,9 @@ impl Coordinator {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Writes the definitions (once; a definition another sidecar wrote is the same by construction).
-    pub async fn publish(&self) -> Result<(), sqlx::Error> {
-        if self.ready() {
-            return Ok(());
-        }
-        for (b, def) in self.budgets.iter().zip(&self.defs) {
-            let Some(def) = def else { continue };
-            sqlx::query(
-                "INSERT INTO budget_defs (def_id, name, period, timezone, model, project, key_fingerprint, end_user)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-            )
-            .bind(def)
-            .bind(&b.name)
-            .bind(b.period.as_str())
-            .bind(self.timezone.name())
-            .bind(&b.scope.model)
-            .bind(&b.scope.project)
-            .bind(&b.scope.key_fingerprint)
-            .bind(&b.scope.end_user)
-            .execute(&self.pool)
-            .await?;
-        }
+    /// The definitions are in `budget_defs` (the refresher wrote them): admissions may go to Postgres.
+    pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
-        Ok(())
     }
 
     /// Asks Postgres whether the call fits every `block` budget covering it, reserving its worst case in
@@ -164,7 +145,7 @@ impl Coordinator {
                 .bind(amount)
                 .bind(self.instance)
                 .bind(now)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.admission)
                 .await?;
         Ok(match usize::try_from(refused) {
             Ok(0) | Err(_) => Verdict::Admitted,
@@ -173,7 +154,7 @@ impl Coordinator {
     }
 
     /// Releases what no admission needs any more: reservations of sidecars gone (no heartbeat for
-    /// `stale`, reserved before that) and of ended windows; counters of windows ended a day ago.
+    /// `stale`, reserved before that), of ended windows, and of calls already in the ledger.
     pub async fn sweep(
         &self,
         now: DateTime<Utc>,
@@ -190,7 +171,8 @@ impl Coordinator {
                                       WHERE i.instance_id = r.instance_id AND i.last_seen >= $2))
                   OR EXISTS (SELECT 1 FROM budget_spent s WHERE s.def_id = r.def_id
                              AND s.window_start = r.window_start AND s.window_end <= $1)
-                  OR EXISTS (SELECT 1 FROM usage_ledger l WHERE l.call_id = r.call_id)
+                  OR EXISTS (SELECT 1 FROM usage_ledger l WHERE l.call_id = r.call_id
+                             AND l.billing_hour >= r.window_start)
                RETURNING r.def_id, r.window_start, r.amount
              ), freed AS (
                SELECT def_id, window_start, sum(amount) AS amount FROM gone GROUP BY 1, 2
@@ -207,10 +189,6 @@ impl Coordinator {
         .bind(now - stale)
         .execute(&self.pool)
         .await?;
-        sqlx::query("DELETE FROM budget_spent WHERE window_end < $1")
-            .bind(now - chrono::Duration::days(1))
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 }

@@ -32,12 +32,23 @@ pub struct Refresher {
 }
 
 impl Refresher {
+    /// Every budget's definition id (what decides which calls its counter counts).
+    fn defs(&self) -> Vec<String> {
+        self.tracker
+            .budgets()
+            .iter()
+            .map(|b| super::coordinated::def_id(b, self.timezone))
+            .collect()
+    }
+
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = self.ledger.wait_migrated() => {}
         }
+        let defs = self.defs();
+        let mut published = false;
         let hook = self
             .alert_webhook
             .clone()
@@ -49,31 +60,54 @@ impl Refresher {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            self.round(hook.as_ref(), &stop).await;
+            if !published {
+                match store::publish(
+                    self.ledger.pool(),
+                    self.tracker.budgets(),
+                    &defs,
+                    self.timezone,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        published = true;
+                        if let Some(c) = &self.coordinator {
+                            c.set_ready();
+                        }
+                    }
+                    Err(e) => {
+                        self.tracker.refresh_failed();
+                        tracing::debug!(error = %e, "budget definitions not written; retrying next round");
+                        continue;
+                    }
+                }
+            }
+            self.round(&defs, hook.as_ref(), &stop).await;
         }
     }
 
-    /// One round: upkeep of the coordination, the read, the crossings, the alert deliveries.
-    pub async fn round(&self, hook: Option<&crate::webhook::Webhook>, stop: &CancellationToken) {
+    /// One round: upkeep of the counters and reservations, the read, the crossings, the alert deliveries.
+    pub async fn round(
+        &self,
+        defs: &[String],
+        hook: Option<&crate::webhook::Webhook>,
+        stop: &CancellationToken,
+    ) {
         let pool = self.ledger.pool();
         let now = self.clock.now();
         let windows = self.tracker.windows(now);
-        let ids = self.tracker.unshipped_ids();
-        if let Some(c) = &self.coordinator {
-            let swept = async {
-                c.publish().await?;
-                c.sweep(
-                    now,
-                    chrono::Duration::from_std(self.instance_stale).unwrap_or_default(),
-                )
-                .await
-            };
-            if let Err(e) = swept.await {
-                tracing::debug!(error = %e, "budget coordination upkeep failed; retrying next round");
+        let (ids, oldest) = self.tracker.unshipped_ids();
+        let stale = chrono::Duration::from_std(self.instance_stale).unwrap_or_default();
+        let upkeep = async {
+            if let Some(c) = &self.coordinator {
+                c.sweep(now, stale).await?;
             }
+            store::prune(pool, now).await
+        };
+        if let Err(e) = upkeep.await {
+            tracing::debug!(error = %e, "budget counters' upkeep failed; retrying next round");
         }
-        let open_hour = crate::pricing::billing_hour(now, self.timezone);
-        match store::refresh(pool, self.tracker.budgets(), &windows, open_hour, &ids).await {
+        match store::refresh(pool, self.tracker.budgets(), defs, &windows, &ids, oldest).await {
             Ok(r) => self.tracker.refreshed(&r.spent, &r.in_ledger, &r.raised),
             Err(e) => {
                 self.tracker.refresh_failed();

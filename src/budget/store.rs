@@ -1,10 +1,10 @@
-//! The SQL of budgets: spent per window from the bill and the ledger, which calls the ledger holds, and the
-//! threshold alerts (recorded once, delivered through `budget_alerts`).
+//! The SQL of budgets: their definitions, spent per window from the counters, which calls the ledger holds,
+//! and the threshold alerts (recorded once, delivered through `budget_alerts`).
 //!
-//! Spent in a window is read from `hourly_bill` for the hours up to the one before the running hour (the
-//! roller keeps those within a second of the ledger) and from `usage_ledger` for the last two hours, so a
-//! month's refresh reads a month of bill rows and two hours of calls, never the month's calls. A budget scoped
-//! to an `end_user` (which the bill does not carry) reads the ledger for its whole window.
+//! **Spent** in a window is one row of `budget_spent` per budget definition: seeded once per window from the
+//! rollups (`budget_windows()`, never the ledger) and moved by the triggers of each ledger insert and each price
+//! correction, in their transactions (migrations …007 and …012). So a refresh reads one row per budget, whatever
+//! the window's length or the ledger's size, and the counter is the ledger's effective cost exactly.
 
 use super::tracker::Crossing;
 use super::Budget;
@@ -24,57 +24,83 @@ pub struct Refresh {
     pub raised: Vec<(String, DateTime<Utc>, Decimal)>,
 }
 
-/// Reads, in one repeatable-read snapshot, each budget's spent in its window, which of `ids` the ledger
-/// holds, and the alerts already raised.
-pub async fn refresh(
+/// Writes the budgets' definitions (`defs[i]` is budget i's; a definition another sidecar wrote is the same by
+/// construction).
+pub async fn publish(
     pool: &PgPool,
     budgets: &[Budget],
-    windows: &[(DateTime<Utc>, DateTime<Utc>)],
-    open_hour: DateTime<Utc>,
-    ids: &[Uuid],
-) -> Result<Refresh, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let mut out = Refresh::default();
-    for (b, (start, end)) in budgets.iter().zip(windows) {
-        let cut = if b.scope.end_user.is_some() {
-            *start
-        } else {
-            (open_hour - chrono::Duration::hours(1)).clamp(*start, *end)
-        };
-        let spent: Decimal = sqlx::query_scalar(
-            "SELECT
-               (SELECT coalesce(sum(cost_total), 0) FROM hourly_bill
-                WHERE billing_hour >= $1 AND billing_hour < $2
-                  AND ($4::text IS NULL OR model = $4) AND ($5::text IS NULL OR project = $5)
-                  AND ($6::text IS NULL OR key_fingerprint = $6))
-             + (SELECT coalesce(sum(cost_total), 0) FROM usage_ledger
-                WHERE billing_hour >= $2 AND billing_hour < $3
-                  AND ($4::text IS NULL OR model = $4) AND ($5::text IS NULL OR project = $5)
-                  AND ($6::text IS NULL OR key_fingerprint = $6) AND ($7::text IS NULL OR end_user = $7))",
+    defs: &[String],
+    tz: chrono_tz::Tz,
+) -> Result<(), sqlx::Error> {
+    for (b, def) in budgets.iter().zip(defs) {
+        sqlx::query(
+            "INSERT INTO budget_defs (def_id, name, period, timezone, model, project, key_fingerprint, end_user)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
-        .bind(start)
-        .bind(cut)
-        .bind(end)
+        .bind(def)
+        .bind(&b.name)
+        .bind(b.period.as_str())
+        .bind(tz.name())
         .bind(&b.scope.model)
         .bind(&b.scope.project)
         .bind(&b.scope.key_fingerprint)
         .bind(&b.scope.end_user)
-        .fetch_one(&mut *tx)
+        .execute(pool)
         .await?;
+    }
+    Ok(())
+}
+
+/// Each budget's spent in its window (its counter, created and seeded from the rollups if this is the window's
+/// first read), which of `ids` the ledger holds (their billing hours are `oldest` or later), and the alerts
+/// already raised — the three in one repeatable-read snapshot.
+pub async fn refresh(
+    pool: &PgPool,
+    budgets: &[Budget],
+    defs: &[String],
+    windows: &[(DateTime<Utc>, DateTime<Utc>)],
+    ids: &[Uuid],
+    oldest: Option<DateTime<Utc>>,
+) -> Result<Refresh, sqlx::Error> {
+    let starts: Vec<DateTime<Utc>> = windows.iter().map(|w| w.0).collect();
+    let ends: Vec<DateTime<Utc>> = windows.iter().map(|w| w.1).collect();
+    sqlx::query("SELECT budget_windows($1, $2, $3)")
+        .bind(defs)
+        .bind(&starts)
+        .bind(&ends)
+        .execute(pool)
+        .await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let counters: Vec<(String, DateTime<Utc>, Decimal)> = sqlx::query_as(
+        "SELECT s.def_id, s.window_start, s.spent FROM budget_spent s
+         JOIN unnest($1::text[], $2::timestamptz[]) AS w(def_id, window_start) USING (def_id, window_start)",
+    )
+    .bind(defs)
+    .bind(&starts)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = Refresh::default();
+    for (def, start) in defs.iter().zip(&starts) {
+        let spent = counters
+            .iter()
+            .find(|(d, s, _)| d == def && s == start)
+            .map(|c| c.2)
+            .ok_or_else(|| sqlx::Error::RowNotFound)?;
         out.spent.push((*start, spent));
     }
-    if !ids.is_empty() {
-        out.in_ledger =
-            sqlx::query_scalar("SELECT call_id FROM usage_ledger WHERE call_id = ANY($1)")
-                .bind(ids)
-                .fetch_all(&mut *tx)
-                .await?;
+    if let (false, Some(oldest)) = (ids.is_empty(), oldest) {
+        out.in_ledger = sqlx::query_scalar(
+            "SELECT call_id FROM usage_ledger WHERE call_id = ANY($1) AND billing_hour >= $2",
+        )
+        .bind(ids)
+        .bind(oldest)
+        .fetch_all(&mut *tx)
+        .await?;
     }
     let names: Vec<&str> = budgets.iter().map(|b| b.name.as_str()).collect();
-    let starts: Vec<DateTime<Utc>> = windows.iter().map(|w| w.0).collect();
     out.raised = sqlx::query_as(
         "SELECT budget, window_start, threshold FROM budget_alerts
          WHERE budget = ANY($1) AND window_start = ANY($2)",
@@ -85,6 +111,15 @@ pub async fn refresh(
     .await?;
     tx.commit().await?;
     Ok(out)
+}
+
+/// Counters of windows that ended more than a day ago: no admission or refresh reads them any more.
+pub async fn prune(pool: &PgPool, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM budget_spent WHERE window_end < $1")
+        .bind(now - chrono::Duration::days(1))
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The alert of a crossing, as POSTed to `--alert-webhook`.
@@ -137,14 +172,20 @@ pub async fn deliver_one(
     hook: &crate::webhook::Webhook,
     now: DateTime<Utc>,
 ) -> Result<Option<Result<(), String>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    // Claim (one short transaction), POST with nothing held, record the outcome in a second one.
+    let lease =
+        now + chrono::Duration::from_std(crate::billing::delivery::LEASE).unwrap_or_default();
     let due: Option<(String, DateTime<Utc>, Decimal, serde_json::Value, i32)> = sqlx::query_as(
-        "SELECT budget, window_start, threshold, payload, attempts FROM budget_alerts
-         WHERE delivered_at IS NULL AND next_attempt_at <= $1
-         ORDER BY raised_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "UPDATE budget_alerts a SET lease_until = $2
+         FROM (SELECT budget, window_start, threshold FROM budget_alerts
+               WHERE delivered_at IS NULL AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+               ORDER BY raised_at LIMIT 1 FOR UPDATE SKIP LOCKED) due
+         WHERE a.budget = due.budget AND a.window_start = due.window_start AND a.threshold = due.threshold
+         RETURNING a.budget, a.window_start, a.threshold, a.payload, a.attempts",
     )
     .bind(now)
-    .fetch_optional(&mut *tx)
+    .bind(lease)
+    .fetch_optional(pool)
     .await?;
     let Some((budget, window_start, threshold, payload, attempts)) = due else {
         return Ok(None);
@@ -166,9 +207,9 @@ pub async fn deliver_one(
     let backoff =
         chrono::Duration::seconds(1i64 << attempts.clamp(0, 8)).min(chrono::Duration::minutes(5));
     sqlx::query(
-        "UPDATE budget_alerts SET attempts = attempts + 1,
+        "UPDATE budget_alerts SET attempts = attempts + 1, lease_until = NULL,
             delivered_at = CASE WHEN $4 THEN $5 END, next_attempt_at = $6, last_error = $7
-         WHERE budget = $1 AND window_start = $2 AND threshold = $3",
+         WHERE budget = $1 AND window_start = $2 AND threshold = $3 AND lease_until = $8",
     )
     .bind(&budget)
     .bind(window_start)
@@ -177,8 +218,8 @@ pub async fn deliver_one(
     .bind(now)
     .bind(now + backoff)
     .bind(result.as_ref().err())
-    .execute(&mut *tx)
+    .bind(lease)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
     Ok(Some(result))
 }

@@ -213,6 +213,8 @@ serve_settings! {
     budget_unpriced: Unpriced = Some("refuse"), env "METER_BUDGET_UNPRICED", parse choice;
     /// How sidecars share `block` budgets: `local` (reserve in memory) or `postgres` (one round trip per call, exact).
     budget_coordination: Coordination = Some("local"), env "METER_BUDGET_COORDINATION", parse choice;
+    /// How long the ledger keeps calls (`400d`): whole monthly partitions past it are dropped (the bill keeps their sums). Empty: keep everything.
+    ledger_retention: Option<chrono::Duration> = None, env "METER_LEDGER_RETENTION", parse retention;
     /// Do not create or migrate the database at startup.
     no_migrate: bool = Some("false"), env "METER_NO_MIGRATE", parse flag,
         clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
@@ -373,6 +375,7 @@ impl Settings {
                 billing_grace: v.billing_grace,
                 report_dir: v.report_dir,
                 report_webhook: v.report_webhook,
+                retention: v.ledger_retention,
             }),
             billing_timezone: v.billing_timezone,
             listen: v.listen,
@@ -423,6 +426,8 @@ pub struct LedgerSettings {
     /// Where closed hours' reports are delivered (`crate::billing::delivery`).
     pub report_dir: Option<PathBuf>,
     pub report_webhook: Option<http::Uri>,
+    /// `--ledger-retention`: how long the ledger keeps calls (`None`: forever).
+    pub retention: Option<chrono::Duration>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://localhost/deepseek_meter";
@@ -546,6 +551,23 @@ fn optional_address(raw: Option<&str>) -> Result<Option<SocketAddr>, String> {
     raw.filter(|r| !r.is_empty())
         .map(|r| address(Some(r)))
         .transpose()
+}
+
+/// A retention in days (`400d`), at least a month's worth: the ledger drops whole months.
+fn retention(raw: Option<&str>) -> Result<Option<chrono::Duration>, String> {
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let days: i64 = raw
+        .strip_suffix('d')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("{raw:?} is not a number of days like 400d"))?;
+    if days < 31 {
+        return Err(format!(
+            "{raw:?} is shorter than a month (the ledger drops whole months)"
+        ));
+    }
+    Ok(Some(chrono::Duration::days(days)))
 }
 
 fn secret(raw: Option<&str>) -> Result<Option<String>, String> {

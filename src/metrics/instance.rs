@@ -65,6 +65,8 @@ metrics! {
         budget_unchecked: IntCounterVec = "deepseek_meter_budget_unchecked_calls_total" ["budget"],
         /// Calls to a model without a price a `block` budget served (`--budget-unpriced admit`), uncounted in spent.
         budget_unpriced_admitted: IntCounterVec = "deepseek_meter_budget_unpriced_admitted_total" ["budget"],
+        /// Closed hours whose bill this sidecar's roller found different from their ledger (the close-time audit).
+        bill_audit_mismatches: IntCounter = "deepseek_meter_bill_audit_mismatches_total" [],
         /// Threshold alerts this sidecar raised (each crossing is raised by one sidecar, once).
         budget_alerts: IntCounterVec = "deepseek_meter_budget_alerts_total" ["budget"],
     }
@@ -189,6 +191,10 @@ impl InstanceMetrics {
         self.budget_unpriced_admitted
             .with_label_values(&[budget])
             .inc();
+    }
+
+    pub fn bill_audit_mismatch(&self) {
+        self.bill_audit_mismatches.inc();
     }
 
     pub fn budget_alert_raised(&self, budget: &str) {

@@ -121,12 +121,12 @@ pub async fn bill_lines(
         .collect())
 }
 
-/// The ledger's lines of the hours `[from, to]`: per (hour, key, workspace, model), an `input_token` line
-/// (every input token: uncached, cache reads and cache writes) and an `output_token` line (chain of thought +
-/// answer). A call's key is its recorded key ID, else the one `[[api_key]]` gives its fingerprint today, else
-/// `fingerprint:<hex>`. Money is the ledger's own `cost_total`, split between the two lines as each call was
-/// priced: its stored input part (`cost_input`); a row of a build before that column is split by its stored
-/// price version and period in today's book.
+/// The ledger's lines of the hours `[from, to]`, from the per-key rollup (never the ledger itself): per
+/// (hour, key, workspace, model), an `input_token` line (every input token: uncached, cache reads and cache
+/// writes) and an `output_token` line (chain of thought + answer). A call's key is its recorded key ID, else the
+/// one `[[api_key]]` gives its fingerprint today, else `fingerprint:<hex>`. Money is the effective cost (price
+/// corrections included), split between the two lines as each call was priced (its input part, kept with it);
+/// calls written before that part was kept are split by the price in force for their hour.
 pub async fn ledger_lines(
     pool: &PgPool,
     from: DateTime<Utc>,
@@ -134,18 +134,11 @@ pub async fn ledger_lines(
     keys: &ApiKeys,
     prices: &PriceBook,
 ) -> Result<Vec<LedgerLine>, sqlx::Error> {
-    let rows: Vec<LedgerGroup> = sqlx::query_as(
-        "SELECT billing_hour, api_key_id, key_fingerprint, workspace, model, price_version, price_period,
-            sum(input_tokens)::int8 AS input, sum(reasoning_tokens + answer_tokens)::int8 AS output,
-            count(*)::int8 AS calls, (count(*) FILTER (WHERE usage_source = 'estimated'))::int8 AS estimated,
-            coalesce(sum(cost_total), 0) AS cost, coalesce(sum(cost_input), 0) AS cost_input,
-            coalesce(sum(input_tokens - cached_tokens - cache_creation_tokens)
-                FILTER (WHERE cost_input IS NULL), 0)::int8 AS legacy_uncached,
-            coalesce(sum(cached_tokens) FILTER (WHERE cost_input IS NULL), 0)::int8 AS legacy_cached,
-            coalesce(sum(cache_creation_tokens) FILTER (WHERE cost_input IS NULL), 0)::int8 AS legacy_writes
-         FROM usage_ledger
-         WHERE billing_hour >= $1 AND billing_hour <= $2 AND (input_tokens > 0 OR output_tokens > 0)
-         GROUP BY 1, 2, 3, 4, 5, 6, 7",
+    let rows: Vec<KeyUsage> = sqlx::query_as(
+        "SELECT billing_hour, api_key_id, key_fingerprint, workspace, model, calls, estimated_calls,
+            input_tokens, output_tokens, cost, cost_input, unsplit_cost, unsplit_uncached, unsplit_cached,
+            unsplit_writes
+         FROM hourly_key_usage WHERE billing_hour >= $1 AND billing_hour <= $2",
     )
     .bind(from)
     .bind(to)
@@ -164,19 +157,18 @@ pub async fn ledger_lines(
             })
             .unwrap_or_default();
         let count = |n: i64| n.max(0) as u64;
-        let legacy = crate::usage::Tokens {
-            input: count(g.legacy_uncached + g.legacy_cached + g.legacy_writes),
-            cached: count(g.legacy_cached),
-            cache_creation: count(g.legacy_writes),
+        let unsplit = crate::usage::Tokens {
+            input: count(g.unsplit_uncached + g.unsplit_cached + g.unsplit_writes),
+            cached: count(g.unsplit_cached),
+            cache_creation: count(g.unsplit_writes),
             ..Default::default()
         };
-        let legacy_input = g
-            .price_version
-            .as_deref()
-            .and_then(|v| prices.price_of(v, g.price_period.as_deref()))
-            .map(|p| p.rates.input_cost(&legacy))
-            .unwrap_or_default();
-        let input_yuan = (g.cost_input + legacy_input).min(g.cost);
+        let unsplit_input = prices
+            .price_at(&g.model, g.billing_hour)
+            .map(|p| p.rates.input_cost(&unsplit))
+            .unwrap_or_default()
+            .min(g.unsplit_cost);
+        let input_yuan = (g.cost_input + unsplit_input).min(g.cost);
         let line = |token_type: &str, tokens: i64, yuan: Decimal| LedgerLine {
             hour: g.billing_hour,
             key: key.clone(),
@@ -186,33 +178,32 @@ pub async fn ledger_lines(
             tokens: count(tokens),
             yuan,
             calls: count(g.calls),
-            estimated_calls: count(g.estimated),
+            estimated_calls: count(g.estimated_calls),
         };
-        out.push(line("input_token", g.input, input_yuan));
-        out.push(line("output_token", g.output, g.cost - input_yuan));
+        out.push(line("input_token", g.input_tokens, input_yuan));
+        out.push(line("output_token", g.output_tokens, g.cost - input_yuan));
     }
     Ok(out)
 }
 
-/// The ledger's calls of one (hour, key, workspace, model, price) summed, as [`ledger_lines`] reads them.
+/// One row of the per-key rollup, as [`ledger_lines`] reads it.
 #[derive(sqlx::FromRow)]
-struct LedgerGroup {
+struct KeyUsage {
     billing_hour: DateTime<Utc>,
     api_key_id: Option<String>,
     key_fingerprint: Option<String>,
     workspace: Option<String>,
     model: String,
-    price_version: Option<String>,
-    price_period: Option<String>,
-    input: i64,
-    output: i64,
     calls: i64,
-    estimated: i64,
+    estimated_calls: i64,
+    input_tokens: i64,
+    output_tokens: i64,
     cost: Decimal,
     cost_input: Decimal,
-    legacy_uncached: i64,
-    legacy_cached: i64,
-    legacy_writes: i64,
+    unsplit_cost: Decimal,
+    unsplit_uncached: i64,
+    unsplit_cached: i64,
+    unsplit_writes: i64,
 }
 
 /// The hours the bill's lines cover: from the first to the end of the last (`None`: no line).

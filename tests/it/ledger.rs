@@ -616,7 +616,10 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(counters, 1, "the block budget's window counter");
+    assert_eq!(
+        counters, 2,
+        "each budget's window counter (the alert's and the block's)"
+    );
     owner
         .db
         .audit(&[id, refused_id].into_iter().collect(), journal.path())

@@ -589,11 +589,13 @@ impl Tracker {
     }
 
     /// The unshipped call ids of every window, for the refresh to look up in the ledger.
-    pub fn unshipped_ids(&self) -> Vec<Uuid> {
+    /// The unshipped calls' ids, and the oldest billing hour among them.
+    pub fn unshipped_ids(&self) -> (Vec<Uuid>, Option<DateTime<Utc>>) {
         let Ok(state) = self.state.lock() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
-        state.unshipped.keys().copied().collect()
+        let oldest = state.unshipped.values().map(|u| u.billing_hour).min();
+        (state.unshipped.keys().copied().collect(), oldest)
     }
 
     /// The windows a refresh should count, per budget: (start, end).

@@ -126,7 +126,7 @@ fn an_unshipped_call_counts_in_every_budget_covering_it_until_the_ledger_has_it(
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     t.settle(a, &CALL, at("2026-11-25T05:00:00Z"), Some(d("1")), now);
     t.settle(b, &CALL, at("2026-11-25T05:00:00Z"), Some(d("2")), now);
-    assert_eq!(t.unshipped_ids().len(), 2, "each call kept once");
+    assert_eq!(t.unshipped_ids().0.len(), 2, "each call kept once");
     let spent = |at| t.snapshot(at).iter().map(|s| s.spent).collect::<Vec<_>>();
     assert_eq!(spent(now), vec![d("3"), d("3")]);
     t.refreshed(&[], &[a], &[]);
@@ -135,7 +135,7 @@ fn an_unshipped_call_counts_in_every_budget_covering_it_until_the_ledger_has_it(
     assert_eq!(spent(at("2026-11-25T06:00:00Z")), vec![d("2"), d("0")]);
     // The next day: nobody counts it, and it is forgotten.
     assert_eq!(spent(at("2026-11-25T16:00:00Z")), vec![d("0"), d("0")]);
-    assert!(t.unshipped_ids().is_empty());
+    assert!(t.unshipped_ids().0.is_empty());
 }
 
 #[test]
