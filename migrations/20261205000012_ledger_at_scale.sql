@@ -46,6 +46,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     first date := (date_trunc('month', p_now AT TIME ZONE 'UTC') - interval '1 month')::date;
     m date;
+    lo timestamptz;
+    hi timestamptz;
     tbl text;
     created text[] := '{}';
 BEGIN
@@ -53,12 +55,28 @@ BEGIN
         m := (first + make_interval(months => i))::date;
         tbl := format('usage_ledger_p%s', to_char(m, 'YYYYMM'));
         IF to_regclass(tbl) IS NULL THEN
+            lo := m::timestamp AT TIME ZONE 'UTC';
+            hi := (m + interval '1 month')::timestamp AT TIME ZONE 'UTC';
             BEGIN
-                EXECUTE format('CREATE TABLE %I PARTITION OF usage_ledger FOR VALUES FROM (%L) TO (%L)', tbl,
-                               m::timestamp AT TIME ZONE 'UTC', (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+                EXECUTE format('CREATE TABLE %I PARTITION OF usage_ledger FOR VALUES FROM (%L) TO (%L)', tbl, lo, hi);
                 created := created || tbl;
-            EXCEPTION WHEN invalid_object_definition THEN
-                NULL; -- the first partition (the migrated ledger) already covers this month
+            EXCEPTION
+                WHEN invalid_object_definition THEN
+                    NULL; -- the first partition (the migrated ledger) already covers this month
+                WHEN check_violation THEN
+                    -- The default partition holds rows of this month (they came before its partition): the month
+                    -- gets its partition with them, the default keeps the rest. Rows are copied, never edited.
+                    ALTER TABLE usage_ledger DETACH PARTITION usage_ledger_default;
+                    EXECUTE format('CREATE TABLE %I PARTITION OF usage_ledger FOR VALUES FROM (%L) TO (%L)', tbl, lo, hi);
+                    EXECUTE format('INSERT INTO %I SELECT * FROM usage_ledger_default
+                                    WHERE billing_hour >= %L AND billing_hour < %L', tbl, lo, hi);
+                    CREATE TABLE usage_ledger_default_next (LIKE usage_ledger_default INCLUDING ALL);
+                    EXECUTE format('INSERT INTO usage_ledger_default_next SELECT * FROM usage_ledger_default
+                                    WHERE NOT (billing_hour >= %L AND billing_hour < %L)', lo, hi);
+                    DROP TABLE usage_ledger_default;
+                    ALTER TABLE usage_ledger_default_next RENAME TO usage_ledger_default;
+                    ALTER TABLE usage_ledger ATTACH PARTITION usage_ledger_default DEFAULT;
+                    created := created || tbl;
             END;
         END IF;
     END LOOP;

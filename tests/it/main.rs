@@ -25,6 +25,7 @@ mod proxy;
 mod reconcile;
 mod reports;
 mod reprice;
+mod scale;
 mod secrets;
 mod simulator;
 mod usage_tap;
