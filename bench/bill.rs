@@ -163,7 +163,13 @@ async fn ship(l: &Ledger, rows: u64, roller: bool) -> f64 {
     let cursor = journal.cursor();
     let mut shipped = cursor.committed();
     let stop = tokio_util::sync::CancellationToken::new();
-    let shipper = Shipper::new(l.clone(), cursor, Metrics::new().unwrap().instance, None);
+    let shipper = Shipper::new(
+        l.clone(),
+        cursor,
+        journal.held(),
+        Metrics::new().unwrap().instance,
+        None,
+    );
     let task = tokio::spawn(shipper.run(stop.clone(), stop.clone()));
     let rolls = roller.then(|| {
         let bill = Bill::new(l.pool().clone(), Duration::from_secs(600));

@@ -121,7 +121,13 @@ async fn main() {
     let cursor = journal.cursor();
     let mut shipped = cursor.committed();
     let stop = tokio_util::sync::CancellationToken::new();
-    let shipper = Shipper::new(l.clone(), cursor, Metrics::new().unwrap().instance, None);
+    let shipper = Shipper::new(
+        l.clone(),
+        cursor,
+        journal.held(),
+        Metrics::new().unwrap().instance,
+        None,
+    );
     let task = tokio::spawn(shipper.run(stop.clone(), stop.clone()));
     let t = Instant::now();
     let producers: Vec<_> = (0..4u64)

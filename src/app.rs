@@ -95,8 +95,8 @@ struct LedgerTasks {
     /// Budgets' refresher and alert deliverer (a finished task when no budget is configured).
     budgeting: tokio::task::JoinHandle<()>,
     delivery_status: StatusCell,
-    /// The shipper's oldest unshipped billing hour, for the heartbeat.
-    holding: watch::Receiver<Option<chrono::DateTime<chrono::Utc>>>,
+    /// The hours of the journal's unshipped records, for the heartbeat.
+    held: Arc<crate::journal::Held>,
     /// `--ledger-retention`.
     retention: Option<chrono::Duration>,
 }
@@ -137,7 +137,7 @@ impl App {
                 instance: t.instance,
                 clock: clock.clone(),
                 timezone: settings.billing_timezone,
-                holding: t.holding.clone(),
+                held: t.held.clone(),
                 metrics: state.metrics.instance.clone(),
                 retention: t.retention,
             });
@@ -366,14 +366,15 @@ fn start_ledger(
         .map_err(|e| anyhow::anyhow!("invalid setting --database-url (DATABASE_URL): {e}"))?;
     let cursor = journal.cursor();
     let shipped = cursor.committed();
+    let held = journal.held();
     let shipper = Shipper::new(
         ledger.clone(),
         cursor,
+        held.clone(),
         metrics.instance.clone(),
         ls.migrate.then(|| ls.database_url.clone()),
     );
     let (stop, drain) = (CancellationToken::new(), CancellationToken::new());
-    let holding = shipper.holding();
     let shipper = tokio::spawn(shipper.run(stop.clone(), drain.clone()));
     let bill = Bill::new(ledger.pool().clone(), ls.billing_grace);
     let webhook = match &ls.report_webhook {
@@ -389,7 +390,7 @@ fn start_ledger(
     };
     Ok(LedgerTasks {
         bill,
-        holding,
+        held,
         billing_stop: CancellationToken::new(),
         instance: uuid::Uuid::now_v7(),
         roller: None,

@@ -6,11 +6,12 @@
 //! a row that still fails goes to `dead-letter.jsonl` in the journal directory, loudly (it would be a bug:
 //! records are validated when built).
 
-use crate::journal::Cursor;
+use crate::journal::{Cursor, Held};
 use crate::ledger::{self, Ledger};
 use crate::metrics::InstanceMetrics;
 use crate::record::CallRecord;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -27,9 +28,8 @@ pub struct Shipper {
     ledger: Ledger,
     cursor: Cursor,
     metrics: InstanceMetrics,
-    /// The billing hour of the oldest record this shipper has read and not yet shipped (`None`: caught up),
-    /// for the bill's heartbeat (`crate::bill`): a live sidecar holding an hour's records keeps it open.
-    holding: tokio::sync::watch::Sender<Option<chrono::DateTime<chrono::Utc>>>,
+    /// The hours of the journal's unshipped records: released here as records reach the ledger.
+    held: Arc<Held>,
     /// Create the database (this URL) and apply migrations before the first insert.
     prepare: Option<String>,
 }
@@ -39,21 +39,17 @@ impl Shipper {
     pub fn new(
         ledger: Ledger,
         cursor: Cursor,
+        held: Arc<Held>,
         metrics: InstanceMetrics,
         migrate_url: Option<String>,
     ) -> Shipper {
         Shipper {
             ledger,
             cursor,
+            held,
             metrics,
-            holding: tokio::sync::watch::channel(None).0,
             prepare: migrate_url,
         }
-    }
-
-    /// The billing hour of the oldest record read and not yet shipped, as it changes.
-    pub fn holding(&self) -> tokio::sync::watch::Receiver<Option<chrono::DateTime<chrono::Utc>>> {
-        self.holding.subscribe()
     }
 
     /// Ships until `stop` fires, then keeps shipping what the journal holds until `drain` fires (or it is
@@ -96,8 +92,6 @@ impl Shipper {
                     continue;
                 }
             };
-            self.holding
-                .send_replace(batch.iter().map(|r| r.billing_hour).min());
             if batch.is_empty() {
                 // A skipped torn tail or a finished segment still moves the checkpoint.
                 if self.cursor.uncommitted() {
@@ -131,9 +125,9 @@ impl Shipper {
             }
             self.ledger.reachable.store(true, Ordering::Relaxed);
             backoff.reset();
-            // Shipped: this batch holds no hour open any more (before the commit is seen, so a caller that
+            // Shipped: these records hold their hours no more (before the commit is seen, so a caller that
             // waited for the commit never reads a stale hold).
-            self.holding.send_replace(None);
+            self.held.shipped(&batch);
             self.cursor.commit().await;
             if batch.len() < BATCH {
                 linger(&stop).await;

@@ -8,7 +8,6 @@ use crate::clock::Clock;
 use crate::metrics::InstanceMetrics;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What the roller needs.
@@ -18,8 +17,8 @@ pub struct Roller {
     pub instance: uuid::Uuid,
     pub clock: Clock,
     pub timezone: chrono_tz::Tz,
-    /// The shipper's oldest unshipped billing hour (this sidecar holds that hour open).
-    pub holding: watch::Receiver<Option<DateTime<Utc>>>,
+    /// The hours of this sidecar's unshipped records (it holds the oldest open).
+    pub held: std::sync::Arc<crate::journal::Held>,
     pub metrics: InstanceMetrics,
     /// `--ledger-retention`: partitions whose months all ended longer ago than this are dropped.
     pub retention: Option<chrono::Duration>,
@@ -56,7 +55,7 @@ impl Roller {
     /// One round: the heartbeat, then a roll.
     pub async fn round(&self) -> Result<Rolled, sqlx::Error> {
         let now = self.clock.now();
-        let oldest = *self.holding.borrow();
+        let oldest = self.held.oldest();
         self.bill.heartbeat(self.instance, now, oldest).await?;
         let open_hour = crate::pricing::billing_hour(now, self.timezone);
         self.bill.roll(now, open_hour).await

@@ -108,7 +108,9 @@ impl Refresher {
             tracing::debug!(error = %e, "budget counters' upkeep failed; retrying next round");
         }
         match store::refresh(pool, self.tracker.budgets(), defs, &windows, &ids, oldest).await {
-            Ok(r) => self.tracker.refreshed(&r.spent, &r.in_ledger, &r.raised),
+            Ok(r) => self
+                .tracker
+                .refreshed(now, &r.spent, &r.in_ledger, &r.raised),
             Err(e) => {
                 self.tracker.refresh_failed();
                 tracing::debug!(error = %e, "budget refresh failed; retrying next round");

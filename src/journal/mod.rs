@@ -98,6 +98,7 @@ pub(super) enum Entry {
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Entry>,
+    held: Arc<Held>,
     stats: Arc<JournalStats>,
     dir: Arc<PathBuf>,
     config: Arc<JournalConfig>,
@@ -165,12 +166,20 @@ impl Journal {
         let handle = writer::start(config.clone(), stats.clone(), file, seq, end_tx, lock, rx)?;
         let journal = Journal {
             tx,
+            held: Arc::default(),
             stats,
             dir: Arc::new(config.dir.clone()),
             config: Arc::new(config),
             end: end_rx,
         };
+        // The previous run's unshipped records hold their hours until they are shipped.
+        journal.for_each_unshipped(|r| journal.held.add(r.billing_hour))?;
         Ok((journal, WriterHandle(Some(handle))))
+    }
+
+    /// The billing hours of the records journaled and not yet shipped.
+    pub fn held(&self) -> Arc<Held> {
+        self.held.clone()
     }
 
     pub fn config(&self) -> &JournalConfig {
@@ -194,6 +203,7 @@ impl Journal {
             tracing::error!(call_id = %record.call_id, "journal at its size cap: call NOT recorded");
             return None;
         }
+        let hour = record.billing_hour;
         let (ack, rx) = match self.config.durability {
             Durability::Strict => {
                 let (tx, rx) = oneshot::channel();
@@ -213,6 +223,7 @@ impl Journal {
             self.stats.unrecorded.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        self.held.add(hour);
         rx
     }
 
@@ -270,6 +281,47 @@ impl Journal {
             unrecorded_calls: self.stats.unrecorded.load(Ordering::Relaxed),
             writes_failing: self.stats.failing.load(Ordering::Relaxed),
             write_failures: self.stats.write_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The billing hours of the records in the journal that are not in Postgres yet, a count per hour: counted
+/// when a record is appended (or found unshipped at open) and released by the shipper once the record is in
+/// the ledger. A live sidecar holding an hour's records keeps that hour from closing (`crate::billing`), so
+/// the count is exact — a record between its append and the shipper's read is held too.
+#[derive(Debug, Default)]
+pub struct Held {
+    hours: std::sync::Mutex<std::collections::BTreeMap<chrono::DateTime<chrono::Utc>, u64>>,
+}
+
+impl Held {
+    fn add(&self, hour: chrono::DateTime<chrono::Utc>) {
+        if let Ok(mut h) = self.hours.lock() {
+            *h.entry(hour).or_default() += 1;
+        }
+    }
+
+    /// These records are in the ledger (or dead-lettered): their hours are held by them no more.
+    pub fn shipped(&self, records: &[CallRecord]) {
+        let Ok(mut h) = self.hours.lock() else {
+            return;
+        };
+        for r in records {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = h.entry(r.billing_hour) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    /// The oldest hour held (`None`: everything journaled is in the ledger). A poisoned lock holds the
+    /// oldest possible hour: never release an hour by accident.
+    pub fn oldest(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self.hours.lock() {
+            Ok(h) => h.keys().next().copied(),
+            Err(_) => Some(chrono::DateTime::<chrono::Utc>::MIN_UTC),
         }
     }
 }

@@ -322,3 +322,118 @@ async fn a_live_sidecar_holding_an_hours_records_keeps_it_from_closing() {
     );
     t.audit(&[]).await;
 }
+
+/// A real shipper backlog: the ledger refuses this sidecar's inserts for a while (a lock held elsewhere), so a
+/// call of 10:00 stays in its journal past the hour and its grace. The sidecar's own heartbeat — written from
+/// what its shipper holds — says it holds 10:00, and the hour stays provisional; once the backlog ships, the
+/// hour closes with the call in it.
+#[tokio::test]
+async fn a_shipper_backlog_keeps_the_hour_it_holds_provisional() {
+    let up = ScriptedUpstream::start().await;
+    let clock = Clock::manual(at("2026-11-25T02:10:00Z")); // 10:10 Beijing
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), |s| {
+        s.ledger.as_mut().unwrap().billing_grace = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let hour = at("2026-11-25T02:00:00Z");
+    call(&t, &up, COMPAT_R1_JSON, "alpha", "sk-key-one-1111").await;
+    flush(&t.app).await;
+    roll(&t.app).await;
+    let pool = t.db.pool().await;
+    // Inserts into the ledger wait behind this lock (reads do not).
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE usage_ledger IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    clock.set(at("2026-11-25T02:50:00Z"));
+    call(&t, &up, COMPAT_R1_JSON, "alpha", "sk-key-one-1111").await;
+    // 11:20: the hour and its grace are over; the second call is still in the journal.
+    clock.set(at("2026-11-25T03:20:00Z"));
+    roll(&t.app).await;
+    let held: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT oldest_unshipped_hour FROM meter_instances")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        held,
+        Some(hour),
+        "the heartbeat says what the shipper holds"
+    );
+    assert_eq!(
+        hour_state(&pool, hour).await,
+        ("provisional".into(), 0, None)
+    );
+    let billed: i64 =
+        sqlx::query_scalar("SELECT sum(calls)::int8 FROM hourly_bill WHERE billing_hour = $1")
+            .bind(hour)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(billed, 1, "the second call has not shipped");
+    // The lock goes, the backlog ships, and the next round closes the hour with both calls.
+    blocker.rollback().await.unwrap();
+    flush(&t.app).await;
+    roll(&t.app).await;
+    assert_eq!(
+        hour_state(&pool, hour).await,
+        ("closed".into(), 0, Some(at("2026-11-25T03:20:00Z")))
+    );
+    let billed: i64 =
+        sqlx::query_scalar("SELECT sum(calls)::int8 FROM hourly_bill WHERE billing_hour = $1")
+            .bind(hour)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(billed, 2);
+    t.audit(&[]).await;
+}
+
+/// What holds an hour open is counted per record, from its append until the shipper says it is in the ledger:
+/// a record not yet read by the shipper holds its hour; one shipped releases it only when no other record
+/// of that hour is left; after a restart, the journal's unshipped records hold their hours again.
+#[tokio::test]
+async fn the_journal_holds_each_unshipped_records_hour_until_it_is_shipped() {
+    use deepseek_meter::journal::{Durability, Journal, JournalConfig, OnFull};
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        dir: dir.path().to_path_buf(),
+        durability: Durability::Strict,
+        group_commit: std::time::Duration::from_millis(1),
+        segment_bytes: 64 << 20,
+        max_bytes: 1 << 30,
+        on_full: OnFull::Refuse,
+    };
+    let at_hour = |h: &str| deepseek_meter::record::CallRecord {
+        billing_hour: at(h),
+        ..a_record(0)
+    };
+    let (journal, writer) = Journal::open(config.clone()).unwrap();
+    let held = journal.held();
+    assert_eq!(held.oldest(), None);
+    let (ten, ten_b, eleven) = (
+        at_hour("2026-11-25T02:00:00Z"),
+        at_hour("2026-11-25T02:00:00Z"),
+        at_hour("2026-11-25T03:00:00Z"),
+    );
+    for r in [&eleven, &ten, &ten_b] {
+        journal.append(r.clone()).unwrap().await.unwrap();
+    }
+    assert_eq!(held.oldest(), Some(ten.billing_hour));
+    held.shipped(std::slice::from_ref(&ten));
+    assert_eq!(
+        held.oldest(),
+        Some(ten.billing_hour),
+        "another record of 10:00 is unshipped"
+    );
+    held.shipped(std::slice::from_ref(&ten_b));
+    assert_eq!(held.oldest(), Some(eleven.billing_hour));
+    // A restart: nothing was shipped (no checkpoint), so all three hold their hours again.
+    drop(journal);
+    writer.join().await;
+    let (journal, writer) = Journal::open(config).unwrap();
+    assert_eq!(journal.held().oldest(), Some(ten.billing_hour));
+    drop(journal);
+    writer.join().await;
+}

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use deepseek_meter::budget::coordinated::Coordination;
 use deepseek_meter::budget::tracker::Reservation;
 use deepseek_meter::clock::Clock;
-use deepseek_meter::config::Settings;
+use deepseek_meter::config::{Settings, Upstream};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::time::Duration;
@@ -449,60 +449,121 @@ async fn a_pinned_key_cannot_leave_its_projects_budget_by_a_header() {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Setup {
     /// One sidecar.
-    One(Reservation),
+    One(Reservation, Coordination),
     /// Two sidecars on one database, 32 streams each.
     Two(Reservation, Coordination),
 }
 
-/// 64 concurrent streaming calls against a `block` budget with room for about ten, in each setup: with
-/// worst-case reservation spent never passes the limit — one sidecar, or two coordinating through Postgres;
-/// without reservation, or with two sidecars reserving locally, it passes it by what was in flight. Prints the
-/// figures for the README.
+/// When the 64 streams come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Burst {
+    /// Once every sidecar knows the window's spent.
+    Settled,
+    /// The moment the sidecar has started, on a database it has yet to migrate.
+    AtStart,
+}
+
+/// What a burst did.
+#[derive(Debug)]
+struct Outcome {
+    admitted: usize,
+    spent: Decimal,
+    limit: Decimal,
+    /// `deepseek_meter_budget_unchecked_calls_total`, summed over the sidecars.
+    unchecked: u64,
+}
+
+/// 64 concurrent streaming calls against a `block` budget with room for about ten, every admitted call held by
+/// the upstream until all 64 have been decided (so they overlap): with worst-case reservation spent never
+/// passes the limit — one sidecar, or two coordinating through Postgres; without reservation (the control)
+/// every call is admitted and spent passes it many times; two sidecars reserving locally stay within twice it.
+/// Prints the figures for the README.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_never_take_spent_past_the_limit_with_worst_case_reservation() {
     use Coordination::{Local, Postgres};
     use Reservation::{None as NoReservation, WorstCase};
     for setup in [
-        Setup::One(WorstCase),
-        Setup::One(NoReservation),
+        Setup::One(WorstCase, Local),
+        Setup::One(NoReservation, Local),
         Setup::Two(WorstCase, Postgres),
         Setup::Two(WorstCase, Local),
         Setup::Two(NoReservation, Postgres),
     ] {
-        let (admitted, spent, limit) = sixty_four_streams(setup).await;
+        let o = sixty_four_streams(setup, Burst::Settled).await;
         println!(
-            "RESULT budget concurrency {setup:?}: 64 streams, {admitted} admitted, spent {spent} of limit {limit}"
+            "RESULT budget concurrency {setup:?}: 64 streams, {} admitted, spent {} of limit {}",
+            o.admitted, o.spent, o.limit
         );
-        if matches!(
-            setup,
-            Setup::One(WorstCase) | Setup::Two(WorstCase, Postgres)
-        ) {
-            assert!(spent <= limit, "{setup:?}: spent {spent} > limit {limit}");
-            assert!(
-                admitted >= 5,
-                "{setup:?}: room for about ten, {admitted} admitted"
-            );
-        }
-        if setup == Setup::Two(WorstCase, Local) {
+        assert_eq!(o.unchecked, 0, "{setup:?}");
+        match setup {
+            Setup::One(WorstCase, _) | Setup::Two(WorstCase, Postgres) => {
+                assert!(o.spent <= o.limit, "{setup:?}: {o:?}");
+                assert!(o.admitted >= 5, "{setup:?}: room for about ten, {o:?}");
+            }
             // Each sidecar alone keeps to the limit: together, at most twice it.
-            assert!(spent <= limit * Decimal::TWO, "{setup:?}: spent {spent}");
+            Setup::Two(WorstCase, Local) => {
+                assert!(o.spent <= o.limit * Decimal::TWO, "{setup:?}: {o:?}")
+            }
+            // The control: nothing reserved, every overlapping call admitted.
+            _ => {
+                assert_eq!(o.admitted, 64, "{setup:?}: {o:?}");
+                assert!(o.spent > o.limit * Decimal::from(5), "{setup:?}: {o:?}");
+            }
         }
     }
 }
 
-/// Calls admitted, spent in the ledger, and the limit.
-async fn sixty_four_streams(setup: Setup) -> (usize, Decimal, Decimal) {
+/// A sidecar hit by 64 streams the moment it has started — on a database it has yet to migrate, the widest
+/// window — admits nothing before it knows the window's spent, in both coordination modes: spent stays within
+/// the limit and no call is served unchecked. The control, without reservation, overshoots under the same
+/// load (so the burst really does overlap the start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_hit_at_once_after_its_start_stays_within_the_limit() {
+    use Coordination::{Local, Postgres};
+    use Reservation::{None as NoReservation, WorstCase};
+    for setup in [
+        Setup::One(WorstCase, Local),
+        Setup::One(WorstCase, Postgres),
+        Setup::One(NoReservation, Local),
+    ] {
+        let o = sixty_four_streams(setup, Burst::AtStart).await;
+        println!(
+            "RESULT budget at start {setup:?}: 64 streams, {} admitted ({} unchecked), spent {} of limit {}",
+            o.admitted, o.unchecked, o.spent, o.limit
+        );
+        assert_eq!(o.unchecked, 0, "{setup:?}: {o:?}");
+        if let Setup::One(WorstCase, _) = setup {
+            assert!(o.spent <= o.limit, "{setup:?}: {o:?}");
+            assert!(o.admitted >= 5, "{setup:?}: room for about ten, {o:?}");
+        } else {
+            assert!(o.spent > o.limit * Decimal::from(5), "{setup:?}: {o:?}");
+        }
+    }
+}
+
+/// `deepseek_meter_budget_unchecked_calls_total` on a sidecar, summed over budgets.
+async fn unchecked_calls(http: &reqwest::Client, admin: std::net::SocketAddr) -> u64 {
+    let text = get_text(http, &format!("http://{admin}/metrics")).await;
+    text.lines()
+        .filter(|l| l.starts_with("deepseek_meter_budget_unchecked_calls_total"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+/// Runs the 64 streams of `setup` as `burst` says.
+async fn sixty_four_streams(setup: Setup, burst: Burst) -> Outcome {
     let up = ScriptedUpstream::start().await;
-    up.answer_always(Script::sse(
-        V3_STREAM.iter().map(|e| e.as_bytes().to_vec()).collect(),
-    ));
+    // Every admitted call gets its head and first event at once, the rest only once the test opens the gate.
+    up.answer_always(Script {
+        gated: true,
+        ..Script::sse(V3_STREAM.iter().map(|e| e.as_bytes().to_vec()).collect())
+    });
     let clock = Clock::manual(at("2026-11-25T05:00:00Z"));
     // A deepseek-v3 stream of 6 + 64 tokens (0.000524) asked with max_tokens 64: its worst case is
     // (body bytes × 2 + 64 × 8) per million, about 0.00072. Room for about ten.
     let limit = "0.0055";
     let (reservation, coordination) = match setup {
-        Setup::One(r) => (r, Coordination::Local),
-        Setup::Two(r, c) => (r, c),
+        Setup::One(r, c) | Setup::Two(r, c) => (r, c),
     };
     let tweak = move |s: &mut Settings| {
         with_budgets(&format!(
@@ -513,19 +574,25 @@ async fn sixty_four_streams(setup: Setup) -> (usize, Decimal, Decimal) {
     };
     let t = LedgerApp::start_at(up.upstream(), clock.clone(), tweak).await;
     let other = match setup {
-        Setup::One(_) => None,
+        Setup::One(..) => None,
         Setup::Two(..) => Some(t.beside(up.upstream(), clock.clone(), tweak).await),
     };
-    spent_is(&t, "tight", "0").await;
     let mut urls = vec![t.url(COMPAT_PATH)];
     if let Some((app, _)) = &other {
-        let admin = format!("http://{}/v1/budgets", app.admin_addr);
+        urls.push(format!("http://{}{}", app.proxy_addr, COMPAT_PATH));
+    }
+    if burst == Burst::Settled {
+        spent_is(&t, "tight", "0").await;
+        let mut admins = vec![t.admin_url("/v1/budgets")];
+        if let Some((app, _)) = &other {
+            admins.push(format!("http://{}/v1/budgets", app.admin_addr));
+        }
         let want = if coordination == Coordination::Postgres {
             "postgres"
         } else {
             "local"
         };
-        for url in [t.admin_url("/v1/budgets"), admin] {
+        for url in admins {
             let mut seen = Value::Null;
             for _ in 0..200 {
                 seen = get_json(&t.http, &url).await;
@@ -536,10 +603,10 @@ async fn sixty_four_streams(setup: Setup) -> (usize, Decimal, Decimal) {
             }
             assert_eq!(seen["coordination"], want, "{seen}");
         }
-        urls.push(format!("http://{}{}", app.proxy_addr, COMPAT_PATH));
     }
     let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":64}"#;
-    let calls = (0..64).map(|i| {
+    // Every call decided (a 429, or a 200 whose stream the upstream holds) before any admitted one can end.
+    let decided = futures_util::future::join_all((0..64).map(|i| {
         let (t, url) = (&t, urls[i % urls.len()].clone());
         async move {
             let resp = t
@@ -548,23 +615,30 @@ async fn sixty_four_streams(setup: Setup) -> (usize, Decimal, Decimal) {
                 .bearer_auth("sk-budget-test-0001")
                 .header("x-meter-project", "alpha")
                 .body(body)
+                .timeout(Duration::from_secs(60))
                 .send()
                 .await
                 .unwrap();
             t.saw(&call_id(&resp));
-            let status = resp.status().as_u16();
-            resp.bytes().await.unwrap();
-            status
+            resp
         }
-    });
-    let statuses = futures_util::future::join_all(calls).await;
+    }))
+    .await;
+    let statuses: Vec<u16> = decided.iter().map(|r| r.status().as_u16()).collect();
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(
         admitted + statuses.iter().filter(|s| **s == 429).count(),
         64,
         "{statuses:?}"
     );
+    assert_eq!(up.gate.available_permits(), 0);
+    up.gate.add_permits(64 * V3_STREAM.len());
+    for resp in decided {
+        resp.bytes().await.unwrap();
+    }
+    let mut unchecked = unchecked_calls(&t.http, t.app.admin_addr).await;
     if let Some((app, journal)) = other {
+        unchecked += unchecked_calls(&t.http, app.admin_addr).await;
         flush(&app).await;
         app.shutdown().await;
         drop(journal);
@@ -593,7 +667,12 @@ async fn sixty_four_streams(setup: Setup) -> (usize, Decimal, Decimal) {
         );
     }
     t.audit(&[]).await;
-    (admitted, spent, d(limit))
+    Outcome {
+        admitted,
+        spent,
+        limit: d(limit),
+        unchecked,
+    }
 }
 
 /// A reservation left by a sidecar that died mid-call (no heartbeat, reserved long ago) holds room until the
@@ -649,6 +728,419 @@ async fn a_dead_sidecars_reservation_is_released_and_its_room_comes_back() {
     );
     let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
     assert_eq!(resp.status(), 200, "the room is back");
+    resp.bytes().await.unwrap();
+    t.audit(&[]).await;
+}
+
+/// A call through the simulator with this key, project, end user and model; read to its end.
+async fn sim_call(t: &LedgerApp, key: &str, project: &str, user: &str, model: &str) {
+    let resp = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .bearer_auth(key)
+        .header("x-meter-project", project)
+        .header("x-meter-user", user)
+        .body(format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"count me for {project} {user}"}}]}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    t.saw(&call_id(&resp));
+    resp.bytes().await.unwrap();
+}
+
+/// Each scope's effective spent in the day window, computed from the ledger and its corrections.
+async fn spent_by_scope(pool: &sqlx::PgPool, from: &str) -> Vec<(String, Decimal)> {
+    sqlx::query_as(
+        "SELECT s.name, coalesce(sum(e.cost), 0) FROM (VALUES
+            ('by-model', 'model', 'deepseek-r1'), ('by-key', 'key', $2), ('by-user', 'user', 'bob'),
+            ('by-project', 'project', 'alpha')) s(name, dim, val)
+         LEFT JOIN effective_costs e ON e.billing_hour >= $1::timestamptz
+            AND CASE s.dim WHEN 'model' THEN e.model WHEN 'key' THEN e.key_fingerprint
+                           WHEN 'user' THEN e.end_user ELSE e.project END = s.val
+         GROUP BY s.name ORDER BY s.name",
+    )
+    .bind(from)
+    .bind(fingerprint(KEY_A))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+const KEY_A: &str = "sk-scope-test-000a";
+const KEY_B: &str = "sk-scope-test-000b";
+
+fn fingerprint(key: &str) -> String {
+    deepseek_meter::usage::key_identity(&format!("Bearer {key}"))
+        .unwrap()
+        .0
+}
+
+/// Budgets of every scope — model, key fingerprint, end user, project — counted in Postgres: a sidecar started
+/// after a morning of calls finds each window's spent (its counter seeded from the rollups: closed hours and
+/// the running one), its own calls move the counters through the ledger's insert trigger, and a price
+/// correction (`reprice`) moves them through the corrections' trigger. Every figure equals the effective cost
+/// of the calls in scope, computed from the ledger, and `/v1/budgets` says the same as the counters.
+#[tokio::test]
+async fn every_scope_is_counted_by_the_triggers_and_seeded_from_the_rollups() {
+    let clock = Clock::manual(at("2026-11-25T01:10:00Z")); // 09:10 Beijing
+    let t = LedgerApp::start_at(Upstream::Sim, clock.clone(), |_| {}).await;
+    let calls = [
+        (KEY_A, "alpha", "bob", "deepseek-v3"),
+        (KEY_B, "beta", "alice", "deepseek-r1"),
+        (KEY_A, "beta", "bob", "deepseek-r1"),
+        (KEY_B, "alpha", "carol", "deepseek-v3"),
+    ];
+    for (i, (key, project, user, model)) in calls.iter().enumerate() {
+        // 09:10, 10:10, 11:10 and 12:10: three closed hours and the running one by the time budgets start.
+        clock.set(at("2026-11-25T01:10:00Z") + chrono::Duration::hours(i as i64));
+        sim_call(&t, key, project, user, model).await;
+    }
+    flush(&t.app).await;
+    t.app.roll_bill().await.unwrap().unwrap();
+    let tweak = with_budgets(&format!(
+        "[[budget]]\nname = \"by-model\"\nperiod = \"day\"\nlimit_yuan = 100\nmodel = \"deepseek-r1\"\naction = \"alert\"\n\
+         [[budget]]\nname = \"by-key\"\nperiod = \"day\"\nlimit_yuan = 100\nkey_fingerprint = \"{}\"\naction = \"alert\"\n\
+         [[budget]]\nname = \"by-user\"\nperiod = \"day\"\nlimit_yuan = 100\nend_user = \"bob\"\naction = \"block\"\n\
+         [[budget]]\nname = \"by-project\"\nperiod = \"day\"\nlimit_yuan = 100\nproject = \"alpha\"\naction = \"block\"\n",
+        fingerprint(KEY_A)
+    ));
+    let t = t.restart_at(Upstream::Sim, clock.clone(), tweak).await;
+    let pool = t.db.pool().await;
+    let day = "2026-11-24T16:00:00Z";
+    // What /v1/budgets says, once every budget is known and its spent is `want`'s.
+    let agree = |want: Vec<(String, Decimal)>| {
+        let t = &t;
+        async move {
+            let mut last = Value::Null;
+            for _ in 0..200 {
+                last = budgets(t).await;
+                let seen: Vec<(String, Decimal)> = {
+                    let mut v: Vec<(String, Decimal)> = last["budgets"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|b| b["spent_known"] == true)
+                        .map(|b| {
+                            (
+                                b["name"].as_str().unwrap().to_owned(),
+                                d(b["spent_yuan"].as_str().unwrap()),
+                            )
+                        })
+                        .collect();
+                    v.sort();
+                    v
+                };
+                if seen == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("/v1/budgets never said {want:?}: {last}");
+        }
+    };
+    let counters = || async {
+        let rows: Vec<(String, Decimal)> = sqlx::query_as(
+            "SELECT d.name, s.spent FROM budget_spent s JOIN budget_defs d USING (def_id)
+             WHERE s.window_start = '2026-11-24T16:00:00Z' ORDER BY d.name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let seeded = spent_by_scope(&pool, day).await;
+    assert!(seeded.iter().all(|(_, s)| *s > Decimal::ZERO), "{seeded:?}");
+    agree(seeded.clone()).await;
+    assert_eq!(counters().await, seeded, "seeded from the rollups");
+    // Calls through this sidecar: the insert trigger moves each scope's counter.
+    clock.set(at("2026-11-25T04:30:00Z"));
+    sim_call(&t, KEY_A, "alpha", "bob", "deepseek-r1").await;
+    sim_call(&t, KEY_B, "gamma", "dave", "deepseek-v3").await; // in no scope
+    flush(&t.app).await;
+    let moved = spent_by_scope(&pool, day).await;
+    assert!(
+        moved.iter().zip(&seeded).all(|(m, s)| m.1 > s.1),
+        "{moved:?} {seeded:?}"
+    );
+    agree(moved.clone()).await;
+    assert_eq!(counters().await, moved, "moved by the insert trigger");
+    // A price correction (deepseek-r1's output ten times dearer): the corrections' trigger moves them again.
+    let book = deepseek_meter::pricing::BUILTIN_BOOK.replace(
+        "name = \"deepseek-r1\"\neffective_from = 2025-01-20\ninput = \"4\"\ncached_input = \"0.8\"\noutput = \"16\"",
+        "name = \"deepseek-r1\"\neffective_from = 2025-01-20\ninput = \"4\"\ncached_input = \"0.8\"\noutput = \"160\"",
+    );
+    assert_ne!(
+        book,
+        deepseek_meter::pricing::BUILTIN_BOOK,
+        "the r1 entry is as the test expects"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(&prices, book).unwrap();
+    let (code, _, err) = crate::helpers::bin::run_bin(&[
+        "reprice",
+        "--from",
+        "2026-11-25T09",
+        "--to",
+        "2026-11-25T13",
+        "--prices",
+        prices.to_str().unwrap(),
+        "--database-url",
+        &t.db.url,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let corrected = spent_by_scope(&pool, day).await;
+    assert!(corrected[1].1 > moved[1].1, "by-model moved: {corrected:?}");
+    agree(corrected.clone()).await;
+    assert_eq!(
+        counters().await,
+        corrected,
+        "moved by the corrections' trigger"
+    );
+    t.audit(&[]).await;
+}
+
+/// `deepseek_meter_<name>{budget="<budget>"}` on a sidecar's /metrics (0 when absent).
+async fn budget_metric(http: &reqwest::Client, admin: &str, name: &str, budget: &str) -> u64 {
+    let text = get_text(http, &format!("http://{admin}/metrics")).await;
+    let prefix = format!("deepseek_meter_{name}{{budget=\"{budget}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+}
+
+/// The real binary, as a new user would run it: a `block` budget scoped to a model the price book does not
+/// know (and one covering every model), decided in Postgres (`--budget-coordination postgres`). Startup says
+/// which budgets can meet unpriced models; a call to the unpriced model is refused with a 403
+/// `BudgetUnpricedModel` (never counted as free), the budget says `blocking`, priced calls go on and are
+/// counted in Postgres. Restarted with `--budget-unpriced admit`, the unpriced call is served and counted.
+#[tokio::test]
+async fn a_block_budget_on_a_model_without_a_price_refuses_it_and_says_so_at_startup() {
+    use crate::helpers::bin::{Bin, SERVE_ON_SIM};
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meter.toml");
+    std::fs::write(
+        &config,
+        "[[budget]]\nname = \"v9-cap\"\nperiod = \"day\"\nlimit_yuan = \"0.001\"\nmodel = \"deepseek-v9-preview\"\naction = \"block\"\n\
+         [[budget]]\nname = \"all-daily\"\nperiod = \"day\"\nlimit_yuan = 1\naction = \"block\"\n",
+    )
+    .unwrap();
+    let journal_dir = journal.path().display().to_string();
+    let config = config.display().to_string();
+    let start = |extra: &[&str]| {
+        let args: Vec<&str> = ["--config", config.as_str()]
+            .into_iter()
+            .chain(SERVE_ON_SIM)
+            .chain(["--database-url", &db.url, "--journal-dir", &journal_dir])
+            .chain(["--budget-coordination", "postgres"])
+            .chain(extra.iter().copied())
+            .collect();
+        Bin::start(&args, &[], &["proxy_addr", "admin_addr"])
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let call = |proxy: String, model: &'static str| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .post(format!("http://{proxy}{COMPAT_PATH}"))
+                .bearer_auth("sk-unpriced-test-0001")
+                .body(format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":16}}"#))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let budgets_of = |admin: String| {
+        let http = http.clone();
+        async move {
+            let mut last = Value::Null;
+            for _ in 0..200 {
+                last = get_json(&http, &format!("http://{admin}/v1/budgets")).await;
+                if last["coordination"] == "postgres"
+                    && last["budgets"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|b| b["spent_known"] == true)
+                {
+                    return last;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("budgets never known in Postgres: {last}");
+        }
+    };
+    let mut bin = start(&[]);
+    let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
+    budgets_of(admin.clone()).await;
+    let log = bin.log().join("\n");
+    assert!(
+        log.contains("budget is scoped to a model without a price: its calls are refused (--budget-unpriced refuse)")
+            && log.contains("v9-cap"),
+        "{log}"
+    );
+    assert!(
+        log.contains("budget covers every model: calls to a model without a price are refused"),
+        "{log}"
+    );
+    let (status, body) = call(proxy.clone(), "deepseek-v9-preview").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "BudgetUnpricedModel", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deepseek-v9-preview"),
+        "{body}"
+    );
+    let (status, body) = call(proxy.clone(), "deepseek-v3").await;
+    assert_eq!(status, 200, "{body}");
+    let b = budgets_of(admin.clone()).await;
+    let of = |name: &str| {
+        b["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of("v9-cap")["state"], "blocking", "{b}");
+    assert_eq!(of("all-daily")["state"], "ok", "{b}");
+    assert_eq!(
+        budget_metric(&http, &admin, "budget_rejections_total", "v9-cap").await,
+        1
+    );
+    assert!(bin.sigterm().success());
+    // Decided in Postgres: the priced call's reservation went with its row, and the counter is its cost.
+    let pool = db.pool().await;
+    let (counted, reserved, cost): (Decimal, Decimal, Decimal) = sqlx::query_as(
+        "SELECT s.spent, s.reserved, (SELECT sum(cost_total) FROM usage_ledger WHERE priced)
+         FROM budget_spent s JOIN budget_defs d USING (def_id) WHERE d.name = 'all-daily'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((counted, reserved), (cost, Decimal::ZERO));
+    let statuses: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT model, status, priced FROM usage_ledger ORDER BY started_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        [
+            ("deepseek-v9-preview".into(), "rejected".into(), false),
+            ("deepseek-v3".into(), "ok".into(), true)
+        ]
+    );
+
+    // Admitted by setting: served, counted in both budgets that cover it, and said so at startup.
+    let mut bin = start(&["--budget-unpriced", "admit"]);
+    let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
+    budgets_of(admin.clone()).await;
+    assert!(bin
+        .log()
+        .join("\n")
+        .contains("its calls are served and not counted (--budget-unpriced admit)"));
+    let (status, body) = call(proxy, "deepseek-v9-preview").await;
+    assert_eq!(status, 200, "{body}");
+    for budget in ["v9-cap", "all-daily"] {
+        assert_eq!(
+            budget_metric(&http, &admin, "budget_unpriced_admitted_total", budget).await,
+            1,
+            "{budget}"
+        );
+    }
+    assert!(bin.sigterm().success());
+}
+
+/// The 30 s a budget's last read stays trusted, on the sidecar's own (drivable) clock, and `closed` through the
+/// front door: with the database away, a call 29 s after the last read is decided on it; 31 s after, the
+/// spent is unknown and `--budget-when-database-down closed` refuses with 503 `BudgetUnavailable` in the
+/// caller's protocol's shape (nothing reaches the upstream); once the database answers, calls are decided
+/// again.
+#[tokio::test]
+async fn a_stale_read_follows_the_database_down_policy_and_closed_refuses_with_503() {
+    use deepseek_meter::budget::tracker::WhenUnknown;
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, V3_JSON));
+    let pg = FaultProxy::start(pg_addr()).await;
+    let t0 = at("2026-11-25T05:00:00Z");
+    let clock = Clock::manual(t0);
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let via_proxy = pg.url_for(&db.url);
+    let app = sidecar(&db, journal.path(), up.upstream(), clock.clone(), |s| {
+        with_budgets(
+            "[[budget]]\nname = \"daily\"\nperiod = \"day\"\nlimit_yuan = 1\naction = \"block\"\n",
+        )(s);
+        s.budget_when_database_down = WhenUnknown::Closed;
+        s.ledger.as_mut().unwrap().database_url = via_proxy;
+    })
+    .await;
+    let t = LedgerApp::adopt(app, db, journal);
+    spent_is(&t, "daily", "0").await;
+    assert_eq!(post(&t, COMPAT_PATH, V3_BODY, "alpha").await.status(), 200);
+    flush(&t.app).await;
+    spent_is(&t, "daily", V3_COST).await;
+    pg.set_down(true);
+    // Let the refresher find the database away (its reads fail from now on).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    clock.set(t0 + chrono::Duration::seconds(29));
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "29 s after the last read: still trusted"
+    );
+    resp.bytes().await.unwrap();
+    clock.set(t0 + chrono::Duration::seconds(31));
+    assert_eq!(budgets(&t).await["budgets"][0]["spent_known"], false);
+    let seen = up.seen.lock().unwrap().len();
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "BudgetUnavailable", "{body}");
+    let resp = post(
+        &t,
+        NATIVE_PATH,
+        r#"{"model":"deepseek-v3","input":{"messages":[]}}"#,
+        "alpha",
+    )
+    .await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["code"], "BudgetUnavailable",
+        "the native shape: {body}"
+    );
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        seen,
+        "refused calls never reach the upstream"
+    );
+    assert_eq!(
+        budget_metric(
+            &t.http,
+            &t.app.admin_addr.to_string(),
+            "budget_rejections_total",
+            "daily"
+        )
+        .await,
+        2
+    );
+    pg.set_down(false);
+    spent_is(&t, "daily", "0.001048").await;
+    let resp = post(&t, COMPAT_PATH, V3_BODY, "alpha").await;
+    assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
     t.audit(&[]).await;
 }

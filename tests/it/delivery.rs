@@ -387,3 +387,249 @@ async fn the_real_binary_delivers_each_closed_hour_once_across_a_restart() {
         .await;
     pool.close().await;
 }
+
+/// The webhook outbox rows: (revision, outcome) of the 23:00 hour, for the webhook destination.
+async fn webhook_rows(pool: &sqlx::PgPool) -> Vec<(i32, Option<String>)> {
+    sqlx::query_as(
+        "SELECT revision, outcome FROM bill_deliveries WHERE destination LIKE 'webhook:%' ORDER BY revision",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits (bounded) until the webhook outbox rows are `want`.
+async fn webhook_rows_are(pool: &sqlx::PgPool, want: &[(i32, Option<&str>)]) {
+    let want: Vec<(i32, Option<String>)> = want
+        .iter()
+        .map(|(r, o)| (*r, o.map(str::to_owned)))
+        .collect();
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        last = webhook_rows(pool).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("webhook deliveries {last:?}, not {want:?}");
+}
+
+/// A revision the receiver refused, then superseded by a re-roll before its retry, is never delivered: its
+/// row is marked `superseded` and only the new revision reaches the receiver (the content of revision 1 never
+/// goes out under revision 0's key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_superseded_before_its_retry_is_never_delivered() {
+    let Setup {
+        receiver,
+        up,
+        clock,
+        t,
+        ..
+    } = Setup::start().await;
+    call(&t, &up).await;
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    registered(&pool).await;
+    receiver.answers.lock().unwrap().push_back(500);
+    clock.set(at("2026-11-25T16:10:00Z"));
+    roll_until_done(&t.app).await;
+    // r0's first attempt fails; its retry is due 1 s later on the app's clock, which the test holds still.
+    for _ in 0..200 {
+        if receiver.got.lock().unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.got.lock().unwrap()[0].1, 500);
+    webhook_rows_are(&pool, &[(0, None)]).await;
+    // A late row re-rolls the hour: revision 1.
+    late_row(&t, 1).await;
+    roll_until_done(&t.app).await;
+    clock.advance(chrono::Duration::seconds(2));
+    webhook_rows_are(&pool, &[(0, Some("superseded")), (1, Some("delivered"))]).await;
+    let r1 = "2026-11-25T23:00:00+08:00/r1";
+    assert_eq!(receiver.settled().await, vec![r1]);
+    assert_eq!(
+        receiver.got.lock().unwrap().len(),
+        2,
+        "one failed POST of r0, one of r1"
+    );
+    t.audit(&[]).await;
+}
+
+/// An hour closed by another sidecar while this one was down is delivered when it is back; a destination it
+/// is given only then (the report directory) gets no history — nothing closed before it was configured —
+/// but every closing from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closings_made_while_a_sidecar_was_down_are_delivered_and_a_new_destination_gets_no_history(
+) {
+    let (receiver, url) = receiver().await;
+    let reports = tempfile::tempdir().unwrap();
+    let up = ScriptedUpstream::start().await;
+    let clock = Clock::manual(at("2026-11-25T15:30:00Z"));
+    let webhook_only = |url: String| {
+        move |s: &mut Settings| {
+            s.ledger.as_mut().unwrap().report_webhook = Some(url.parse().unwrap())
+        }
+    };
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), webhook_only(url.clone())).await;
+    call(&t, &up).await;
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    for _ in 0..200 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM report_destinations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = t.stop().await;
+    // Another sidecar, with no destination, closes the hour meanwhile.
+    let other_journal = tempfile::tempdir().unwrap();
+    let other = sidecar(
+        &stopped.db,
+        other_journal.path(),
+        up.upstream(),
+        clock.clone(),
+        |_| {},
+    )
+    .await;
+    clock.set(at("2026-11-25T16:10:00Z"));
+    roll_until_done(&other).await;
+    let state: String = sqlx::query_scalar("SELECT state FROM bill_hours")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "closed");
+    assert!(
+        receiver.settled().await.is_empty(),
+        "nobody delivers to the webhook while its sidecar is down"
+    );
+    // Back, with the report directory added.
+    clock.set(at("2026-11-25T16:20:00Z"));
+    let t = stopped
+        .start_at(
+            up.upstream(),
+            clock.clone(),
+            with_reports(reports.path(), &url),
+        )
+        .await;
+    let r0 = "2026-11-25T23:00:00+08:00/r0";
+    assert_eq!(
+        receiver.wait_for(1).await,
+        vec![r0],
+        "the closing made while it was down"
+    );
+    assert!(
+        files(reports.path()).is_empty(),
+        "the new destination gets no history"
+    );
+    // A closing after the directory was added goes to both.
+    late_row(&t, 1).await;
+    roll_until_done(&t.app).await;
+    let r1 = "2026-11-25T23:00:00+08:00/r1";
+    assert_eq!(receiver.wait_for(2).await, vec![r0, r1]);
+    for _ in 0..200 {
+        if files(reports.path()).len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        files(reports.path()),
+        vec![
+            "bill-2026-11-25T23+0800-r1.csv",
+            "bill-2026-11-25T23+0800-r1.json"
+        ]
+    );
+    other.shutdown().await;
+    t.audit(&[]).await;
+}
+
+/// A receiver that accepts the POST and never answers: while the delivery hangs, the sidecar holds no
+/// transaction open and no lock on the outbox — the row was claimed (its lease set) and committed before the
+/// send. Another sidecar's claim skips the leased row rather than waiting on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_holds_no_connection_or_lock() {
+    // Accepts, reads the request, and says nothing until the test ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}/hooks/bill", listener.local_addr().unwrap());
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let _ = got_tx.send(());
+            held.push(s);
+        }
+    });
+    let up = ScriptedUpstream::start().await;
+    let clock = Clock::manual(at("2026-11-25T15:30:00Z"));
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), {
+        let url = hang_url.clone();
+        move |s: &mut Settings| {
+            s.ledger.as_mut().unwrap().report_webhook = Some(url.parse().unwrap())
+        }
+    })
+    .await;
+    call(&t, &up).await;
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    clock.set(at("2026-11-25T16:10:00Z"));
+    roll_until_done(&t.app).await;
+    tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+        .await
+        .expect("the deliverer POSTs within 10 s")
+        .unwrap();
+    // The POST hangs. Nothing of the sidecar's is inside a transaction, and the outbox has no lock.
+    let db_name = t.db.name.clone();
+    let in_tx: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT state, query FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+           AND (state LIKE 'idle in transaction%' OR xact_start IS NOT NULL AND state = 'active')",
+    )
+    .bind(&db_name)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(in_tx.is_empty(), "{in_tx:?}");
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+         WHERE c.relname = 'bill_deliveries' AND l.pid <> pg_backend_pid()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(locks, 0);
+    let (leased, outcome): (Option<DateTime<Utc>>, Option<String>) =
+        sqlx::query_as("SELECT lease_until, outcome FROM bill_deliveries")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        leased,
+        Some(at("2026-11-25T16:11:00Z")),
+        "claimed for the lease (60 s)"
+    );
+    assert_eq!(outcome, None);
+    // Another sidecar with the same destination finds nothing to claim (and does not wait on the row).
+    let other_journal = tempfile::tempdir().unwrap();
+    let other = sidecar(&t.db, other_journal.path(), up.upstream(), clock.clone(), {
+        let url = hang_url.clone();
+        move |s: &mut Settings| {
+            s.ledger.as_mut().unwrap().report_webhook = Some(url.parse().unwrap())
+        }
+    })
+    .await;
+    let made = tokio::time::timeout(Duration::from_secs(5), other.deliver_reports())
+        .await
+        .expect("a claim never waits on a leased row")
+        .unwrap();
+    assert!(made.is_empty(), "{made:?}");
+    other.shutdown().await;
+    t.audit(&[]).await;
+}

@@ -623,3 +623,286 @@ async fn the_platforms_bill_tells_which_anthropic_input_reading_is_right() {
         w.sim.shutdown().await;
     }
 }
+
+/// A deepseek-v3 answer billing 12,345 input and 6,789 output tokens: 0.02469 + 0.054312 = 0.079002 CNY.
+const HAND_USAGE: &str = r#"{"choices":[{"message":{"content":"ok","role":"assistant"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":12345,"completion_tokens":6789,"total_tokens":19134},"model":"deepseek-v3","id":"chatcmpl-hand"}"#;
+
+/// A sidecar whose calls are answered with [`HAND_USAGE`], at the Beijing times the test sets.
+async fn hand_world(
+    v3_output: Option<&str>,
+) -> (
+    LedgerApp,
+    ScriptedUpstream,
+    Clock,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    String,
+) {
+    let up = ScriptedUpstream::start().await;
+    up.answer_always(Script::json(200, HAND_USAGE));
+    let clock = Clock::manual("2026-11-25T05:10:00Z".parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (config, key_id) = config(dir.path(), false);
+    let file = deepseek_meter::config::load_file(Some(&config)).unwrap();
+    let book = v3_output.map(|out| {
+        let text = deepseek_meter::pricing::BUILTIN_BOOK.replace(
+            "name = \"deepseek-v3\"\neffective_from = 2024-12-26\ninput = \"2\"\ncached_input = \"0.4\"\noutput = \"8\"",
+            &format!("name = \"deepseek-v3\"\neffective_from = 2024-12-26\ninput = \"2\"\ncached_input = \"0.4\"\noutput = \"{out}\""),
+        );
+        assert_ne!(text, deepseek_meter::pricing::BUILTIN_BOOK);
+        deepseek_meter::pricing::PriceBook::parse(&text, deepseek_meter::pricing::DEFAULT_TIMEZONE).unwrap()
+    });
+    let t = LedgerApp::start_at(up.upstream(), clock.clone(), move |s| {
+        let resolved = deepseek_meter::config::Settings::resolve(Default::default(), file).unwrap();
+        s.api_keys = resolved.api_keys;
+        s.reconcile = resolved.reconcile;
+        if let Some(book) = book {
+            s.prices = book;
+        }
+    })
+    .await;
+    (t, up, clock, dir, config, key_id)
+}
+
+async fn hand_call(t: &LedgerApp, clock: &Clock, beijing: &str) {
+    clock.set(format!("2026-11-25T{beijing}+08:00").parse().unwrap());
+    let resp = t
+        .http
+        .post(t.url(COMPAT_PATH))
+        .bearer_auth(KEY)
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    t.saw(&call_id(&resp));
+    resp.bytes().await.unwrap();
+}
+
+fn run_reconcile(
+    config: &std::path::Path,
+    db: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let base = [
+        "--config",
+        config.to_str().unwrap(),
+        "reconcile",
+        "--database-url",
+        db,
+    ];
+    run_bin(&[&base[..], args].concat())
+}
+
+fn line<'a>(h: &'a Value, ty: &str) -> &'a Value {
+    h["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["token_type"] == ty)
+        .unwrap_or_else(|| panic!("no {ty} line: {h}"))
+}
+
+/// A platform bill written by hand, not by the simulator: the console's Chinese headers, usage in 千tokens,
+/// the platform's rounding (each hour's sum rounded to the cent and split back onto its lines half-up, the
+/// remainder on one line), a line of another product, and a call that ended at 13:59:30 booked at 14:02.
+/// Every amount below is computed by hand from deepseek-v3's price (2 and 8 CNY per million). A restated
+/// export replaces the lines it changes.
+#[tokio::test]
+async fn a_hand_written_platform_bill_in_the_consoles_chinese_layout_reconciles() {
+    let (t, _up, clock, dir, config, key_id) = hand_world(None).await;
+    hand_call(&t, &clock, "13:10:00").await;
+    hand_call(&t, &clock, "13:59:30").await;
+    clock.set("2026-11-25T15:30:00+08:00".parse().unwrap());
+    flush(&t.app).await;
+    t.app.roll_bill().await.unwrap().unwrap();
+    // Each hour: input 12,345 tokens = 0.02469 → 0.02, output 6,789 = 0.054312 → 0.05; the hour's sum
+    // 0.079002 → 0.08, so the cent left over goes onto one line (the output line here, as the platform may).
+    let header = "\u{feff}账期,产品,产品明细,计费方式,使用开始时间,使用结束时间,实例ID,用量,用量单位,应付金额,币种\n";
+    let inference = |hour: &str, end: &str, ty: &str, usage: &str, amount: &str| {
+        format!(
+            "2026-11,阿里云百炼,模型推理,按小时,2026-11-25 {hour}:00:00,2026-11-25 {end}:00:00,\
+             {key_id};{DEFAULT_WORKSPACE};deepseek-v3;{ty};app,{usage},千tokens,{amount},CNY\n"
+        )
+    };
+    let ecs = "2026-11,云服务器ECS,按量付费实例,按小时,2026-11-25 13:00:00,2026-11-25 14:00:00,i-bp1hand0001,1,小时,0.35,CNY\n";
+    let write = |name: &str, h14_output_usage: &str| {
+        let text = [
+            header.to_owned(),
+            inference("13", "14", "input_token", "12.345", "0.02"),
+            inference("13", "14", "output_token", "6.789", "0.06"),
+            ecs.to_owned(),
+            inference("14", "15", "input_token", "12.345", "0.02"),
+            inference("14", "15", "output_token", h14_output_usage, "0.06"),
+        ]
+        .concat();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    // The first export is short of hour 14's output (the platform had not booked all of it yet).
+    let early = write("early.csv", "6.000");
+    let (code, out, err) =
+        run_reconcile(&config, &t.db.url, &["--bill", &early, "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("4 new lines, 0 changed, 0 unchanged, 1 of other products skipped"),
+        "{err}"
+    );
+    let j: Value = serde_json::from_str(&out).unwrap();
+    // 789 output tokens of the ledger have no line in the bill: hour 14's 6,000 are carried there, and the 789
+    // left over stay a drift in hour 13.
+    assert_eq!(
+        hours(&j),
+        [
+            ("13".into(), "token_drift".into()),
+            ("14".into(), "match".into())
+        ],
+        "{j}"
+    );
+    let out13 = line(hour(&j, "13"), "output_token");
+    assert_eq!(
+        (
+            out13["ledger_tokens"].as_i64(),
+            out13["bill_tokens"].as_i64(),
+            out13["spilled_tokens"].as_i64()
+        ),
+        (Some(6_789 + 789), Some(6_789), Some(6_000)),
+        "{out13}"
+    );
+    // The restated export: one line changed, the rest as they were.
+    let restated = write("restated.csv", "6.789");
+    let (code, out, err) = run_reconcile(
+        &config,
+        &t.db.url,
+        &["--bill", &restated, "--format", "json"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("0 new lines, 1 changed, 3 unchanged, 1 of other products skipped"),
+        "{err}"
+    );
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        hours(&j),
+        [("13".into(), "match".into()), ("14".into(), "match".into())],
+        "{j}"
+    );
+    // The ledger has both calls in hour 13; the second is carried into hour 14 with its money.
+    let dec = |s: &str| s.parse::<Decimal>().unwrap();
+    for (hh, spilled) in [("13", 12_345), ("14", -12_345)] {
+        let h = hour(&j, hh);
+        assert_eq!(d(&h["bill_yuan"]), dec("0.08"), "{h}");
+        assert_eq!(d(&h["ledger_yuan"]), dec("0.079002"), "{h}");
+        let input = line(h, "input_token");
+        assert_eq!(input["bill_tokens"], 12_345, "{input}");
+        assert_eq!(d(&input["bill_yuan"]), dec("0.02"));
+        assert_eq!(d(&input["ledger_yuan"]), dec("0.02469"), "{input}");
+        assert_eq!(input["spilled_tokens"], spilled, "{input}");
+        let output = line(h, "output_token");
+        assert_eq!(output["bill_tokens"], 6_789, "{output}");
+        assert_eq!(d(&output["bill_yuan"]), dec("0.06"));
+        assert_eq!(d(&output["ledger_yuan"]), dec("0.054312"), "{output}");
+        assert_eq!(
+            output["spilled_tokens"],
+            spilled / 12_345 * 6_789,
+            "{output}"
+        );
+    }
+    // Over the period: the ledger's 0.158004 rounds to the bill's 0.16; the ECS line is not inference.
+    assert_eq!(d(&j["ledger_yuan"]), dec("0.158004"));
+    assert_eq!(d(&j["bill_yuan"]), dec("0.16"));
+    assert_eq!(j["total_matches"], true);
+    t.audit(&[]).await;
+}
+
+/// The alert runbook's answer to a `money_drift`: `reprice` the hours with the platform's price. The sidecar
+/// priced deepseek-v3's output at 0.8 CNY per million, the platform at 8 (its price is higher); after
+/// `reprice` with the right book, reconciliation of that hour reads `match`, per token type.
+#[tokio::test]
+async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
+    let (t, _up, clock, dir, config, key_id) = hand_world(Some("0.8")).await;
+    hand_call(&t, &clock, "13:10:00").await;
+    hand_call(&t, &clock, "13:20:00").await;
+    clock.set("2026-11-25T14:30:00+08:00".parse().unwrap());
+    flush(&t.app).await;
+    t.app.roll_bill().await.unwrap().unwrap();
+    // The platform's bill of hour 13: 24,690 input tokens = 0.04938 → 0.05; 13,578 output = 0.108624 → 0.11.
+    let bill = dir.path().join("bill.csv");
+    std::fs::write(
+        &bill,
+        format!(
+            "UsageStartTime,InstanceID,Usage,UsageUnit,PretaxAmount\n\
+             2026-11-25 13:00:00,{key_id};{DEFAULT_WORKSPACE};deepseek-v3;input_token;app,24690,tokens,0.05\n\
+             2026-11-25 13:00:00,{key_id};{DEFAULT_WORKSPACE};deepseek-v3;output_token;app,13578,tokens,0.11\n"
+        ),
+    )
+    .unwrap();
+    let bill = bill.to_str().unwrap();
+    let (code, out, err) = run_reconcile(&config, &t.db.url, &["--bill", bill, "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hours(&j), [("13".into(), "money_drift".into())], "{j}");
+    let dec = |s: &str| s.parse::<Decimal>().unwrap();
+    // The ledger at 0.8: 13,578 × 0.8 per million = 0.0108624 for the output, the input right.
+    assert_eq!(
+        d(&line(hour(&j, "13"), "output_token")["ledger_yuan"]),
+        dec("0.0108624")
+    );
+    assert_eq!(line(hour(&j, "13"), "input_token")["verdict"], "match");
+    // reprice with the platform's price (the built-in book).
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(&prices, deepseek_meter::pricing::BUILTIN_BOOK).unwrap();
+    let (code, out, err) = run_bin(&[
+        "reprice",
+        "--from",
+        "2026-11-25T13",
+        "--to",
+        "2026-11-25T14",
+        "--prices",
+        prices.to_str().unwrap(),
+        "--database-url",
+        &t.db.url,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["adjusted"], 2, "{summary}");
+    // The same bill, reconciled again (nothing re-imported): a match, each line's money the corrected one.
+    let (code, out, err) = run_reconcile(
+        &config,
+        &t.db.url,
+        &[
+            "--from",
+            "2026-11-25T13",
+            "--to",
+            "2026-11-25T14",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hours(&j), [("13".into(), "match".into())], "{j}");
+    let h = hour(&j, "13");
+    assert_eq!(
+        d(&line(h, "output_token")["ledger_yuan"]),
+        dec("0.108624"),
+        "{h}"
+    );
+    assert_eq!(
+        d(&line(h, "input_token")["ledger_yuan"]),
+        dec("0.04938"),
+        "{h}"
+    );
+    assert_eq!(d(&h["ledger_yuan"]), dec("0.158004"));
+    assert_eq!(d(&h["drift_yuan"]), dec("0.158004") - dec("0.16"));
+    assert_eq!(j["total_matches"], true, "{j}");
+    // The admin API reads the same.
+    let api = get_json(
+        &t.http,
+        &t.admin_url("/v1/reconcile?from=2026-11-25T13&to=2026-11-25T14"),
+    )
+    .await;
+    assert_eq!(hours(&api), [("13".into(), "match".into())], "{api}");
+    t.audit(&[]).await;
+}

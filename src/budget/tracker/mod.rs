@@ -159,7 +159,8 @@ struct Window {
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     ledger: Option<Decimal>,
-    refreshed_at: Option<std::time::Instant>,
+    /// When (by the sidecar's clock) the read that set `ledger` started.
+    refreshed_at: Option<DateTime<Utc>>,
     /// Total cost of the unshipped calls this window counts.
     unshipped: Decimal,
     reserved: Tally,
@@ -168,6 +169,9 @@ struct Window {
     /// The worst case of the last call this budget refused in this window: while it would still be refused,
     /// the budget is `blocking`.
     refused: Option<Decimal>,
+    /// The budget is scoped to one model, which has no price, and refused a call to it in this window: it
+    /// refuses every call it covers (`--budget-unpriced refuse`).
+    refuses_unpriced: bool,
 }
 
 impl Window {
@@ -181,6 +185,7 @@ impl Window {
             reserved: Tally::default(),
             raised: BTreeSet::new(),
             refused: None,
+            refuses_unpriced: false,
         }
     }
 
@@ -192,9 +197,10 @@ impl Window {
         self.reserved.total
     }
 
-    fn known(&self) -> bool {
-        self.refreshed_at
-            .is_some_and(|t| t.elapsed() <= LEDGER_STALE)
+    /// Read within the last [`LEDGER_STALE`] (by the sidecar's clock).
+    fn known(&self, now: DateTime<Utc>) -> bool {
+        let stale = chrono::Duration::from_std(LEDGER_STALE).unwrap_or(chrono::Duration::MAX);
+        self.refreshed_at.is_some_and(|t| now - t <= stale)
     }
 
     /// Room for a call costing at most `cost` (by `reservation`).
@@ -233,6 +239,8 @@ pub struct Snapshot {
     pub raised: Vec<Decimal>,
     /// The worst case of the last call refused in this window.
     pub refused: Option<Decimal>,
+    /// Scoped to a model without a price, and refusing its calls.
+    pub refuses_unpriced: bool,
 }
 
 impl Snapshot {
@@ -245,6 +253,7 @@ impl Snapshot {
     pub fn state(&self) -> &'static str {
         let used = self.spent + self.reserved;
         let would_refuse = used >= self.budget.limit
+            || self.refuses_unpriced
             || self
                 .refused
                 .is_some_and(|need| used + need > self.budget.limit);
@@ -321,7 +330,7 @@ impl Tracker {
         self.budgets
             .iter()
             .zip(&state.windows)
-            .all(|(b, w)| b.action != Action::Block || w.known())
+            .all(|(b, w)| b.action != Action::Block || w.known(now))
     }
 
     /// A refresh failed: windows not read since follow `--budget-when-database-down`.
@@ -432,10 +441,11 @@ impl Tracker {
             let Some(cost) = worst else {
                 match self.unpriced {
                     Unpriced::Refuse => {
+                        w.refuses_unpriced |= b.scope.model.is_some();
                         return Err(Refusal::Unpriced {
                             budget: b.name.clone(),
                             model: a.model.to_owned(),
-                        })
+                        });
                     }
                     Unpriced::Admit => {
                         admission.unpriced.push(b.name.clone());
@@ -443,7 +453,7 @@ impl Tracker {
                     }
                 }
             };
-            if !w.known() {
+            if !w.known(now) {
                 // Never read in this window and the database has not failed: wait for the read.
                 if w.ledger.is_none() && database != Database::Failed {
                     return Err(Refusal::Pending {
@@ -612,6 +622,7 @@ impl Tracker {
     /// thresholds some sidecar already raised. Thresholds newly crossed are queued.
     pub fn refreshed(
         &self,
+        read_at: DateTime<Utc>,
         spent: &[(DateTime<Utc>, Decimal)],
         in_ledger: &[Uuid],
         already_raised: &[(String, DateTime<Utc>, Decimal)],
@@ -623,13 +634,12 @@ impl Tracker {
         for id in in_ledger {
             state.forget(id);
         }
-        let now = std::time::Instant::now();
         for ((b, w), (start, ledger)) in
             self.budgets.iter().zip(state.windows.iter_mut()).zip(spent)
         {
             if *start == w.start {
                 w.ledger = Some(*ledger);
-                w.refreshed_at = Some(now);
+                w.refreshed_at = Some(read_at);
             }
             for (name, window_start, threshold) in already_raised {
                 if *name == b.name && *window_start == w.start {
@@ -695,11 +705,12 @@ impl Tracker {
                 budget: b.clone(),
                 window_start: w.start,
                 window_end: w.end,
-                ledger_known: w.known(),
+                ledger_known: w.known(now),
                 spent: w.spent(),
                 reserved: w.reserved(),
                 raised: w.raised.iter().map(|i| b.thresholds[*i]).collect(),
                 refused: w.refused,
+                refuses_unpriced: w.refuses_unpriced,
             })
             .collect()
     }

@@ -67,7 +67,7 @@ fn worst_case_reservation_never_admits_past_the_limit() {
         t.admit(Uuid::now_v7(), &CALL, Some(d("0.3")), now),
         Err(Refusal::Unknown { budget: "b".into() })
     );
-    t.refreshed(&[(at("2026-11-24T16:00:00Z"), d("0.2"))], &[], &[]);
+    t.refreshed(now, &[(at("2026-11-24T16:00:00Z"), d("0.2"))], &[], &[]);
     let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     assert!(t.admit(ids[0], &CALL, Some(d("0.3")), now).is_ok());
     assert!(t.admit(ids[1], &CALL, Some(d("0.3")), now).is_ok());
@@ -94,7 +94,12 @@ fn worst_case_reservation_never_admits_past_the_limit() {
     let s = &t.snapshot(now)[0];
     assert_eq!((s.spent, s.reserved), (d("0.25"), d("0.6")));
     // The refresh finds the first call in the ledger: counted there, not twice.
-    t.refreshed(&[(at("2026-11-24T16:00:00Z"), d("0.25"))], &[ids[0]], &[]);
+    t.refreshed(
+        now,
+        &[(at("2026-11-24T16:00:00Z"), d("0.25"))],
+        &[ids[0]],
+        &[],
+    );
     assert_eq!(t.snapshot(now)[0].spent, d("0.25"));
     // The next day starts empty (and unknown until its first refresh).
     let tomorrow = at("2026-11-25T16:00:00Z");
@@ -129,7 +134,7 @@ fn an_unshipped_call_counts_in_every_budget_covering_it_until_the_ledger_has_it(
     assert_eq!(t.unshipped_ids().0.len(), 2, "each call kept once");
     let spent = |at| t.snapshot(at).iter().map(|s| s.spent).collect::<Vec<_>>();
     assert_eq!(spent(now), vec![d("3"), d("3")]);
-    t.refreshed(&[], &[a], &[]);
+    t.refreshed(now, &[], &[a], &[]);
     assert_eq!(spent(now), vec![d("2"), d("2")]);
     // The next hour: the hourly budget no longer counts it, the day still does.
     assert_eq!(spent(at("2026-11-25T06:00:00Z")), vec![d("2"), d("0")]);
@@ -150,17 +155,17 @@ fn thresholds_are_crossed_once_per_window() {
         now,
     );
     let w = at("2026-11-25T05:00:00Z");
-    t.refreshed(&[(w, d("4"))], &[], &[]);
+    t.refreshed(now, &[(w, d("4"))], &[], &[]);
     assert!(t.take_crossings().is_empty());
     let id = Uuid::now_v7();
     t.settle(id, &CALL, w, Some(d("4.5")), now);
     let crossed: Vec<Decimal> = t.take_crossings().iter().map(|c| c.threshold).collect();
     assert_eq!(crossed, vec![d("0.5"), d("0.8")]);
     // The call reached the ledger: 8.5 in all, nothing new crossed.
-    t.refreshed(&[(w, d("8.5"))], &[id], &[]);
+    t.refreshed(now, &[(w, d("8.5"))], &[id], &[]);
     assert!(t.take_crossings().is_empty());
     // Another sidecar raised 1.0 already (recorded in Postgres): not again here.
-    t.refreshed(&[(w, d("12"))], &[], &[("b".into(), w, Decimal::ONE)]);
+    t.refreshed(now, &[(w, d("12"))], &[], &[("b".into(), w, Decimal::ONE)]);
     assert!(t.take_crossings().is_empty());
     // An alert budget never refuses.
     assert!(t.admit(Uuid::now_v7(), &CALL, Some(d("100")), now).is_ok());
@@ -185,9 +190,9 @@ fn without_reservation_calls_are_admitted_while_spent_is_under_the_limit() {
             .unchecked,
         vec!["b".to_owned()]
     );
-    t.refreshed(&[(at("2026-10-31T16:00:00Z"), d("0.99"))], &[], &[]);
+    t.refreshed(now, &[(at("2026-10-31T16:00:00Z"), d("0.99"))], &[], &[]);
     assert!(t.admit(Uuid::now_v7(), &CALL, Some(d("5")), now).is_ok());
-    t.refreshed(&[(at("2026-10-31T16:00:00Z"), d("1"))], &[], &[]);
+    t.refreshed(now, &[(at("2026-10-31T16:00:00Z"), d("1"))], &[], &[]);
     assert!(t.admit(Uuid::now_v7(), &CALL, Some(d("0")), now).is_err());
 }
 
@@ -202,7 +207,7 @@ fn a_new_window_waits_for_its_first_read_unless_the_database_failed() {
         Unpriced::Refuse,
         now,
     );
-    t.refreshed(&[(at("2026-11-25T05:00:00Z"), d("0"))], &[], &[]);
+    t.refreshed(now, &[(at("2026-11-25T05:00:00Z"), d("0"))], &[], &[]);
     assert!(t.admit(Uuid::now_v7(), &CALL, Some(d("0.1")), now).is_ok());
     // 06:00: a new window, never read. The database answered before: wait, do not admit blind.
     let next = at("2026-11-25T06:00:00Z");
@@ -233,7 +238,7 @@ fn a_call_to_a_model_without_a_price_is_refused_or_admitted_as_set() {
             policy,
             now,
         );
-        t.refreshed(&[(at("2026-11-24T16:00:00Z"), d("0"))], &[], &[]);
+        t.refreshed(now, &[(at("2026-11-24T16:00:00Z"), d("0"))], &[], &[]);
         let r = t.admit(Uuid::now_v7(), &CALL, None, now);
         if refused {
             assert_eq!(
@@ -247,5 +252,54 @@ fn a_call_to_a_model_without_a_price_is_refused_or_admitted_as_set() {
             let a = r.unwrap();
             assert_eq!((a.unpriced, a.reserved_in), (vec!["b".to_owned()], vec![]));
         }
+        // A budget covering every model still admits priced calls: not `blocking` for one unpriced refusal.
+        assert_eq!(t.snapshot(now)[0].state(), "ok");
+    }
+    // Scoped to the unpriced model itself, it refuses every call it covers: `blocking`.
+    let mut scoped = budget(Period::Day, "1", Action::Block);
+    scoped.scope.model = Some(CALL.model.into());
+    let t = Tracker::new(
+        vec![scoped],
+        chrono_tz::Asia::Shanghai,
+        Reservation::WorstCase,
+        WhenUnknown::Open,
+        Unpriced::Refuse,
+        now,
+    );
+    t.refreshed(now, &[(at("2026-11-24T16:00:00Z"), d("0"))], &[], &[]);
+    assert!(t.admit(Uuid::now_v7(), &CALL, None, now).is_err());
+    assert_eq!(t.snapshot(now)[0].state(), "blocking");
+}
+
+#[test]
+fn a_read_older_than_thirty_seconds_by_the_sidecars_clock_is_unknown() {
+    let now = at("2026-11-25T05:00:00Z");
+    let later = |secs: i64| now + chrono::Duration::seconds(secs);
+    for policy in [WhenUnknown::Open, WhenUnknown::Closed] {
+        let t = Tracker::new(
+            vec![budget(Period::Day, "1", Action::Block)],
+            chrono_tz::Asia::Shanghai,
+            Reservation::WorstCase,
+            policy,
+            Unpriced::Refuse,
+            now,
+        );
+        t.refreshed(now, &[(at("2026-11-24T16:00:00Z"), d("0"))], &[], &[]);
+        // 30 s after the read (by the clock the tracker is given, not the machine's): still trusted.
+        let a = t
+            .admit(Uuid::now_v7(), &CALL, Some(d("0.1")), later(30))
+            .unwrap();
+        assert!(a.unchecked.is_empty());
+        assert!(t.known(later(30)) && t.snapshot(later(30))[0].ledger_known);
+        // 31 s: stale; the database-down policy decides.
+        assert!(!t.known(later(31)) && !t.snapshot(later(31))[0].ledger_known);
+        let r = t.admit(Uuid::now_v7(), &CALL, Some(d("0.1")), later(31));
+        match policy {
+            WhenUnknown::Open => assert_eq!(r.unwrap().unchecked, ["b"]),
+            WhenUnknown::Closed => assert_eq!(r, Err(Refusal::Unknown { budget: "b".into() })),
+        }
+        // A new read makes it known again.
+        t.refreshed(later(31), &[(at("2026-11-24T16:00:00Z"), d("0"))], &[], &[]);
+        assert!(t.known(later(61)) && !t.known(later(62)));
     }
 }

@@ -234,6 +234,11 @@ impl LedgerApp {
         clock: Clock,
         tweak: impl FnOnce(&mut Settings),
     ) -> LedgerApp {
+        self.stop().await.start_at(upstream, clock, tweak).await
+    }
+
+    /// Shuts this sidecar down, keeping its database, journal directory and what its clients saw.
+    pub async fn stop(self) -> Stopped {
         let LedgerApp {
             app,
             db,
@@ -242,9 +247,7 @@ impl LedgerApp {
             seen,
         } = self;
         app.shutdown().await;
-        let app = sidecar(&db, journal.path(), upstream, clock, tweak).await;
-        LedgerApp {
-            app,
+        Stopped {
             db,
             journal,
             http,
@@ -281,6 +284,39 @@ impl LedgerApp {
             .unwrap();
         assert_eq!(resp.status(), 200, "row of {call_id}");
         resp.json().await.unwrap()
+    }
+}
+
+/// A sidecar [`LedgerApp::stop`]ped: its database and journal directory, until it starts again.
+pub struct Stopped {
+    pub db: TestDb,
+    pub journal: tempfile::TempDir,
+    http: reqwest::Client,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl Stopped {
+    /// Starts the sidecar again on its database and journal directory, reading `clock`.
+    pub async fn start_at(
+        self,
+        upstream: Upstream,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> LedgerApp {
+        let Stopped {
+            db,
+            journal,
+            http,
+            seen,
+        } = self;
+        let app = sidecar(&db, journal.path(), upstream, clock, tweak).await;
+        LedgerApp {
+            app,
+            db,
+            journal,
+            http,
+            seen,
+        }
     }
 }
 
