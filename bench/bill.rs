@@ -17,8 +17,9 @@
 use chrono::{DateTime, Utc};
 use deepseek_meter::billing::format::render;
 use deepseek_meter::billing::read;
-use deepseek_meter::billing::report::{Format, Granularity, Group, ReportQuery};
+use deepseek_meter::billing::report::{Format, Group, ReportQuery};
 use deepseek_meter::billing::Bill;
+use deepseek_meter::calendar::Granularity;
 use deepseek_meter::journal::{Durability, Journal, JournalConfig, OnFull};
 use deepseek_meter::ledger::{self, Ledger};
 use deepseek_meter::metrics::Metrics;
@@ -284,7 +285,7 @@ async fn main() {
     .await;
 
     // 3. Reports, read and rendered as JSON.
-    let day_start = deepseek_meter::billing::report::start_of(Granularity::Day, busy, TZ);
+    let day_start = deepseek_meter::calendar::start_of(Granularity::Day, busy, TZ);
     let cases = [
         (
             "a day, hourly, by model",

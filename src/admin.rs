@@ -40,7 +40,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     if let Some(b) = state.meter.budgets() {
         let now = state.meter.now();
-        state.metrics.instance.publish_budgets(&b.snapshot(now));
+        for s in b.snapshot(now) {
+            let m = &state.metrics.instance;
+            m.publish_budget(
+                &s.budget.name,
+                s.budget.limit,
+                s.spent,
+                s.reserved,
+                s.window_end,
+            );
+        }
     }
     // Only while the database answers: a scrape during an outage must not wait on it.
     if let Some(ledger) = state
@@ -138,7 +147,7 @@ async fn call(
 /// Each budget: scope, window (with the zone's offset), limit, spent, reserved, remaining, state, and the
 /// thresholds crossed in the window. Money as decimal strings.
 async fn budgets(State(state): State<AppState>) -> Json<serde_json::Value> {
-    use crate::billing::report::{local, money};
+    use crate::calendar::{local, money};
     let tz = state.timezone;
     let now = state.meter.now();
     let list: Vec<serde_json::Value> = state
@@ -265,7 +274,7 @@ async fn reconciled(
     p: ReconcileParams,
     record: bool,
 ) -> Result<Response, ApiError> {
-    use crate::billing::report::parse_instant;
+    use crate::calendar::parse_instant;
     let bad = |m: String| ApiError::BadReportQuery(m);
     let format = format_param(
         p.format.as_deref(),

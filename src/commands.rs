@@ -7,7 +7,7 @@ use crate::reconcile as reconciliation;
 /// `deepseek-meter reconcile`: imports the export (if given), compares, records the run, and returns the
 /// result in the format asked. Stages are shown on a terminal (stderr), never when piped.
 pub async fn reconcile(settings: &Settings, r: &ReconcileArgs) -> anyhow::Result<String> {
-    use crate::billing::report::parse_instant;
+    use crate::calendar::parse_instant;
     use anyhow::Context as _;
     use std::io::IsTerminal as _;
     let tz = settings.billing_timezone;
@@ -66,8 +66,8 @@ pub async fn reconcile(settings: &Settings, r: &ReconcileArgs) -> anyhow::Result
 /// `deepseek-meter reprice`: one adjustment per call the corrected book prices differently; the summary on
 /// stdout, progress (hours done) on a terminal.
 pub async fn reprice(settings: &Settings, r: &RepriceArgs) -> anyhow::Result<()> {
-    use crate::billing::report::parse_instant;
     use crate::billing::reprice;
+    use crate::calendar::parse_instant;
     use std::io::IsTerminal as _;
     let tz = settings.billing_timezone;
     let from = parse_instant(&r.from, tz)

@@ -20,6 +20,7 @@ pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod budget;
+pub mod calendar;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -154,8 +154,8 @@ impl CallRecord {
     }
 
     /// What the call is attributed to, as budgets see it.
-    pub fn attribution(&self) -> crate::budget::Attribution<'_> {
-        crate::budget::Attribution {
+    pub fn attribution(&self) -> Attribution<'_> {
+        Attribution {
             project: self.project.as_deref(),
             model: &self.model,
             key_fingerprint: self.key_fingerprint.as_deref(),
@@ -229,4 +229,13 @@ impl Recorder for MemoryRecorder {
         self.inner.1.notify_waiters();
         None
     }
+}
+
+/// What a call is attributed to: the four columns a budget's scope can name.
+#[derive(Debug, Clone, Copy)]
+pub struct Attribution<'a> {
+    pub project: Option<&'a str>,
+    pub model: &'a str,
+    pub key_fingerprint: Option<&'a str>,
+    pub end_user: Option<&'a str>,
 }

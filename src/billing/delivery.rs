@@ -28,7 +28,8 @@
 //! pending and the last error.
 
 use super::read;
-use super::report::{local, Report, ReportQuery};
+use super::report::{Report, ReportQuery};
+use crate::calendar::local;
 use crate::webhook::Webhook;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

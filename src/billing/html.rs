@@ -6,7 +6,8 @@
 //! escaped. The chart's geometry uses floats (pixels); every amount written on the page is the report's exact
 //! decimal.
 
-use super::report::{local, money, Granularity, Report, ReportRow};
+use super::report::{Report, ReportRow};
+use crate::calendar::{local, money, Granularity};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rust_decimal::prelude::ToPrimitive;
@@ -98,10 +99,10 @@ tfoot td{font-weight:bold;border-top:2px solid #999}";
 fn periods(report: &Report, chart: &[ReportRow]) -> Vec<DateTime<Utc>> {
     let q = &report.query;
     let mut all = Vec::new();
-    let mut p = super::report::start_of(q.granularity, q.from, q.timezone);
+    let mut p = crate::calendar::start_of(q.granularity, q.from, q.timezone);
     while p < q.to && all.len() <= MAX_CONTINUOUS_BARS {
         all.push(p);
-        p = super::report::next_period(q.granularity, p, q.timezone);
+        p = crate::calendar::next_period(q.granularity, p, q.timezone);
     }
     if all.len() > MAX_CONTINUOUS_BARS {
         all = chart.iter().map(|r| r.period).collect();

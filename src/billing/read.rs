@@ -3,7 +3,8 @@
 //! (DESIGN §12). One query per report, grouped in SQL: periods are `date_trunc` in the billing time zone,
 //! so a day or month is a calendar window there.
 
-use super::report::{Format, Granularity, Group, HourState, Report, ReportQuery, ReportRow, Sums};
+use super::report::{Format, Group, HourState, Report, ReportQuery, ReportRow, Sums};
+use crate::calendar::Granularity;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgExecutor, Row};

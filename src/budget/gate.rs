@@ -174,7 +174,7 @@ impl Budgets {
 
 /// The worst case as the 429 reports it, to the yuan's fraction the price book gives (exact).
 pub fn describe(needed: Decimal, left: Decimal) -> String {
-    use crate::billing::report::money;
+    use crate::calendar::money;
     format!(
         "it could cost up to {} CNY and {} CNY is left",
         money(needed),

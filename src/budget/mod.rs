@@ -34,8 +34,8 @@ pub enum Period {
 }
 
 impl Period {
-    pub fn granularity(self) -> crate::billing::report::Granularity {
-        use crate::billing::report::Granularity;
+    pub fn granularity(self) -> crate::calendar::Granularity {
+        use crate::calendar::Granularity;
         match self {
             Period::Hour => Granularity::Hour,
             Period::Day => Granularity::Day,
@@ -79,14 +79,7 @@ pub struct Scope {
     pub end_user: Option<String>,
 }
 
-/// What a call is attributed to, as a budget's scope sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Attribution<'a> {
-    pub project: Option<&'a str>,
-    pub model: &'a str,
-    pub key_fingerprint: Option<&'a str>,
-    pub end_user: Option<&'a str>,
-}
+pub use crate::record::Attribution;
 
 impl Scope {
     pub fn covers(&self, a: &Attribution<'_>) -> bool {

@@ -124,7 +124,7 @@ pub async fn prune(pool: &PgPool, now: DateTime<Utc>) -> Result<(), sqlx::Error>
 
 /// The alert of a crossing, as POSTed to `--alert-webhook`.
 pub fn payload(c: &Crossing, tz: chrono_tz::Tz) -> serde_json::Value {
-    use crate::billing::report::{local, money};
+    use crate::calendar::{local, money};
     serde_json::json!({
         "budget": c.budget.name,
         "scope": c.budget.scope,
@@ -193,7 +193,7 @@ pub async fn deliver_one(
     let key = format!(
         "{budget}/{}/{}",
         window_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        crate::billing::report::money(threshold)
+        crate::calendar::money(threshold)
     );
     let headers = [(
         http::HeaderName::from_static("idempotency-key"),

@@ -287,7 +287,7 @@ impl Journal {
 
 /// The billing hours of the records in the journal that are not in Postgres yet, a count per hour: counted
 /// when a record is appended (or found unshipped at open) and released by the shipper once the record is in
-/// the ledger. A live sidecar holding an hour's records keeps that hour from closing (`crate::billing`), so
+/// the ledger. A live sidecar holding an hour's records keeps that hour from closing (the hourly bill's heartbeat), so
 /// the count is exact — a record between its append and the shipper's read is held too.
 #[derive(Debug, Default)]
 pub struct Held {

@@ -201,23 +201,26 @@ impl InstanceMetrics {
         self.budget_alerts.with_label_values(&[budget]).inc();
     }
 
-    /// Each budget's gauges, as of a scrape.
-    pub fn publish_budgets(&self, budgets: &[crate::budget::tracker::Snapshot]) {
+    /// One budget's gauges, as of a scrape.
+    pub fn publish_budget(
+        &self,
+        budget: &str,
+        limit: Decimal,
+        spent: Decimal,
+        reserved: Decimal,
+        window_end: chrono::DateTime<chrono::Utc>,
+    ) {
         use rust_decimal::prelude::ToPrimitive;
-        for s in budgets {
-            let name = [s.budget.name.as_str()];
-            let f = |d: Decimal| d.to_f64().unwrap_or(0.0);
-            self.budget_limit
-                .with_label_values(&name)
-                .set(f(s.budget.limit));
-            self.budget_spent.with_label_values(&name).set(f(s.spent));
-            self.budget_reserved
-                .with_label_values(&name)
-                .set(f(s.reserved));
-            self.budget_window_end
-                .with_label_values(&name)
-                .set(s.window_end.timestamp() as f64);
-        }
+        let name = [budget];
+        let f = |d: Decimal| d.to_f64().unwrap_or(0.0);
+        self.budget_limit.with_label_values(&name).set(f(limit));
+        self.budget_spent.with_label_values(&name).set(f(spent));
+        self.budget_reserved
+            .with_label_values(&name)
+            .set(f(reserved));
+        self.budget_window_end
+            .with_label_values(&name)
+            .set(window_end.timestamp() as f64);
     }
 
     /// The journal's gauges, as of a scrape.

@@ -2,7 +2,8 @@
 //! money as exact decimals.
 
 use super::compare::{Reconciliation, Verdict};
-use crate::billing::report::{local, money, Format};
+use crate::billing::report::Format;
+use crate::calendar::{local, money};
 use chrono_tz::Tz;
 use std::collections::BTreeMap;
 

@@ -46,7 +46,7 @@ fn response(call: &Call, s: &Script, status: &str, error: Option<Value>) -> Valu
                            "content": [{"type": "output_text", "text": s.answer.concat(), "annotations": []}]}));
     }
     json!({
-        "id": id, "object": "response", "created_at": super::wire::now_secs(), "status": status,
+        "id": id, "object": "response", "created_at": super::shape::now_secs(), "status": status,
         "model": call.model, "output": output, "error": error, "incomplete_details": null,
         "usage": if done { usage(call, s) } else { Value::Null },
     })

@@ -99,3 +99,8 @@ pub(super) fn error(
     );
     (status, headers, body.to_string()).into_response()
 }
+
+/// The `created` second of a response.
+pub(super) fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}

@@ -3,7 +3,7 @@
 //! and the faults that end a stream.
 
 use super::request::{Call, Fault, Script};
-use super::shape::Proto;
+use super::shape::{now_secs, Proto};
 use super::SimOptions;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -12,10 +12,6 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
-
-pub(super) fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
 
 /// `prompt_tokens_details` of the chat and native shapes (reference bailian-2026 §4): cache reads, and with
 /// the explicit cache its writes, type and lifetime.

@@ -390,9 +390,10 @@ async fn a_shipper_backlog_keeps_the_hour_it_holds_provisional() {
     t.audit(&[]).await;
 }
 
-/// What holds an hour open is counted per record, from its append until the shipper says it is in the ledger:
-/// a record not yet read by the shipper holds its hour; one shipped releases it only when no other record
-/// of that hour is left; after a restart, the journal's unshipped records hold their hours again.
+/// What holds an hour open is counted per record, from its append until it is shipped: a record not yet read
+/// by any shipper holds its hour; shipping one record of an hour releases it only when no other record of
+/// that hour is left (the shipper releases each record once, after its insert); after a restart, exactly the
+/// records past the checkpoint hold their hours again.
 #[tokio::test]
 async fn the_journal_holds_each_unshipped_records_hour_until_it_is_shipped() {
     use deepseek_meter::journal::{Durability, Journal, JournalConfig, OnFull};
@@ -405,35 +406,116 @@ async fn the_journal_holds_each_unshipped_records_hour_until_it_is_shipped() {
         max_bytes: 1 << 30,
         on_full: OnFull::Refuse,
     };
-    let at_hour = |h: &str| deepseek_meter::record::CallRecord {
+    let at_hour = |i: usize, h: &str| deepseek_meter::record::CallRecord {
         billing_hour: at(h),
-        ..a_record(0)
+        ..a_record(i)
     };
+    let (ten, eleven) = (at("2026-11-25T02:00:00Z"), at("2026-11-25T03:00:00Z"));
     let (journal, writer) = Journal::open(config.clone()).unwrap();
     let held = journal.held();
     assert_eq!(held.oldest(), None);
-    let (ten, ten_b, eleven) = (
-        at_hour("2026-11-25T02:00:00Z"),
-        at_hour("2026-11-25T02:00:00Z"),
-        at_hour("2026-11-25T03:00:00Z"),
-    );
-    for r in [&eleven, &ten, &ten_b] {
+    let records = [
+        at_hour(1, "2026-11-25T02:00:00Z"),
+        at_hour(2, "2026-11-25T02:00:00Z"),
+        at_hour(3, "2026-11-25T03:00:00Z"),
+    ];
+    for r in &records {
         journal.append(r.clone()).unwrap().await.unwrap();
     }
-    assert_eq!(held.oldest(), Some(ten.billing_hour));
-    held.shipped(std::slice::from_ref(&ten));
+    assert_eq!(held.oldest(), Some(ten));
+    held.shipped(&records[..1]);
     assert_eq!(
         held.oldest(),
-        Some(ten.billing_hour),
-        "another record of 10:00 is unshipped"
+        Some(ten),
+        "the other record of 10:00 is unshipped"
     );
-    held.shipped(std::slice::from_ref(&ten_b));
-    assert_eq!(held.oldest(), Some(eleven.billing_hour));
-    // A restart: nothing was shipped (no checkpoint), so all three hold their hours again.
+    held.shipped(&records[1..2]);
+    assert_eq!(held.oldest(), Some(eleven));
+    // The first two are read and committed (as the shipper does once they are in the ledger); the third is
+    // not. After a restart only the third holds its hour.
+    let mut cursor = journal.cursor();
+    let batch = cursor.next_batch(2).await.unwrap();
+    assert_eq!(
+        batch.iter().map(|r| r.call_id).collect::<Vec<_>>(),
+        [records[0].call_id, records[1].call_id]
+    );
+    cursor.commit().await;
+    drop((journal, cursor));
+    writer.join().await;
+    let (journal, writer) = Journal::open(config.clone()).unwrap();
+    assert_eq!(journal.held().oldest(), Some(eleven));
     drop(journal);
+    writer.join().await;
+    // With everything committed, a restart holds nothing.
+    let (journal, writer) = Journal::open(config.clone()).unwrap();
+    let mut cursor = journal.cursor();
+    assert_eq!(cursor.next_batch(10).await.unwrap().len(), 1);
+    cursor.commit().await;
+    drop((journal, cursor));
     writer.join().await;
     let (journal, writer) = Journal::open(config).unwrap();
-    assert_eq!(journal.held().oldest(), Some(ten.billing_hour));
+    assert_eq!(journal.held().oldest(), None);
     drop(journal);
     writer.join().await;
+}
+
+/// The other side of the hold: a sidecar cut off from the database cannot say what it holds, and after two
+/// minutes it is taken for gone. Another sidecar then closes the hour without the cut-off one's journaled call
+/// (revision 0); when the database comes back the call ships late, and the hour is re-opened and closed again
+/// as revision 1 with the call in it — late, never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_cut_off_past_the_hour_reopens_it_with_its_calls() {
+    let up = ScriptedUpstream::start().await;
+    let pg = FaultProxy::start(pg_addr()).await;
+    let clock = Clock::manual(at("2026-11-25T02:10:00Z")); // 10:10 Beijing
+    let db = TestDb::new().await;
+    let journal = tempfile::tempdir().unwrap();
+    let grace = |s: &mut deepseek_meter::config::Settings| {
+        s.ledger.as_mut().unwrap().billing_grace = std::time::Duration::from_secs(60)
+    };
+    let via_proxy = pg.url_for(&db.url);
+    let cut_off = sidecar(&db, journal.path(), up.upstream(), clock.clone(), |s| {
+        grace(s);
+        s.ledger.as_mut().unwrap().database_url = via_proxy;
+    })
+    .await;
+    let t = LedgerApp::adopt(cut_off, db, journal);
+    let (other, _other_journal) = t.beside(up.upstream(), clock.clone(), grace).await;
+    let hour = at("2026-11-25T02:00:00Z");
+    call(&t, &up, COMPAT_R1_JSON, "alpha", "sk-key-one-1111").await;
+    flush(&t.app).await;
+    pg.set_down(true);
+    clock.set(at("2026-11-25T02:59:30Z"));
+    call(&t, &up, COMPAT_R1_JSON, "alpha", "sk-key-one-1111").await;
+    // 11:05: the cut-off sidecar was last seen at 10:10; the other closes 10:00 with what the ledger has.
+    clock.set(at("2026-11-25T03:05:00Z"));
+    roll(&other).await;
+    let pool = t.db.pool().await;
+    let calls = || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT sum(calls)::int8 FROM hourly_bill WHERE billing_hour = $1")
+                .bind(hour)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        n
+    };
+    assert_eq!(
+        hour_state(&pool, hour).await,
+        ("closed".into(), 0, Some(at("2026-11-25T03:05:00Z")))
+    );
+    assert_eq!(calls().await, 1);
+    // The database is back: the journaled call ships, the hour re-opens and closes again as revision 1.
+    pg.set_down(false);
+    flush(&t.app).await;
+    clock.set(at("2026-11-25T03:07:00Z"));
+    roll(&other).await;
+    roll(&other).await;
+    assert_eq!(
+        hour_state(&pool, hour).await,
+        ("closed".into(), 1, Some(at("2026-11-25T03:07:00Z")))
+    );
+    assert_eq!(calls().await, 2);
+    other.shutdown().await;
+    t.audit(&[]).await;
 }

@@ -492,6 +492,17 @@ async fn an_oversized_upload_always_gets_its_413() {
         .find_map(|l| l.strip_prefix("x-meter-call-id: "))
         .expect("the 413 carries the call id");
     t.saw(id.trim());
+    // A call refused before its model is known is not an unpriced call: the unpriced-model alert must not
+    // fire on oversized uploads.
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    let unpriced: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("deepseek_meter_unpriced_requests_total{"))
+        .collect();
+    assert!(
+        !unpriced.is_empty() && unpriced.iter().all(|l| l.ends_with(" 0")),
+        "{unpriced:?}"
+    );
 
     // And through a real client: the default 8 MiB limit, a 9 MiB upload.
     let t8 = LedgerApp::start(up.upstream(), |_| {}).await;

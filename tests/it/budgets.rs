@@ -123,10 +123,31 @@ async fn a_block_budget_refuses_in_each_protocols_shape_and_an_alert_budget_neve
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "BudgetExceeded");
     assert_eq!(body["error"]["type"], "rate_limit_error");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("alpha-daily"));
+    // It says what the call could cost and what was left (two calls of 0.000524 spent, 0.000452 left of
+    // 0.0015); with max_tokens set, no hint to set it.
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("alpha-daily"), "{message}");
+    assert!(
+        message.contains("CNY and 0.000452 CNY is left"),
+        "{message}"
+    );
+    assert!(message.contains("it could cost up to 0.000"), "{message}");
+    assert!(!message.contains("Set max_tokens"), "{message}");
+    // Without max_tokens the worst case is the model's maximum output: the 429 says to set it.
+    let resp = post(
+        &t,
+        COMPAT_PATH,
+        r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#,
+        "alpha",
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Set max_tokens to bound what the call may cost"),
+        "{message}"
+    );
     let native = r#"{"model":"deepseek-v3","input":{"messages":[{"role":"user","content":"hi"}]},"parameters":{"max_tokens":64}}"#;
     let resp = post(&t, NATIVE_PATH, native, "alpha").await;
     assert_eq!(resp.status(), 429);
@@ -191,7 +212,7 @@ async fn a_block_budget_refuses_in_each_protocols_shape_and_an_alert_budget_neve
     );
     let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
     for line in [
-        "deepseek_meter_budget_rejections_total{budget=\"alpha-daily\"} 4",
+        "deepseek_meter_budget_rejections_total{budget=\"alpha-daily\"} 5",
         "deepseek_meter_budget_limit_yuan{budget=\"alpha-daily\"} 0.0015",
         "deepseek_meter_budget_window_end_timestamp_seconds{budget=\"alpha-daily\"} 1795622400",
     ] {
@@ -513,10 +534,11 @@ async fn concurrent_streams_never_take_spent_past_the_limit_with_worst_case_rese
     }
 }
 
-/// A sidecar hit by 64 streams the moment it has started — on a database it has yet to migrate, the widest
-/// window — admits nothing before it knows the window's spent, in both coordination modes: spent stays within
-/// the limit and no call is served unchecked. The control, without reservation, overshoots under the same
-/// load (so the burst really does overlap the start).
+/// A sidecar hit by 64 streams the moment it has started, its first read of the budgets held back until all
+/// have arrived, admits nothing before it knows the window's spent, in both coordination modes: no call is
+/// decided while the read is held (and `/readyz` says not ready), then spent stays within the limit and no
+/// call is served unchecked. The control, without reservation, overshoots under the same load. (Checked
+/// against the behaviour before: with the wait for the first read removed, all 64 were admitted unchecked.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_hit_at_once_after_its_start_stays_within_the_limit() {
     use Coordination::{Local, Postgres};
@@ -572,7 +594,28 @@ async fn sixty_four_streams(setup: Setup, burst: Burst) -> Outcome {
         s.budget_reservation = reservation;
         s.budget_coordination = coordination;
     };
-    let t = LedgerApp::start_at(up.upstream(), clock.clone(), tweak).await;
+    // At start: the database is there (nothing to migrate) but the sidecar's first read of the budgets is
+    // held back — a lock on `budget_defs`, which the first read writes — until every call has arrived.
+    let (t, mut first_read_held) = match burst {
+        Burst::Settled => (
+            LedgerApp::start_at(up.upstream(), clock.clone(), tweak).await,
+            None,
+        ),
+        Burst::AtStart => {
+            let db = TestDb::new().await;
+            deepseek_meter::ledger::Ledger::create_and_migrate(&db.url)
+                .await
+                .unwrap();
+            let mut lock = db.pool().await.begin().await.unwrap();
+            sqlx::query("LOCK TABLE budget_defs IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *lock)
+                .await
+                .unwrap();
+            let journal = tempfile::tempdir().unwrap();
+            let app = sidecar(&db, journal.path(), up.upstream(), clock.clone(), tweak).await;
+            (LedgerApp::adopt(app, db, journal), Some(lock))
+        }
+    };
     let other = match setup {
         Setup::One(..) => None,
         Setup::Two(..) => Some(t.beside(up.upstream(), clock.clone(), tweak).await),
@@ -606,24 +649,42 @@ async fn sixty_four_streams(setup: Setup, burst: Burst) -> Outcome {
     }
     let body = r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":64}"#;
     // Every call decided (a 429, or a 200 whose stream the upstream holds) before any admitted one can end.
-    let decided = futures_util::future::join_all((0..64).map(|i| {
-        let (t, url) = (&t, urls[i % urls.len()].clone());
-        async move {
-            let resp = t
-                .http
-                .post(url)
-                .bearer_auth("sk-budget-test-0001")
-                .header("x-meter-project", "alpha")
-                .body(body)
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await
-                .unwrap();
-            t.saw(&call_id(&resp));
-            resp
-        }
-    }))
-    .await;
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let (http, url) = (t.http.clone(), urls[i % urls.len()].clone());
+            tokio::spawn(async move {
+                http.post(url)
+                    .bearer_auth("sk-budget-test-0001")
+                    .header("x-meter-project", "alpha")
+                    .body(body)
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    if let Some(lock) = first_read_held.take() {
+        // Before the first read: not one call is decided, the sidecar says it is not ready and the window's
+        // spent unknown.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            calls.iter().all(|c| !c.is_finished()),
+            "a call was decided before the first read"
+        );
+        let ready = t.http.get(t.admin_url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let ready: Value = ready.json().await.unwrap();
+        assert_eq!(ready["budgets_known"], false, "{ready}");
+        assert_eq!(budgets(&t).await["budgets"][0]["spent_known"], false);
+        lock.commit().await.unwrap();
+    }
+    let mut decided = Vec::new();
+    for c in calls {
+        let resp = c.await.unwrap();
+        t.saw(&call_id(&resp));
+        decided.push(resp);
+    }
     let statuses: Vec<u16> = decided.iter().map(|r| r.status().as_u16()).collect();
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(
@@ -631,7 +692,17 @@ async fn sixty_four_streams(setup: Setup, burst: Burst) -> Outcome {
         64,
         "{statuses:?}"
     );
-    assert_eq!(up.gate.available_permits(), 0);
+    // Every admitted call reached the upstream, and none has ended (its stream is held).
+    assert_eq!(up.seen.lock().unwrap().len(), admitted, "{statuses:?}");
+    if (reservation, coordination) == (Reservation::WorstCase, Coordination::Postgres) {
+        // Postgres decided them: each admitted call holds its reservation there.
+        let reserved: i64 =
+            sqlx::query_scalar("SELECT count(DISTINCT call_id) FROM budget_reservations")
+                .fetch_one(&t.db.pool().await)
+                .await
+                .unwrap();
+        assert_eq!(reserved as usize, admitted, "{setup:?}");
+    }
     up.gate.add_permits(64 * V3_STREAM.len());
     for resp in decided {
         resp.bytes().await.unwrap();
@@ -751,15 +822,20 @@ async fn sim_call(t: &LedgerApp, key: &str, project: &str, user: &str, model: &s
     resp.bytes().await.unwrap();
 }
 
-/// Each scope's effective spent in the day window, computed from the ledger and its corrections.
+/// Each scope's effective spent in the day window, computed here from the ledger's rows and their price
+/// corrections (not through the schema's view or rollups).
 async fn spent_by_scope(pool: &sqlx::PgPool, from: &str) -> Vec<(String, Decimal)> {
     sqlx::query_as(
-        "SELECT s.name, coalesce(sum(e.cost), 0) FROM (VALUES
+        "WITH calls AS (
+            SELECT l.model, l.key_fingerprint, l.end_user, l.project,
+                coalesce(l.cost_total, 0) + coalesce((SELECT sum(a.delta) FROM cost_adjustments a
+                                                      WHERE a.call_id = l.call_id), 0) AS cost
+            FROM usage_ledger l WHERE l.billing_hour >= $1::timestamptz)
+         SELECT s.name, coalesce(sum(c.cost), 0) FROM (VALUES
             ('by-model', 'model', 'deepseek-r1'), ('by-key', 'key', $2), ('by-user', 'user', 'bob'),
             ('by-project', 'project', 'alpha')) s(name, dim, val)
-         LEFT JOIN effective_costs e ON e.billing_hour >= $1::timestamptz
-            AND CASE s.dim WHEN 'model' THEN e.model WHEN 'key' THEN e.key_fingerprint
-                           WHEN 'user' THEN e.end_user ELSE e.project END = s.val
+         LEFT JOIN calls c ON CASE s.dim WHEN 'model' THEN c.model WHEN 'key' THEN c.key_fingerprint
+                                         WHEN 'user' THEN c.end_user ELSE c.project END = s.val
          GROUP BY s.name ORDER BY s.name",
     )
     .bind(from)
@@ -900,6 +976,43 @@ async fn every_scope_is_counted_by_the_triggers_and_seeded_from_the_rollups() {
         corrected,
         "moved by the corrections' trigger"
     );
+    // Budgets defined after the correction: their counters are seeded from the rollups, which reprice kept
+    // (the bill for the model scope, the end users' rollup for the end-user scope).
+    let want = |name: &str| corrected.iter().find(|(n, _)| n == name).unwrap().1;
+    let late = vec![
+        ("late-model".to_owned(), want("by-model")),
+        ("late-user".to_owned(), want("by-user")),
+    ];
+    let t = t
+        .restart_at(Upstream::Sim, clock.clone(), |s: &mut Settings| {
+            with_budgets(
+                "[[budget]]\nname = \"late-model\"\nperiod = \"day\"\nlimit_yuan = 100\nmodel = \"deepseek-r1\"\naction = \"alert\"\n\
+                 [[budget]]\nname = \"late-user\"\nperiod = \"day\"\nlimit_yuan = 100\nend_user = \"bob\"\naction = \"alert\"\n",
+            )(s)
+        })
+        .await;
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let b = budgets(&t).await;
+        seen = b["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["spent_known"] == true)
+            .map(|b| {
+                (
+                    b["name"].as_str().unwrap().to_owned(),
+                    d(b["spent_yuan"].as_str().unwrap()),
+                )
+            })
+            .collect::<Vec<_>>();
+        seen.sort();
+        if seen == late {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, late);
     t.audit(&[]).await;
 }
 
@@ -980,15 +1093,30 @@ async fn a_block_budget_on_a_model_without_a_price_refuses_it_and_says_so_at_sta
     let mut bin = start(&[]);
     let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
     budgets_of(admin.clone()).await;
-    let log = bin.log().join("\n");
+    // One warning line naming the budget and its model; one info line for the budget over every model.
+    let lines: Vec<Value> = bin
+        .log()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let said = |level: &str, budget: &str, text: &str| {
+        lines.iter().any(|l| {
+            l["level"] == level
+                && l["budget"] == budget
+                && l["message"].as_str().unwrap_or("").contains(text)
+        })
+    };
     assert!(
-        log.contains("budget is scoped to a model without a price: its calls are refused (--budget-unpriced refuse)")
-            && log.contains("v9-cap"),
-        "{log}"
+        said("WARN", "v9-cap", "budget is scoped to a model without a price: its calls are refused (--budget-unpriced refuse)"),
+        "{lines:?}"
     );
     assert!(
-        log.contains("budget covers every model: calls to a model without a price are refused"),
-        "{log}"
+        said(
+            "INFO",
+            "all-daily",
+            "budget covers every model: calls to a model without a price are refused"
+        ),
+        "{lines:?}"
     );
     let (status, body) = call(proxy.clone(), "deepseek-v9-preview").await;
     assert_eq!(status, 403, "{body}");
@@ -1046,10 +1174,8 @@ async fn a_block_budget_on_a_model_without_a_price_refuses_it_and_says_so_at_sta
     let mut bin = start(&["--budget-unpriced", "admit"]);
     let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
     budgets_of(admin.clone()).await;
-    assert!(bin
-        .log()
-        .join("\n")
-        .contains("its calls are served and not counted (--budget-unpriced admit)"));
+    assert!(bin.log().iter().any(|l| l.contains("\"v9-cap\"")
+        && l.contains("its calls are served and not counted (--budget-unpriced admit)")));
     let (status, body) = call(proxy, "deepseek-v9-preview").await;
     assert_eq!(status, 200, "{body}");
     for budget in ["v9-cap", "all-daily"] {
@@ -1059,7 +1185,27 @@ async fn a_block_budget_on_a_model_without_a_price_refuses_it_and_says_so_at_sta
             "{budget}"
         );
     }
+    // Its row is kept unpriced (no cost, never a zero), and the budgets' spent did not move.
+    let v9 = budgets_of(admin.clone()).await;
+    let cap = v9["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "v9-cap")
+        .unwrap()
+        .clone();
+    assert_eq!(cap["spent_yuan"], "0", "{v9}");
     assert!(bin.sigterm().success());
+    let served: Vec<(String, bool, Option<Decimal>)> = sqlx::query_as(
+        "SELECT status, priced, cost_total FROM usage_ledger WHERE model = 'deepseek-v9-preview' ORDER BY started_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        served,
+        [("rejected".into(), false, None), ("ok".into(), false, None)]
+    );
 }
 
 /// The 30 s a budget's last read stays trusted, on the sidecar's own (drivable) clock, and `closed` through the

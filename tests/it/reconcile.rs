@@ -817,8 +817,9 @@ async fn a_hand_written_platform_bill_in_the_consoles_chinese_layout_reconciles(
 }
 
 /// The alert runbook's answer to a `money_drift`: `reprice` the hours with the platform's price. The sidecar
-/// priced deepseek-v3's output at 0.8 CNY per million, the platform at 8 (its price is higher); after
-/// `reprice` with the right book, reconciliation of that hour reads `match`, per token type.
+/// priced deepseek-v3's output at 0.8 CNY per million, the platform at 9 (higher, and in neither the sidecar's
+/// book nor the built-in one); after `reprice` with a book at 9, reconciliation of that hour reads `match`,
+/// per token type, with each line's money the corrected one.
 #[tokio::test]
 async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
     let (t, _up, clock, dir, config, key_id) = hand_world(Some("0.8")).await;
@@ -827,14 +828,14 @@ async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
     clock.set("2026-11-25T14:30:00+08:00".parse().unwrap());
     flush(&t.app).await;
     t.app.roll_bill().await.unwrap().unwrap();
-    // The platform's bill of hour 13: 24,690 input tokens = 0.04938 → 0.05; 13,578 output = 0.108624 → 0.11.
+    // The platform's bill of hour 13: 24,690 input tokens = 0.04938 → 0.05; 13,578 output at 9 = 0.122202 → 0.12.
     let bill = dir.path().join("bill.csv");
     std::fs::write(
         &bill,
         format!(
             "UsageStartTime,InstanceID,Usage,UsageUnit,PretaxAmount\n\
              2026-11-25 13:00:00,{key_id};{DEFAULT_WORKSPACE};deepseek-v3;input_token;app,24690,tokens,0.05\n\
-             2026-11-25 13:00:00,{key_id};{DEFAULT_WORKSPACE};deepseek-v3;output_token;app,13578,tokens,0.11\n"
+             2026-11-25 13:00:00,{key_id};{DEFAULT_WORKSPACE};deepseek-v3;output_token;app,13578,tokens,0.12\n"
         ),
     )
     .unwrap();
@@ -850,9 +851,14 @@ async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
         dec("0.0108624")
     );
     assert_eq!(line(hour(&j, "13"), "input_token")["verdict"], "match");
-    // reprice with the platform's price (the built-in book).
+    // reprice with the platform's price.
     let prices = dir.path().join("prices.toml");
-    std::fs::write(&prices, deepseek_meter::pricing::BUILTIN_BOOK).unwrap();
+    let at_nine = deepseek_meter::pricing::BUILTIN_BOOK.replace(
+        "name = \"deepseek-v3\"\neffective_from = 2024-12-26\ninput = \"2\"\ncached_input = \"0.4\"\noutput = \"8\"",
+        "name = \"deepseek-v3\"\neffective_from = 2024-12-26\ninput = \"2\"\ncached_input = \"0.4\"\noutput = \"9\"",
+    );
+    assert_ne!(at_nine, deepseek_meter::pricing::BUILTIN_BOOK);
+    std::fs::write(&prices, at_nine).unwrap();
     let (code, out, err) = run_bin(&[
         "reprice",
         "--from",
@@ -886,7 +892,7 @@ async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
     let h = hour(&j, "13");
     assert_eq!(
         d(&line(h, "output_token")["ledger_yuan"]),
-        dec("0.108624"),
+        dec("0.122202"),
         "{h}"
     );
     assert_eq!(
@@ -894,8 +900,8 @@ async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
         dec("0.04938"),
         "{h}"
     );
-    assert_eq!(d(&h["ledger_yuan"]), dec("0.158004"));
-    assert_eq!(d(&h["drift_yuan"]), dec("0.158004") - dec("0.16"));
+    assert_eq!(d(&h["ledger_yuan"]), dec("0.171582"));
+    assert_eq!(d(&h["drift_yuan"]), dec("0.171582") - dec("0.17"));
     assert_eq!(j["total_matches"], true, "{j}");
     // The admin API reads the same.
     let api = get_json(

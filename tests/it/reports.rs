@@ -9,10 +9,9 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use deepseek_meter::billing::format::render;
 use deepseek_meter::billing::read;
-use deepseek_meter::billing::report::{
-    start_of, Format, Granularity, Group, Report, ReportQuery, Sums,
-};
+use deepseek_meter::billing::report::{Format, Group, Report, ReportQuery, Sums};
 use deepseek_meter::billing::Bill;
+use deepseek_meter::calendar::{start_of, Granularity};
 use deepseek_meter::clock::Clock;
 use deepseek_meter::ledger::Ledger;
 use deepseek_meter::record::CallRecord;

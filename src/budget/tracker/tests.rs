@@ -1,5 +1,6 @@
 use super::*;
 use crate::budget::{Period, Scope};
+use crate::calendar::Granularity;
 
 fn at(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
@@ -301,5 +302,62 @@ fn a_read_older_than_thirty_seconds_by_the_sidecars_clock_is_unknown() {
         // A new read makes it known again.
         t.refreshed(later(31), &[(at("2026-11-24T16:00:00Z"), d("0"))], &[], &[]);
         assert!(t.known(later(61)) && !t.known(later(62)));
+    }
+}
+
+#[test]
+fn an_unpriced_call_is_refused_at_once_even_before_the_first_read() {
+    let now = at("2026-11-25T05:00:00Z");
+    let t = Tracker::new(
+        vec![budget(Period::Day, "1", Action::Block)],
+        chrono_tz::Asia::Shanghai,
+        Reservation::WorstCase,
+        WhenUnknown::Open,
+        Unpriced::Refuse,
+        now,
+    );
+    // Nothing the read could say would let it through: no waiting for it.
+    assert_eq!(
+        t.admit(Uuid::now_v7(), &CALL, None, now),
+        Err(Refusal::Unpriced {
+            budget: "b".into(),
+            model: CALL.model.into()
+        })
+    );
+}
+
+#[test]
+fn a_poisoned_lock_follows_the_database_down_policy() {
+    for (policy, open) in [(WhenUnknown::Open, true), (WhenUnknown::Closed, false)] {
+        let now = at("2026-11-25T05:00:00Z");
+        let t = Tracker::new(
+            vec![budget(Period::Day, "1", Action::Block)],
+            chrono_tz::Asia::Shanghai,
+            Reservation::WorstCase,
+            policy,
+            Unpriced::Refuse,
+            now,
+        );
+        t.refreshed(now, &[(at("2026-11-24T16:00:00Z"), d("0"))], &[], &[]);
+        // A panic while the state is held poisons it.
+        let poisoned = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = t.state.lock().unwrap();
+                panic!("poison the tracker's state");
+            })
+            .join()
+        });
+        assert!(poisoned.is_err() && t.state.is_poisoned());
+        let r = t.admit(Uuid::now_v7(), &CALL, Some(d("0.1")), now);
+        if open {
+            // Served, and named unchecked (the gate counts it and logs it).
+            assert_eq!(r.unwrap().unchecked, ["b"]);
+        } else {
+            assert_eq!(r, Err(Refusal::Unknown { budget: "b".into() }));
+        }
+        assert!(
+            !t.known(now),
+            "a poisoned tracker never says the budgets are known"
+        );
     }
 }

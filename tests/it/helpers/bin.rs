@@ -19,14 +19,45 @@ pub const SERVE_ON_SIM: [&str; 7] = [
     "127.0.0.1:0",
 ];
 
-/// Runs `deepseek-meter ARGS` to its end: exit code, stdout, stderr.
+/// How long a command may run before the test fails with what it printed so far.
+pub const RUN_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `deepseek-meter ARGS` to its end (killed, and the test failed, after [`RUN_BOUND`]): exit code,
+/// stdout, stderr.
 pub fn run_bin(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    use std::io::Read;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RUN_BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "deepseek-meter {args:?} ran past {RUN_BOUND:?}; stdout: {}; stderr: {}",
+                out.join().unwrap(),
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    (status.code(), out.join().unwrap(), err.join().unwrap())
 }
 
 pub struct Bin {

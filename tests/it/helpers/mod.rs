@@ -120,7 +120,7 @@ impl LedgerApp {
         let db = TestDb::new().await;
         let journal = tempfile::tempdir().unwrap();
         let app = sidecar(&db, journal.path(), upstream, clock, tweak).await;
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = test_client();
         LedgerApp {
             app,
             db,
@@ -136,7 +136,7 @@ impl LedgerApp {
             app,
             db,
             journal,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: test_client(),
             seen: Mutex::default(),
         }
     }
@@ -911,4 +911,14 @@ pub fn a_record(i: usize) -> deepseek_meter::record::CallRecord {
         "key_fingerprint": "0123456789ab", "key_hint": "sk-…abcd", "project": format!("p{i}"), "end_user": null,
     }))
     .unwrap()
+}
+
+/// The HTTP client of the test sidecars: no proxy, and no request that waits forever (a hang fails the test
+/// with the call that hung instead of running into the harness's limit).
+pub fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
