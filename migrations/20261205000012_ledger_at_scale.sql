@@ -27,8 +27,14 @@ DO $$
 DECLARE
     upper timestamptz;
 BEGIN
-    -- The legacy partition holds everything up to the start of the month after its newest row (or after now).
-    SELECT (date_trunc('month', greatest(coalesce(max(billing_hour), now()), now()) AT TIME ZONE 'UTC')
+    IF NOT EXISTS (SELECT 1 FROM usage_ledger_legacy) THEN
+        -- A new database: nothing to keep, so no legacy partition; every month gets its own.
+        DROP TABLE usage_ledger_legacy;
+        RETURN;
+    END IF;
+    -- The legacy partition holds everything up to the start of the month after its newest row (or after now,
+    -- since this month's rows are in it).
+    SELECT (date_trunc('month', greatest(max(billing_hour), now()) AT TIME ZONE 'UTC')
             + interval '1 month') AT TIME ZONE 'UTC'
       INTO upper FROM usage_ledger_legacy;
     EXECUTE format('ALTER TABLE usage_ledger ATTACH PARTITION usage_ledger_legacy FOR VALUES FROM (MINVALUE) TO (%L)',

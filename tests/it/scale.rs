@@ -108,6 +108,18 @@ async fn partitions_are_created_ahead_across_a_month_boundary_and_late_rows_find
     };
     assert_eq!(home(now.call_id).await, "usage_ledger_p209904");
     assert_eq!(home(late.call_id).await, "usage_ledger_p209902");
+    // On a new database the (empty) table of the build before covers nothing of this month: a call made now
+    // lands in this month's own partition.
+    let today = chrono::Utc::now();
+    let current = record_at(5, &today.to_rfc3339());
+    assert_eq!(
+        ledger.insert(std::slice::from_ref(&current)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        home(current.call_id).await,
+        format!("usage_ledger_p{}", current.billing_hour.format("%Y%m"))
+    );
     // A row for a month that has no partition is kept, not refused.
     let stray = record_at(3, "2199-01-01T00:00:00Z");
     assert_eq!(
@@ -145,8 +157,8 @@ async fn partitions_are_created_ahead_across_a_month_boundary_and_late_rows_find
         .await
         .unwrap();
     assert_eq!(
-        rows, 5,
-        "the refused call at the start, now, late, stray, other"
+        rows, 6,
+        "the refused call at the start, now, late, current, stray, other"
     );
     assert_eq!(ledger.insert(&[stray, other]).await.unwrap(), 0);
 }
@@ -174,8 +186,8 @@ async fn retention_drops_exactly_the_months_past_it() {
     }
     let before = partitions_of(&pool).await;
     // Keep 60 days from 2099-06-15: every month that ended before 2099-04-16 goes — January to March, and every
-    // partition before them (the migrated table and the months created at migration) —; April stays (it ended
-    // on 2099-05-01), and so does the default partition.
+    // partition before them (the months created at migration) —; April stays (it ended on 2099-05-01), and so
+    // does the default partition.
     let dropped = partitions::retire(&pool, at("2099-04-16T00:00:00Z"))
         .await
         .unwrap();
@@ -193,10 +205,15 @@ async fn retention_drops_exactly_the_months_past_it() {
         .collect();
     expected.sort();
     assert_eq!(gone, expected, "before {before:?}, after {after:?}");
-    assert!(
-        gone.contains(&"usage_ledger_p209903".to_owned())
-            && gone.contains(&"usage_ledger_legacy".to_owned())
-    );
+    // January to March, and the months created when the database was migrated (today's, before 2099).
+    for month in [
+        "usage_ledger_p209901",
+        "usage_ledger_p209902",
+        "usage_ledger_p209903",
+    ] {
+        assert!(gone.contains(&month.to_owned()), "{month}: {gone:?}");
+    }
+    assert!(gone.len() > 3, "the months of today went too: {gone:?}");
     assert_eq!(dropped.len(), gone.len());
     for kept in [
         "usage_ledger_p209904",
