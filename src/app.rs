@@ -241,9 +241,14 @@ impl App {
 
     /// The shutdown order of the module doc.
     pub async fn shutdown(self) {
+        let started = std::time::Instant::now();
         // 1 + 2: listeners stop; connections finish their current call.
         self.stop_accepting.cancel();
         self.tracker.close();
+        tracing::info!(
+            calls = self.tracker.len(),
+            "shutting down: listeners closed, draining calls in flight"
+        );
         // 3: past the deadline, drop what is left (each dropped stream records itself).
         if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
             .await
@@ -257,22 +262,45 @@ impl App {
             // 4: every record on disk.
             tasks.journal.close();
             tasks.writer.join().await;
-            // 5: ship what Postgres will take, within the deadline.
+            // 5: ship what Postgres will take, within the deadline (a short one when it is not answering).
+            let reachable = tasks
+                .ledger
+                .reachable
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = if reachable {
+                tasks.ship_deadline
+            } else {
+                tasks.ship_deadline.min(UNREACHABLE_BOUND)
+            };
+            tracing::info!(
+                records = tasks.journal.backlog().pending_records,
+                ?deadline,
+                database_reachable = reachable,
+                "shutting down: journal closed, shipping what is left"
+            );
             tasks.stop.cancel();
             let mut shipper = tasks.shipper;
-            if tokio::time::timeout(tasks.ship_deadline, &mut shipper)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(deadline, &mut shipper).await.is_err() {
                 tasks.drain.cancel();
                 let _ = shipper.await;
             }
-            // 6: the roller's last round; the deliverer's current delivery.
+            // 6: the roller's last round; the deliverer's current delivery; the budgets' refresher — together,
+            // bounded (briefly when the database is not answering: there is nothing to finish there).
             tasks.billing_stop.cancel();
-            let bound = crate::webhook::WEBHOOK_TIMEOUT + Duration::from_secs(2);
-            for mut task in [tasks.rolling, tasks.delivering, tasks.budgeting] {
-                if tokio::time::timeout(bound, &mut task).await.is_err() {
-                    task.abort();
+            let reachable = tasks
+                .ledger
+                .reachable
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let bound = if reachable {
+                crate::webhook::WEBHOOK_TIMEOUT + Duration::from_secs(2)
+            } else {
+                UNREACHABLE_BOUND
+            };
+            let mut workers = [tasks.rolling, tasks.delivering, tasks.budgeting];
+            let all = futures_util::future::join_all(workers.iter_mut());
+            if tokio::time::timeout(bound, all).await.is_err() {
+                for w in &workers {
+                    w.abort();
                 }
             }
             let left = tasks.journal.backlog().pending_records;
@@ -287,8 +315,12 @@ impl App {
         if let Some(sim) = self.sim {
             sim.shutdown().await;
         }
+        tracing::info!(took = ?started.elapsed(), "shut down");
     }
 }
+
+/// How long shutdown gives work that needs the database once it is not answering (shipping, the last roll).
+const UNREACHABLE_BOUND: Duration = Duration::from_secs(2);
 
 /// The shared state: the meter (with the injected or the journal's recorder, and clock), metrics, and the
 /// journal and ledger handles for the admin listener.

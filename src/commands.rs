@@ -107,10 +107,5 @@ async fn command_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
         .as_ref()
         .map(|l| l.database_url.clone())
         .unwrap_or_default();
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the ledger (--database-url, DATABASE_URL): {e}"))
+    crate::ledger::command_pool(&url).await
 }

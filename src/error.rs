@@ -130,9 +130,23 @@ impl ApiError {
         }
     }
 
-    /// This error as the proxy's answer to a call in `protocol`.
+    /// This error as the proxy's answer to a call in `protocol`, with the call's id (the key of its ledger row).
     pub fn for_call(&self, protocol: Protocol, call_id: Uuid) -> Response<Body> {
         let id = call_id.to_string();
+        let mut resp = self.shaped(protocol, Some(&id));
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert(CALL_ID_HEADER, v);
+        }
+        resp
+    }
+
+    /// This error as the proxy's answer to a request that is not a call (a path it does not serve): in
+    /// `protocol`'s shape, without a call id — nothing is recorded for it.
+    pub fn for_request(&self, protocol: Protocol) -> Response<Body> {
+        self.shaped(protocol, None)
+    }
+
+    fn shaped(&self, protocol: Protocol, id: Option<&str>) -> Response<Body> {
         let (status, code, message) = (self.status(), self.code(), self.to_string());
         let body = match protocol {
             Protocol::OpenAi | Protocol::Responses => serde_json::json!({
@@ -149,11 +163,13 @@ impl ApiError {
                 "request_id": id,
             }),
         };
-        let mut resp = json_response(status, &body);
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            resp.headers_mut().insert(CALL_ID_HEADER, v);
+        let mut body = body;
+        if id.is_none() {
+            if let Some(o) = body.as_object_mut() {
+                o.remove("request_id");
+            }
         }
-        resp
+        json_response(status, &body)
     }
 }
 

@@ -2,13 +2,16 @@
 
 use crate::config::LogFormat;
 
+/// `info`, without Postgres's notices (`relation … already exists, skipping` at every start's migration check).
+pub const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 /// Log lines (one per call at `info`) are written to stderr by a thread of their own, so no request waits
 /// on a write syscall. Not lossy: if stderr stalls long enough to fill the queue, logging waits. The guard
 /// flushes the queue when dropped. Colour only when stderr is a terminal: a redirected log stays plain.
 pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("METER_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("METER_LOG")
+        .unwrap_or_else(|_| DEFAULT_FILTER.into());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")

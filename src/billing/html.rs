@@ -90,7 +90,8 @@ h1{font-size:20px;margin:0 0 4px}.sub{color:#666;margin:0 0 16px}\
 .state-open{color:#f28e2b}.state-provisional{color:#b07aa1}.state-closed{color:#59a14f}\
 svg text{font-size:11px;fill:#555}.legend{display:flex;gap:14px;flex-wrap:wrap;margin:4px 0 16px}\
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px}\
-table{border-collapse:collapse;font-size:12px}th,td{padding:3px 8px;border-bottom:1px solid #eee;white-space:nowrap}\
+table{border-collapse:collapse;font-size:12px}th,td{padding:3px 6px;border-bottom:1px solid #eee;white-space:nowrap}\
+th{white-space:normal;vertical-align:bottom}.wide{overflow-x:auto;max-width:100%}\
 th{text-align:left;background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 tfoot td{font-weight:bold;border-top:2px solid #999}";
 
@@ -244,6 +245,8 @@ fn period_label(g: Granularity, p: DateTime<Utc>, tz: Tz) -> String {
     }
 }
 
+/// The table: what each row is (period, groups), then its money, then the counts, then the hour's state — so
+/// the cost stays in view on a narrow window — under short headers (the column's name in the tooltip).
 fn table(report: &Report) -> String {
     let columns = report.columns();
     let numeric = |c: &str| {
@@ -252,15 +255,25 @@ fn table(report: &Report) -> String {
             "billing_hour" | "model" | "project" | "key_fingerprint" | "state"
         )
     };
+    let rank = |c: &str| match c {
+        "cost_total" | "adjustment_yuan" => 1,
+        "state" | "revision" => 3,
+        c if numeric(c) => 2,
+        _ => 0,
+    };
+    let mut order: Vec<usize> = (0..columns.len()).collect();
+    order.sort_by_key(|i| rank(columns[*i]));
     let (rows, total) = report.cells();
-    let mut s = String::from("<table id=\"bill\"><thead><tr>");
-    for c in &columns {
-        let _ = write!(s, "<th>{}</th>", esc(c));
+    let mut s = String::from("<div class=\"wide\"><table id=\"bill\"><thead><tr>");
+    for &i in &order {
+        let c = columns[i];
+        let _ = write!(s, "<th title=\"{}\">{}</th>", esc(c), esc(header(c)));
     }
     s.push_str("</tr></thead><tbody>\n");
     let row = |s: &mut String, cells: &[String]| {
         s.push_str("<tr>");
-        for (c, v) in columns.iter().zip(cells) {
+        for &i in &order {
+            let (c, v) = (columns[i], cells.get(i).map_or("", String::as_str));
             let _ = write!(
                 s,
                 "<td{}>{}</td>",
@@ -275,8 +288,27 @@ fn table(report: &Report) -> String {
     }
     s.push_str("</tbody><tfoot>");
     row(&mut s, &total);
-    s.push_str("</tfoot></table>\n");
+    s.push_str("</tfoot></table></div>\n");
     s
+}
+
+/// A column's header on the page (the CSV and JSON keep the names).
+fn header(column: &str) -> &str {
+    match column {
+        "billing_hour" => "period",
+        "key_fingerprint" => "key",
+        "cost_total" => "cost (CNY)",
+        "adjustment_yuan" => "of which corrections",
+        "unpriced_calls" => "unpriced",
+        "estimated_calls" => "estimated",
+        "input_tokens" => "input",
+        "cached_tokens" => "cache reads",
+        "cache_creation_tokens" => "cache writes",
+        "reasoning_tokens" => "reasoning",
+        "answer_tokens" => "answer",
+        "output_tokens" => "output",
+        c => c,
+    }
 }
 
 /// Escapes text for HTML content and attribute values.

@@ -29,12 +29,7 @@ pub async fn cli_report(
     let [from, to, by, granularity] = texts;
     let query = ReportQuery::parse(from, to, by, granularity, timezone, Utc::now())
         .map_err(|e| anyhow::anyhow!("invalid report flag --{}", e.0.replacen(": ", " ", 1)))?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the bill (--database-url, DATABASE_URL): {e}"))?;
+    let pool = crate::ledger::command_pool(database_url).await?;
     let text = render(&pool, &query, format)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the bill: {e}"))?;

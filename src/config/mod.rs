@@ -513,15 +513,20 @@ pub fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigFileError> {
         path: path.display().to_string(),
         problem: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| ConfigFileError {
-        path: path.display().to_string(),
-        // toml's message spans lines (it quotes the source); the first line names the key.
-        problem: e
-            .message()
-            .lines()
-            .next()
-            .unwrap_or("parse error")
-            .to_owned(),
+    toml::from_str(&text).map_err(|e| {
+        // toml's message spans lines (it quotes the source); its first line names the key. Where: the line
+        // and column of the span's start.
+        let what = e.message().lines().next().unwrap_or("parse error");
+        let at = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ConfigFileError {
+            path: path.display().to_string(),
+            problem: format!("{}{what}", at.unwrap_or_default()),
+        }
     })
 }
 

@@ -146,3 +146,39 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
     }
     Ok(())
 }
+
+/// A small pool for a command that runs to its end (`report`, `reconcile`, `reprice`). It connects once first,
+/// so a database that cannot be reached is named with what went wrong — refused, no such host, a wrong
+/// password — and where (never the password), instead of a pool's timeout.
+pub async fn command_pool(url: &str) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("invalid setting --database-url (DATABASE_URL): {e}"))?;
+    let place = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    let cannot = |why: String| {
+        anyhow::anyhow!(
+            "cannot reach the ledger database at {place} (--database-url, DATABASE_URL): {why}"
+        )
+    };
+    let options = options.disable_statement_logging();
+    match tokio::time::timeout(CONNECT_BOUND, options.connect()).await {
+        Err(_) => return Err(cannot(format!("no answer within {CONNECT_BOUND:?}"))),
+        Ok(Err(e)) => return Err(cannot(e.to_string())),
+        Ok(Ok(first)) => {
+            let _ = sqlx::Connection::close(first).await;
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_BOUND)
+        .connect_with(options)
+        .await
+        .map_err(|e| cannot(e.to_string()))
+}
+
+/// How long a command waits for the database to answer a connection.
+pub const CONNECT_BOUND: Duration = Duration::from_secs(5);

@@ -153,7 +153,7 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let route = route(&parts.method, parts.uri.path());
         let (protocol, metered) = match route {
-            Route::NotFound => return ApiError::NotFound.for_call(Protocol::OpenAi, call_id),
+            Route::NotFound => return ApiError::NotFound.for_request(Protocol::OpenAi),
             Route::Metered(p) => (p, true),
             Route::Forward(p) => (p, false),
         };

@@ -228,7 +228,7 @@ async fn two_sidecars_on_one_database_give_one_exact_bill() {
     let clock = Clock::manual(at("2026-11-25T08:30:00Z"));
     let t = LedgerApp::start_at(up.upstream(), clock.clone(), |_| {}).await;
     let (other, _journal2) = t.beside(up.upstream(), clock.clone(), |_| {}).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     for i in 0..40 {
         let addr = if i % 2 == 0 {
             t.app.proxy_addr

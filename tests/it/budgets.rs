@@ -966,7 +966,8 @@ async fn every_scope_is_counted_by_the_triggers_and_seeded_from_the_rollups() {
         prices.to_str().unwrap(),
         "--database-url",
         &t.db.url,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let corrected = spent_by_scope(&pool, day).await;
     assert!(corrected[1].1 > moved[1].1, "by-model moved: {corrected:?}");
@@ -1055,7 +1056,7 @@ async fn a_block_budget_on_a_model_without_a_price_refuses_it_and_says_so_at_sta
             .collect();
         Bin::start(&args, &[], &["proxy_addr", "admin_addr"])
     };
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let call = |proxy: String, model: &'static str| {
         let http = http.clone();
         async move {

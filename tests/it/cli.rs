@@ -2,17 +2,17 @@
 //! serves with no API key; the call log line carries the metering fields and never the key (failed calls at info, every
 //! call at debug); SIGTERM exits 0.
 
-use crate::helpers::bin::{Bin, BIN, SERVE_ON_SIM};
-use crate::helpers::TestDb;
+use crate::helpers::bin::{output_blocking, wait_bounded, Bin, BIN, RUN_BOUND, SERVE_ON_SIM};
+use crate::helpers::{test_client, TestDb};
 use std::process::Command;
 
 fn stderr_of(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("METER_LISTEN")
-        .output()
-        .unwrap();
+    let out = output_blocking(
+        Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("METER_LISTEN"),
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -87,11 +87,7 @@ fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
 
 #[test]
 fn prices_prints_the_builtin_book() {
-    let out = Command::new(BIN)
-        .arg("prices")
-        .env_remove("METER_PRICES")
-        .output()
-        .unwrap();
+    let out = output_blocking(Command::new(BIN).arg("prices").env_remove("METER_PRICES"));
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let line = text
@@ -162,7 +158,7 @@ fn call_log_lines(env: &[(&str, &str)]) -> Vec<serde_json::Value> {
     let mut bin = Bin::start(&args, env, &["proxy_addr"]);
     let proxy = bin.addrs[0].clone();
     rt.block_on(async {
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = test_client();
         for fault in [None, Some("429")] {
             let mut rb = http
                 .post(format!("http://{proxy}/compatible-mode/v1/chat/completions"))
@@ -234,14 +230,122 @@ fn a_text_log_to_a_pipe_has_no_colour_codes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-    let serving = lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|l| l.contains("deepseek-meter serving"))
-        .expect("the serving line");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("deepseek-meter serving") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let serving = rx.recv_timeout(RUN_BOUND);
     let _ = child.kill();
-    let _ = child.wait();
+    let _ = wait_bounded(&mut child);
+    let serving = serving.expect("the serving line");
     assert!(serving.contains("INFO"), "a text line: {serving:?}");
     assert!(!serving.contains('\u{1b}'), "no escape codes: {serving:?}");
+}
+
+/// A config file that is not valid TOML, or has a key that is not a setting: one line naming the file, the
+/// line and column, and what is wrong; exit 2.
+#[test]
+fn a_bad_config_file_is_named_with_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        (
+            "listen = \"127.0.0.1:0\"\n\n[[budget]]\nname = \"unterminated\n",
+            "line 4, column 21: invalid basic string",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"\nlisen = \"x\"\n",
+            "line 2, column 1: unknown field `lisen`",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let (code, stderr) = stderr_of(&["--config", path.to_str().unwrap(), "prices"], &[]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("invalid config file") && stderr.contains("bad.toml"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
+}
+
+/// `report` against a database that is not there says so at once, and where: not a pool's timeout.
+#[tokio::test]
+async fn report_against_an_absent_database_names_it_and_why() {
+    let refused = crate::helpers::refusing_port();
+    let url = format!("postgres://meter:secret-password@{}/nowhere", refused.1);
+    let (code, stderr) = stderr_of(&["report", "--database-url", &url], &[]);
+    assert_ne!(code, 0, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the ledger database at {}/nowhere",
+            refused.1
+        )) && stderr.to_lowercase().contains("refused"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("pool timed out") && !stderr.contains("secret-password"),
+        "{stderr}"
+    );
+}
+
+/// SIGTERM with the database away: the calls are in the journal, nothing waits on Postgres for long — the
+/// process exits within the drain (nothing in flight here) plus 2 s for shipping and 2 s for the last roll —
+/// and each step is logged, ending with the records left for the next start.
+#[tokio::test]
+async fn sigterm_with_the_database_away_exits_within_its_bound_and_says_what_it_left() {
+    let refused = crate::helpers::refusing_port();
+    let journal = tempfile::tempdir().unwrap();
+    let url = format!("postgres://meter@{}/away", refused.1);
+    let args: Vec<&str> = SERVE_ON_SIM
+        .into_iter()
+        .chain([
+            "--database-url",
+            &url,
+            "--journal-dir",
+            journal.path().to_str().unwrap(),
+        ])
+        .collect();
+    let mut bin = Bin::start(&args, &[], &["proxy_addr"]);
+    let resp = test_client()
+        .post(format!(
+            "http://{}/compatible-mode/v1/chat/completions",
+            bin.addrs[0]
+        ))
+        .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let t = std::time::Instant::now();
+    assert!(bin.sigterm().success());
+    let took = t.elapsed();
+    assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+    let log = bin.log();
+    let messages: Vec<String> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(str::to_owned))
+        .collect();
+    for step in [
+        "shutting down: listeners closed, draining calls in flight",
+        "shutting down: journal closed, shipping what is left",
+        "records left in the journal; they are shipped at the next start",
+        "shut down",
+    ] {
+        assert!(messages.iter().any(|m| m == step), "{step}: {messages:?}");
+    }
+    assert!(
+        !log.iter().any(|l| l.contains("already exists, skipping")),
+        "Postgres notices stay out of the default log"
+    );
 }

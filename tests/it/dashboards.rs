@@ -53,12 +53,20 @@ fn every_metric_the_dashboards_use_is_one_the_sidecar_declares() {
     }
 }
 
+/// Whether `tool` is on the PATH.
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+}
+
 fn run(tool: &str, args: &[&str]) {
-    let out = Command::new(tool)
-        .args(args)
-        .current_dir(dashboards())
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is installed (apt-get install prometheus prometheus-alertmanager; .ci/run does): {e}"));
+    assert!(
+        which(tool),
+        "{tool} is installed (apt-get install prometheus prometheus-alertmanager; .ci/run does)"
+    );
+    let out = crate::helpers::bin::output_blocking(
+        Command::new(tool).args(args).current_dir(dashboards()),
+    );
     assert!(
         out.status.success(),
         "{tool} {args:?}:\n{}{}",
@@ -124,7 +132,7 @@ struct Child(std::process::Child);
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = crate::helpers::bin::wait_bounded(&mut self.0);
     }
 }
 
@@ -580,11 +588,11 @@ fn the_deployment_files_keep_their_promises() {
         dir.path().join("alerts.yml"),
     )
     .unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "config", "prometheus.yml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = crate::helpers::bin::output_blocking(
+        Command::new("promtool")
+            .args(["check", "config", "prometheus.yml"])
+            .current_dir(dir.path()),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -305,9 +305,11 @@ async fn two_sidecars_deliver_each_hour_once() {
 }
 
 /// `libfaketime` (Debian's `faketime`, installed by `.ci/run`): the real binary runs on a clock that starts at
-/// the given UTC time and then ticks in real time (timers keep the real monotonic clock).
-fn fake_clock(start: &str) -> [(&'static str, String); 3] {
+/// the given UTC time and then ticks in real time (timers keep the real monotonic clock). `TZ=UTC`: libfaketime
+/// reads the start time in the process's zone, which must not be the machine's.
+fn fake_clock(start: &str) -> [(&'static str, String); 4] {
     [
+        ("TZ", "UTC".to_owned()),
         (
             "LD_PRELOAD",
             "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".to_owned(),
@@ -324,7 +326,7 @@ fn fake_clock(start: &str) -> [(&'static str, String); 3] {
 async fn the_real_binary_delivers_each_closed_hour_once_across_a_restart() {
     use crate::helpers::bin::{Bin, SERVE_ON_SIM};
     assert!(
-        Path::new(&fake_clock("")[0].1).exists(),
+        Path::new(&fake_clock("")[1].1).exists(),
         "libfaketime is installed (apt-get install faketime; .ci/run does)"
     );
     let (receiver, url) = receiver().await;
@@ -351,7 +353,7 @@ async fn the_real_binary_delivers_each_closed_hour_once_across_a_restart() {
         Bin::start(&args, &env, &["proxy_addr"])
     };
     let mut bin = start("2026-11-25 15:59:52");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let resp = http
         .post(format!("http://{}{COMPAT_PATH}", bin.addrs[0]))
         .body(r#"{"model":"deepseek-v3","messages":[{"role":"user","content":"hi"}]}"#)
@@ -383,6 +385,9 @@ async fn the_real_binary_delivers_each_closed_hour_once_across_a_restart() {
     assert_eq!(receiver.body_of(r1)["rows"][0]["revision"], 1);
     assert_eq!(receiver.body_of(r1)["total"]["calls"], 2);
     assert!(bin.sigterm().success());
+    // A restart on a migrated database logs no Postgres notice (`relation … already exists, skipping`).
+    let log = bin.log();
+    assert!(!log.iter().any(|l| l.contains("already exists")), "{log:?}");
     db.audit(&[id, late_id].into_iter().collect(), journal.path())
         .await;
     pool.close().await;

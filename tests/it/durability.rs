@@ -4,7 +4,6 @@
 //! database.
 
 use crate::helpers::*;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,7 +51,7 @@ async fn kill_under_load(strict: bool, rounds: usize) -> (usize, Vec<(String, Du
     } else {
         &[]
     };
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let mut all: Vec<(String, Instant, Instant)> = Vec::new(); // (call id, completed, its round's kill)
     for round in 0..rounds {
         let (mut child, proxy) = spawn(&serve_args(&db, &jdir, "sim", extra), "proxy_addr");
@@ -169,7 +168,7 @@ async fn sigterm_with_open_streams_finishes_or_cuts_each_at_the_deadline_and_rec
         &serve_args(&db, &jdir, &upstream, &["--drain-timeout-ms", "4000"]),
         "proxy_addr",
     );
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let mut open = Vec::new();
     // Long streams first, so every short one is still running at the SIGTERM.
     for i in 0..streams {
@@ -241,10 +240,12 @@ async fn sigterm_with_open_streams_finishes_or_cuts_each_at_the_deadline_and_rec
 async fn migrate_creates_the_database_and_is_idempotent() {
     let db = TestDb::new().await;
     for _ in 0..2 {
-        let out = Command::new(BIN)
-            .args(["migrate", "--database-url", &db.url])
-            .output()
-            .unwrap();
+        let out = crate::helpers::bin::output_of(tokio::process::Command::new(BIN).args([
+            "migrate",
+            "--database-url",
+            &db.url,
+        ]))
+        .await;
         assert!(
             out.status.success(),
             "{}",

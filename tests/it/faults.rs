@@ -47,7 +47,7 @@ async fn postgres_outage_under_steady_load_loses_and_duplicates_nothing() {
         s.ledger.as_mut().unwrap().database_url = pg.url_for(&db.url);
     })
     .await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
 
     // Steady load: 4 clients, back to back, both protocols, streaming and not.
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -165,11 +165,11 @@ struct Tmpfs(tempfile::TempDir);
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let out = crate::helpers::bin::output_blocking(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path()),
+        );
         assert!(
             out.status.success(),
             "the disk-full test mounts a tmpfs and needs root (CI runs as root): {}",
@@ -181,10 +181,13 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
+        if let Ok(mut umount) = std::process::Command::new("umount")
             .arg("-l")
             .arg(self.0.path())
-            .status();
+            .spawn()
+        {
+            let _ = crate::helpers::bin::wait_bounded(&mut umount);
+        }
     }
 }
 
@@ -197,7 +200,7 @@ async fn journal_disk_full_refuses_new_calls_and_loses_none() {
     let up = ScriptedUpstream::start().await;
     up.answer_always(Script::json(200, captures::COMPAT_R1_JSON));
     let app = LedgerApp::start_on(&db, &jdir, up.upstream(), |_| {}).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let url = format!("http://{}{COMPAT_PATH}", app.proxy_addr);
     let body = r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#;
     let mut answered = HashSet::new();

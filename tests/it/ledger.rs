@@ -237,7 +237,7 @@ async fn records_journaled_without_a_database_are_shipped_after_restart() {
         s.ledger.as_mut().unwrap().database_url = format!("postgres://postgres@{dead}/{}", db.name);
     })
     .await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let mut ids = std::collections::HashSet::new();
     for _ in 0..25 {
         let r = http
@@ -522,7 +522,7 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
         },
     )
     .await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let budgets_url = format!("http://{}/v1/budgets", app.admin_addr);
     let mut coordination = Value::Null;
     for _ in 0..200 {
@@ -696,7 +696,7 @@ async fn a_row_postgres_rejects_goes_to_the_dead_letter_file_and_the_rest_of_its
         "{dead}"
     );
     let metrics = get_text(
-        &reqwest::Client::new(),
+        &test_client(),
         &format!("http://{}/metrics", app.admin_addr),
     )
     .await;

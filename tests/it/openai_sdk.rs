@@ -15,13 +15,13 @@ async fn openai_sdk_sees_the_same_text_through_the_proxy() {
     let direct = format!("http://{}", sim.addr);
     let t = TestApp::start(Upstream::Url(direct.parse().unwrap())).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_peer.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&direct)
-        .arg(format!("http://{}", t.app.proxy_addr))
-        .output()
-        .await
-        .expect("python3 runs");
+    let out = crate::helpers::bin::output_of(
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(&direct)
+            .arg(format!("http://{}", t.app.proxy_addr)),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -81,13 +81,13 @@ async fn responses_and_anthropic_sdks_work_unchanged_through_the_proxy() {
     let direct = format!("http://{}", sim.addr);
     let t = TestApp::start(Upstream::Url(direct.parse().unwrap())).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/peers_2026.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&direct)
-        .arg(format!("http://{}", t.app.proxy_addr))
-        .output()
-        .await
-        .expect("python3 runs");
+    let out = crate::helpers::bin::output_of(
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(&direct)
+            .arg(format!("http://{}", t.app.proxy_addr)),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -341,7 +341,7 @@ async fn the_new_protocols_reach_the_client_byte_for_byte() {
         .unwrap();
     let direct = format!("http://{}", sim.addr);
     let t = TestApp::start(Upstream::Url(direct.parse().unwrap())).await;
-    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let plain = test_client();
     for protocol in [Protocol::Responses, Protocol::Anthropic] {
         for stream in [false, true] {
             let (path, body, headers) = request(protocol, "deepseek-v4-pro", stream, None);

@@ -507,15 +507,31 @@ async fn unknown_and_traversal_paths_are_404_in_openai_shape_and_never_forwarded
         );
         let answer = raw_http(t.app.proxy_addr, raw.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
-        assert!(answer.contains("x-meter-call-id: "), "{path}: {answer}");
+        // Not a call: nothing is recorded, so no call id that would never find a row.
+        assert!(!answer.contains("x-meter-call-id"), "{path}: {answer}");
         let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(json["error"]["code"], "not_found", "{path}");
+        assert!(json.get("request_id").is_none(), "{json}");
     }
     assert!(
         up.seen.lock().unwrap().is_empty(),
         "nothing reached the upstream"
     );
+    assert!(
+        t.records.records().is_empty(),
+        "no record for a path the proxy does not serve"
+    );
+    // The admin listener's unknown paths: a 404 with a JSON body, too.
+    let resp = t
+        .http
+        .get(t.admin_url("/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "not_found", "{json}");
 }
 
 #[tokio::test]

@@ -182,7 +182,7 @@ impl World {
     }
 
     /// `deepseek-meter reconcile` with these flags: exit code, stdout, stderr.
-    fn reconcile(&self, args: &[&str]) -> (Option<i32>, String, String) {
+    async fn reconcile(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let config = self.config.to_str().unwrap();
         let db = &self.t.db.url;
         run_bin(
@@ -192,6 +192,7 @@ impl World {
             ]
             .concat(),
         )
+        .await
     }
 
     /// The simulator's export so far, written to a file (without the lines `drop` says).
@@ -246,7 +247,7 @@ async fn simulator_traffic_reconciles_to_a_match_and_each_injected_drift_is_name
     w.t.app.roll_bill().await.unwrap().unwrap();
 
     let clean = w.export("clean.csv", |_| false);
-    let (code, out, err) = w.reconcile(&["--bill", &clean, "--format", "json"]);
+    let (code, out, err) = w.reconcile(&["--bill", &clean, "--format", "json"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("imported the bill: 6 new lines"), "{err}");
     let j: Value = serde_json::from_str(&out).unwrap();
@@ -266,7 +267,7 @@ async fn simulator_traffic_reconciles_to_a_match_and_each_injected_drift_is_name
         "the 13:57 call is carried into hour 14: {spilled}"
     );
     // The same file again changes nothing.
-    let (code, _, err) = w.reconcile(&["--bill", &clean, "--format", "json"]);
+    let (code, _, err) = w.reconcile(&["--bill", &clean, "--format", "json"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("0 new lines, 0 changed, 6 unchanged"), "{err}");
 
@@ -308,16 +309,18 @@ async fn simulator_traffic_reconciles_to_a_match_and_each_injected_drift_is_name
     w.t.app.roll_bill().await.unwrap().unwrap();
 
     let all = w.export("all.csv", |l| l.starts_with("2026-11-25 18:00:00"));
-    let (code, out, err) = w.reconcile(&[
-        "--bill",
-        &all,
-        "--from",
-        "2026-11-25T13",
-        "--to",
-        "2026-11-25T19",
-        "--format",
-        "json",
-    ]);
+    let (code, out, err) = w
+        .reconcile(&[
+            "--bill",
+            &all,
+            "--from",
+            "2026-11-25T13",
+            "--to",
+            "2026-11-25T19",
+            "--format",
+            "json",
+        ])
+        .await;
     assert_eq!(code, Some(0), "{err}");
     let j: Value = serde_json::from_str(&out).unwrap();
     let verdicts: Vec<(String, String)> = hours(&j);
@@ -425,21 +428,25 @@ async fn simulator_traffic_reconciles_to_a_match_and_each_injected_drift_is_name
     assert_eq!(bad.status(), 400);
 
     // Table and CSV say the same verdicts.
-    let (_, table, _) = w.reconcile(&["--from", "2026-11-25T13", "--to", "2026-11-25T19"]);
+    let (_, table, _) = w
+        .reconcile(&["--from", "2026-11-25T13", "--to", "2026-11-25T19"])
+        .await;
     println!("{table}");
     assert!(
         table.contains("money_drift") && table.contains("only_in_bill"),
         "{table}"
     );
     assert!(table.contains("the totals differ"), "{table}");
-    let (_, csv, _) = w.reconcile(&[
-        "--from",
-        "2026-11-25T13",
-        "--to",
-        "2026-11-25T19",
-        "--format",
-        "csv",
-    ]);
+    let (_, csv, _) = w
+        .reconcile(&[
+            "--from",
+            "2026-11-25T13",
+            "--to",
+            "2026-11-25T19",
+            "--format",
+            "csv",
+        ])
+        .await;
     assert!(csv.starts_with("hour,hour_verdict,key_id"), "{csv}");
     assert!(
         csv.lines()
@@ -461,7 +468,7 @@ async fn an_unreadable_export_imports_nothing_and_names_the_line() {
     lines.push("2026/11/25 14:00:00,2026/11/25 15:00:00,sfm,x,1;llm-a;deepseek-r1;output_token;api,12.5,tokens,0.01,CNY");
     let path = w.dir.path().join("bad.csv");
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let (code, _, err) = w.reconcile(&["--bill", path.to_str().unwrap()]);
+    let (code, _, err) = w.reconcile(&["--bill", path.to_str().unwrap()]).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("line 4: usage 12.5 tokens is not a whole number of tokens"),
@@ -475,7 +482,7 @@ async fn an_unreadable_export_imports_nothing_and_names_the_line() {
         .unwrap();
     assert_eq!(n, 0, "nothing half-imported");
     // Without a period or a file, the command says what is missing.
-    let (code, _, err) = w.reconcile(&[]);
+    let (code, _, err) = w.reconcile(&[]).await;
     assert_eq!(code, Some(2));
     assert!(err.contains("give --from and --to"), "{err}");
     w.t.audit(&[]).await;
@@ -516,7 +523,7 @@ async fn long_commands_show_progress_on_a_terminal_and_stay_quiet_when_piped() {
         (&reconcile[..], "reconcile: reading the export"),
         (&reprice[..], "reprice: hour 1 of 1"),
     ] {
-        let (code, out, err) = run_bin(args);
+        let (code, out, err) = run_bin(args).await;
         assert_eq!(code, Some(0), "{err}");
         assert!(!out.contains(stage) && !err.contains(stage), "piped: {err}");
         let line = std::iter::once(crate::helpers::bin::BIN)
@@ -524,10 +531,13 @@ async fn long_commands_show_progress_on_a_terminal_and_stay_quiet_when_piped() {
             .map(|a| format!("'{a}'"))
             .collect::<Vec<_>>()
             .join(" ");
-        let on_terminal = std::process::Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .output()
-            .unwrap();
+        let on_terminal =
+            crate::helpers::bin::output_of(tokio::process::Command::new("script").args([
+                "-qec",
+                &line,
+                "/dev/null",
+            ]))
+            .await;
         let text = String::from_utf8_lossy(&on_terminal.stdout);
         assert!(on_terminal.status.success(), "{text}");
         assert!(text.contains(stage), "on a terminal: {text}");
@@ -571,7 +581,7 @@ async fn the_platforms_bill_tells_which_anthropic_input_reading_is_right() {
             [Some("off-peak".into()), Some("peak".into()), None, None]
         );
         let bill = w.export("anthropic.csv", |_| false);
-        let (code, out, err) = w.reconcile(&["--bill", &bill, "--format", "json"]);
+        let (code, out, err) = w.reconcile(&["--bill", &bill, "--format", "json"]).await;
         assert_eq!(code, Some(0), "{err}");
         let j: Value = serde_json::from_str(&out).unwrap();
         if convention == InputConvention::ExcludesCache {
@@ -679,7 +689,7 @@ async fn hand_call(t: &LedgerApp, clock: &Clock, beijing: &str) {
     resp.bytes().await.unwrap();
 }
 
-fn run_reconcile(
+async fn run_reconcile(
     config: &std::path::Path,
     db: &str,
     args: &[&str],
@@ -691,7 +701,7 @@ fn run_reconcile(
         "--database-url",
         db,
     ];
-    run_bin(&[&base[..], args].concat())
+    run_bin(&[&base[..], args].concat()).await
 }
 
 fn line<'a>(h: &'a Value, ty: &str) -> &'a Value {
@@ -743,7 +753,7 @@ async fn a_hand_written_platform_bill_in_the_consoles_chinese_layout_reconciles(
     // The first export is short of hour 14's output (the platform had not booked all of it yet).
     let early = write("early.csv", "6.000");
     let (code, out, err) =
-        run_reconcile(&config, &t.db.url, &["--bill", &early, "--format", "json"]);
+        run_reconcile(&config, &t.db.url, &["--bill", &early, "--format", "json"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("4 new lines, 0 changed, 0 unchanged, 1 of other products skipped"),
@@ -776,7 +786,8 @@ async fn a_hand_written_platform_bill_in_the_consoles_chinese_layout_reconciles(
         &config,
         &t.db.url,
         &["--bill", &restated, "--format", "json"],
-    );
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("0 new lines, 1 changed, 3 unchanged, 1 of other products skipped"),
@@ -840,7 +851,8 @@ async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
     )
     .unwrap();
     let bill = bill.to_str().unwrap();
-    let (code, out, err) = run_reconcile(&config, &t.db.url, &["--bill", bill, "--format", "json"]);
+    let (code, out, err) =
+        run_reconcile(&config, &t.db.url, &["--bill", bill, "--format", "json"]).await;
     assert_eq!(code, Some(0), "{err}");
     let j: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(hours(&j), [("13".into(), "money_drift".into())], "{j}");
@@ -869,7 +881,8 @@ async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
         prices.to_str().unwrap(),
         "--database-url",
         &t.db.url,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let summary: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["adjusted"], 2, "{summary}");
@@ -885,7 +898,8 @@ async fn reprice_with_the_platforms_price_turns_a_money_drift_into_a_match() {
             "--format",
             "json",
         ],
-    );
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let j: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(hours(&j), [("13".into(), "match".into())], "{j}");

@@ -221,20 +221,38 @@ fn unescape(s: &str) -> String {
 }
 
 /// The HTML table's rows (body, then foot), cell texts unescaped.
-fn cells_from_html(html: &str) -> Vec<Vec<String>> {
+/// The HTML table's cells, put back in the report's column order (the page orders and labels its columns
+/// for reading; each header's `title` is the column's name).
+fn cells_from_html(html: &str, columns: &[&str]) -> Vec<Vec<String>> {
     let table = &html[html.find("<table id=\"bill\">").unwrap()..];
     let table = &table[..table.find("</table>").unwrap()];
+    let titles: Vec<String> = table
+        .split("<th title=\"")
+        .skip(1)
+        .map(|t| unescape(&t[..t.find('"').unwrap()]))
+        .collect();
+    let mut sorted = titles.clone();
+    sorted.sort();
+    let mut want: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    want.sort();
+    assert_eq!(sorted, want, "every column once");
+    let position: Vec<usize> = columns
+        .iter()
+        .map(|c| titles.iter().position(|t| t == c).unwrap())
+        .collect();
     let body = &table[table.find("<tbody>").unwrap()..];
     body.split("<tr>")
         .skip(1)
         .map(|row| {
-            row.split("<td")
+            let cells: Vec<String> = row
+                .split("<td")
                 .skip(1)
                 .map(|c| {
                     let c = &c[c.find('>').unwrap() + 1..];
                     unescape(&c[..c.find("</td>").unwrap()])
                 })
-                .collect()
+                .collect();
+            position.iter().map(|p| cells[*p].clone()).collect()
         })
         .collect()
 }
@@ -280,7 +298,7 @@ fn formats_agree(report: &Report, chart: &[deepseek_meter::billing::report::Repo
     }
 
     let html = render(report, Format::Html, chart);
-    assert_eq!(cells_from_html(&html), want);
+    assert_eq!(cells_from_html(&html, &report.columns()), want);
     assert!(
         !html.contains("src=") && !html.contains("href=") && !html.contains("<script"),
         "self-contained"
@@ -417,7 +435,8 @@ async fn the_binary_prints_the_report_in_every_format() {
         &window[..],
         &["--by", "model", "--granularity", "day", "--format", "json"],
     ]
-    .concat());
+    .concat())
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let j: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(j["from"], "2026-11-25T00:00:00+08:00");
@@ -446,7 +465,7 @@ async fn the_binary_prints_the_report_in_every_format() {
     assert_eq!(j["total"]["state"], "open");
 
     let (code, csv_text, err) =
-        run(&[&window[..], &["--by", "project", "--format", "csv"]].concat());
+        run(&[&window[..], &["--by", "project", "--format", "csv"]].concat()).await;
     assert_eq!(code, Some(0), "{err}");
     let (header, csv_rows) = cells_from_csv(&csv_text);
     assert_eq!(header[..2], ["billing_hour", "project"]);
@@ -457,7 +476,7 @@ async fn the_binary_prints_the_report_in_every_format() {
         "0.02618"
     );
 
-    let (code, table, err) = run(&window);
+    let (code, table, err) = run(&window).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         table.lines().last().unwrap().starts_with("total"),
@@ -465,14 +484,14 @@ async fn the_binary_prints_the_report_in_every_format() {
     );
     assert!(table.contains("0.02618"), "{table}");
 
-    let (code, html, err) = run(&[&window[..], &["--format", "html"]].concat());
+    let (code, html, err) = run(&[&window[..], &["--format", "html"]].concat()).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         html.starts_with("<!DOCTYPE html>") && html.contains("¥0.02618"),
         "{html}"
     );
 
-    let (code, out, err) = run(&["--granularity", "week"]);
+    let (code, out, err) = run(&["--granularity", "week"]).await;
     assert_eq!((code, out.as_str()), (Some(2), ""));
     assert_eq!(
         err.trim(),
@@ -551,9 +570,9 @@ async fn the_html_report_renders_in_headless_chromium() {
     let (t, _up, _clock) = billed_app(|_| {}).await;
     let html = t
         .http
-        .get(
-            t.admin_url("/v1/bill/hourly?from=2026-11-25T20&to=2026-11-26T04&by=model&format=html"),
-        )
+        .get(t.admin_url(
+            "/v1/bill/hourly?from=2026-11-25T20&to=2026-11-26T04&by=model,project,key&format=html",
+        ))
         .send()
         .await
         .unwrap()
@@ -567,7 +586,64 @@ async fn the_html_report_renders_in_headless_chromium() {
     let dom = String::from_utf8(dom.stdout).unwrap();
     assert_eq!(dom.matches("class=\"bar\"").count(), 3, "{dom}");
     assert!(dom.contains("<td>total</td>"), "{dom}");
-    assert_eq!(cells_from_html(&dom).len(), 4, "three rows and the total");
+    let columns = [
+        "billing_hour",
+        "model",
+        "project",
+        "key_fingerprint",
+        "calls",
+        "unpriced_calls",
+        "estimated_calls",
+        "input_tokens",
+        "cached_tokens",
+        "cache_creation_tokens",
+        "reasoning_tokens",
+        "answer_tokens",
+        "output_tokens",
+        "cost_total",
+        "adjustment_yuan",
+        "state",
+        "revision",
+    ];
+    assert_eq!(
+        cells_from_html(&dom, &columns).len(),
+        4,
+        "three rows and the total"
+    );
+    // In a 1,200-pixel window the page does not overflow and the money columns are in view: measured by
+    // Chromium laying out the page (a copy with a script that writes the edges into the title). The report is
+    // by model, project and key: the widest grouping.
+    let measured = dir.path().join("measured.html");
+    std::fs::write(
+        &measured,
+        html.replace(
+            // The page forbids scripts; this copy lets the measuring one run.
+            "default-src 'none'; style-src 'unsafe-inline'",
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+        )
+        .replace(
+            "</body>",
+            "<script>document.title='right='+Math.ceil(document.querySelector('th[title=adjustment_yuan]').getBoundingClientRect().right)+' page='+document.documentElement.scrollWidth</script></body>",
+        ),
+    )
+    .unwrap();
+    let laid_out = chromium(&[
+        "--window-size=1200,800",
+        "--dump-dom",
+        &format!("file://{}", measured.display()),
+    ]);
+    let laid_out = String::from_utf8(laid_out.stdout).unwrap();
+    let title =
+        &laid_out[laid_out.find("<title>").unwrap() + 7..laid_out.find("</title>").unwrap()];
+    let number = |key: &str| -> u32 {
+        let t = &title[title.find(key).unwrap_or_else(|| panic!("{title}")) + key.len()..];
+        t.split(' ').next().unwrap().parse().unwrap()
+    };
+    println!("RESULT html report at 1200 px: {title}");
+    assert!(
+        number("right=") <= 1200 && number("page=") <= 1200,
+        "{title}"
+    );
     let shot = dir.path().join("bill.png");
     let out = chromium(&[
         &format!("--screenshot={}", shot.display()),
@@ -665,29 +741,61 @@ async fn readme_screenshot() {
 
 /// Runs headless Chromium (as root it needs `--no-sandbox`) with a bounded time.
 fn chromium(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new("timeout")
-        .args([
-            "60",
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-        ])
-        .args(["--no-first-run", "--disable-extensions"])
-        .arg(format!(
-            "--user-data-dir={}",
-            std::env::temp_dir()
-                .join(format!("dm-chromium-{}", uuid::Uuid::now_v7().simple()))
-                .display()
-        ))
-        .args(args)
-        .output()
-        .expect("chromium is installed (apt-get install chromium; .ci/run does)");
+    let mut out = std::process::Command::new("timeout");
+    out.args([
+        "60",
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+    ])
+    .args(["--no-first-run", "--disable-extensions"])
+    .arg(format!(
+        "--user-data-dir={}",
+        std::env::temp_dir()
+            .join(format!("dm-chromium-{}", uuid::Uuid::now_v7().simple()))
+            .display()
+    ))
+    .args(args);
+    let out = crate::helpers::bin::output_blocking(&mut out);
     assert!(
         out.status.success(),
         "chromium failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// What clients write (a project name) is text in the page a browser renders, never markup: a project named
+/// like an HTML element and a script shows as those characters, and the DOM Chromium builds has no such element.
+#[tokio::test]
+async fn a_hostile_project_name_is_text_in_the_rendered_page() {
+    let (t, up, clock) = billed_app(|_| {}).await;
+    clock.set(at("2026-11-25T15:50:00Z"));
+    let hostile = "<img src=x onerror=alert(1)><script>alert(2)</script>";
+    t.call_as(&up, V3_JSON, "deepseek-v3", "sk-report-test-0001", hostile)
+        .await;
+    flush(&t.app).await;
+    roll_until_done(&t.app).await;
+    let html = get_text(
+        &t.http,
+        &t.admin_url("/v1/bill/hourly?from=2026-11-25T20&to=2026-11-26T04&by=project&format=html"),
+    )
+    .await;
+    assert!(
+        !html.contains("<img") && !html.contains("<script"),
+        "{html}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("bill.html");
+    std::fs::write(&page, &html).unwrap();
+    let dom = chromium(&["--dump-dom", &format!("file://{}", page.display())]);
+    let dom = String::from_utf8(dom.stdout).unwrap();
+    assert!(!dom.contains("<img") && !dom.contains("<script"), "{dom}");
+    assert!(
+        dom.contains("&lt;img src=x onerror=alert(1)&gt;&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "{dom}"
+    );
+    t.audit(&[]).await;
 }

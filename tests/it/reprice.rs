@@ -82,7 +82,7 @@ async fn reprice_adjusts_the_bill_not_the_ledger_and_a_second_run_changes_nothin
         "--database-url",
         &t.db.url,
     ];
-    let (code, out, err) = run(&args);
+    let (code, out, err) = run(&args).await;
     assert_eq!(code, Some(0), "{err}");
     let summary: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["calls"], 4, "{summary}");
@@ -161,7 +161,8 @@ async fn reprice_adjusts_the_bill_not_the_ledger_and_a_second_run_changes_nothin
         "json",
         "--database-url",
         &t.db.url,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let report: Value = serde_json::from_str(&json).unwrap();
     let total: Decimal = report["total"]["cost_total"]
@@ -178,7 +179,7 @@ async fn reprice_adjusts_the_bill_not_the_ledger_and_a_second_run_changes_nothin
     assert_eq!(correction, delta);
 
     // Again: nothing to change, no revision moves.
-    let (code, out, err) = run(&args);
+    let (code, out, err) = run(&args).await;
     assert_eq!(code, Some(0), "{err}");
     let again: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -198,7 +199,8 @@ async fn reprice_adjusts_the_bill_not_the_ledger_and_a_second_run_changes_nothin
         "2026-11-25T15",
         "--database-url",
         &t.db.url,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(2));
     assert!(err.contains("--prices: required"), "{err}");
     t.audit(&[]).await;

@@ -31,7 +31,7 @@ async fn a_canary_key_appears_nowhere() {
     );
     let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
 
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let compat = |stream: bool, usage: bool| {
         let mut v = serde_json::json!({"model": "deepseek-v3.2-exp", "messages": [{"role": "user", "content": "hi"}],
                                        "stream": stream, "enable_thinking": true});
@@ -197,7 +197,7 @@ async fn secrets_are_read_from_files() {
         &["proxy_addr", "admin_addr"],
     );
     let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let metrics = format!("http://{admin}/metrics");
     assert_eq!(http.get(&metrics).send().await.unwrap().status(), 401);
     let with_token = http
@@ -248,12 +248,15 @@ async fn secrets_are_read_from_files() {
         ),
     ];
     for (args, env, want) in cases {
-        let out = std::process::Command::new(crate::helpers::bin::BIN)
-            .args(args)
-            .env_remove("DASHSCOPE_API_KEY")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        // Ephemeral ports: if the check ever let it start, it would not take the default ports of the machine.
+        let out = crate::helpers::bin::output_of(
+            tokio::process::Command::new(crate::helpers::bin::BIN)
+                .args(args)
+                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .env_remove("DASHSCOPE_API_KEY")
+                .envs(env.iter().copied()),
+        )
+        .await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -302,7 +305,7 @@ async fn the_injected_key_is_lent_only_with_the_client_token() {
         &["proxy_addr", "admin_addr"],
     );
     let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let body = r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#;
     let native = r#"{"model":"deepseek-r1","input":{"messages":[{"role":"user","content":"hi"}]}}"#;
     let call = |path: &'static str, body: &'static str, token: Option<&'static str>, own: bool| {
@@ -381,12 +384,19 @@ async fn the_injected_key_is_lent_only_with_the_client_token() {
     );
 
     // Beyond loopback with the key and no client token: refused at startup.
-    let out = std::process::Command::new(crate::helpers::bin::BIN)
-        .args(["serve", "--listen", "0.0.0.0:0"])
-        .env("DASHSCOPE_API_KEY", INJECTED)
-        .env_remove("METER_CLIENT_TOKEN")
-        .output()
-        .unwrap();
+    let out = crate::helpers::bin::output_of(
+        tokio::process::Command::new(crate::helpers::bin::BIN)
+            .args([
+                "serve",
+                "--listen",
+                "0.0.0.0:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("DASHSCOPE_API_KEY", INJECTED)
+            .env_remove("METER_CLIENT_TOKEN"),
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -527,7 +537,7 @@ async fn the_canary_key_is_in_no_bill_report_delivery_or_alert() {
         ],
     ] {
         let (code, out, err) =
-            crate::helpers::bin::run_bin(&[args, vec!["--database-url", &t.db.url]].concat());
+            crate::helpers::bin::run_bin(&[args, vec!["--database-url", &t.db.url]].concat()).await;
         assert_eq!(code, Some(0), "{err}");
         texts.push(out);
         texts.push(err);
@@ -612,7 +622,7 @@ async fn a_pinned_key_stays_in_its_project_and_its_budget_through_the_binary() {
         .collect();
     let mut bin = Bin::start(&args, &[], &["proxy_addr", "admin_addr"]);
     let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     for _ in 0..200 {
         let b = get_json(&http, &format!("http://{admin}/v1/budgets")).await;
         if b["budgets"][0]["spent_known"] == true {

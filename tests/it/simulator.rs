@@ -419,7 +419,7 @@ async fn same_seed_same_text() {
     )
     .await
     .unwrap();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = test_client();
     let mut texts = Vec::new();
     for s in [&a, &b, &c] {
         let v: Value = http

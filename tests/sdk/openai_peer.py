@@ -7,7 +7,7 @@ from openai import OpenAI
 
 
 def run(base_url: str) -> dict:
-    client = OpenAI(api_key="sk-sdk-peer-0042", base_url=base_url + "/compatible-mode/v1", max_retries=0)
+    client = OpenAI(api_key="sk-sdk-peer-0042", base_url=base_url + "/compatible-mode/v1", max_retries=0, timeout=30)
     messages = [{"role": "user", "content": "你是谁"}]
     out = {}
     for model in ("deepseek-v3.2-exp", "deepseek-r1", "deepseek-v3"):

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_deepseek-meter");
 
@@ -19,45 +20,77 @@ pub const SERVE_ON_SIM: [&str; 7] = [
     "127.0.0.1:0",
 ];
 
-/// How long a command may run before the test fails with what it printed so far.
-pub const RUN_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a child process of a test may run before the test fails with what it printed so far.
+pub const RUN_BOUND: Duration = Duration::from_secs(60);
 
-/// Runs `deepseek-meter ARGS` to its end (killed, and the test failed, after [`RUN_BOUND`]): exit code,
-/// stdout, stderr.
-pub fn run_bin(args: &[&str]) -> (Option<i32>, String, String) {
+/// Runs `deepseek-meter ARGS` to its end: exit code, stdout, stderr. Async, so a sidecar on the test's own
+/// runtime keeps running meanwhile (a blocking wait would starve it — and the command may wait on a lock one
+/// of its tasks holds); killed, and the test failed, after [`RUN_BOUND`].
+pub fn run_bin(
+    args: &[&str],
+) -> impl std::future::Future<Output = (Option<i32>, String, String)> + 'static {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args);
+    async move {
+        let out = output_of(&mut cmd).await;
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+}
+
+/// Runs `cmd` to its end within [`RUN_BOUND`] (killed past it, and the test failed): its output.
+pub async fn output_of(cmd: &mut tokio::process::Command) -> std::process::Output {
+    cmd.kill_on_drop(true);
+    let what = format!("{:?}", cmd.as_std());
+    match tokio::time::timeout(RUN_BOUND, cmd.output()).await {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{what} could not run: {e}")),
+        Err(_) => panic!("{what} ran past {RUN_BOUND:?} (killed)"),
+    }
+}
+
+/// [`output_of`] without a runtime, for a command that needs nothing of the test's own tasks meanwhile (it
+/// blocks the calling thread): runs `cmd` to its end within [`RUN_BOUND`].
+pub fn output_blocking(cmd: &mut Command) -> std::process::Output {
     use std::io::Read;
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{cmd:?} could not run: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
+            buf
         })
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = wait_bounded(&mut child);
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Waits for `child` at most [`RUN_BOUND`]; past it, kills it and fails the test.
+pub fn wait_bounded(child: &mut Child) -> ExitStatus {
     let started = std::time::Instant::now();
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return status;
         }
         if started.elapsed() > RUN_BOUND {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "deepseek-meter {args:?} ran past {RUN_BOUND:?}; stdout: {}; stderr: {}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
+            let _ = child.try_wait();
+            panic!("a child process ran past {RUN_BOUND:?} (killed)");
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    (status.code(), out.join().unwrap(), err.join().unwrap())
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub struct Bin {
@@ -78,11 +111,29 @@ impl Bin {
             .env_remove("DASHSCOPE_API_KEY");
         cmd.envs(env.iter().copied()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        // Every line goes to the log (draining the pipe so it never blocks the process) and, until the address
+        // is found, to this test too, which waits for it at most RUN_BOUND.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let started = std::time::Instant::now();
         let addrs = loop {
-            let line = lines.next().expect("the binary logs its address").unwrap();
-            log.lock().unwrap().push(line.clone());
+            let left = RUN_BOUND.saturating_sub(started.elapsed());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = wait_bounded(&mut child);
+                panic!(
+                    "the binary never logged {fields:?} within {RUN_BOUND:?}: {:?}",
+                    log.lock().unwrap()
+                );
+            };
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if fields.iter().all(|f| v[*f].is_string()) {
                 break fields
@@ -91,13 +142,6 @@ impl Bin {
                     .collect();
             }
         };
-        // Keep draining the log so the pipe never blocks the process.
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
         Bin {
             child,
             log,
@@ -109,22 +153,19 @@ impl Bin {
     /// SIGTERM, then waits for the exit and the rest of the log.
     pub fn sigterm(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        self.wait()
+        let mut kill = Command::new("kill").args(["-TERM", &pid]).spawn().unwrap();
+        assert!(wait_bounded(&mut kill).success());
+        self.reap()
     }
 
     /// SIGKILL, then waits for the exit.
     pub fn kill(&mut self) -> ExitStatus {
         self.child.kill().unwrap();
-        self.wait()
+        self.reap()
     }
 
-    fn wait(&mut self) -> ExitStatus {
-        let status = self.child.wait().unwrap();
+    fn reap(&mut self) -> ExitStatus {
+        let status = wait_bounded(&mut self.child);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -140,6 +181,6 @@ impl Bin {
 impl Drop for Bin {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = wait_bounded(&mut self.child);
     }
 }

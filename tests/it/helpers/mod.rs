@@ -47,10 +47,7 @@ impl TestApp {
         let app = App::start_with(settings, injected)
             .await
             .expect("app starts");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
+        let http = test_client();
         TestApp {
             app,
             records,
