@@ -184,3 +184,98 @@ mod tests {
         );
     }
 }
+
+/// The README's table of worst cases is this function's output (`the_readmes_table_of_worst_cases`).
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    fn group(n: u64) -> String {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    /// One row: the model, its limits, and the worst case of a 500-byte request without and with
+    /// `max_tokens: 1024` (thinking off / on where the request chooses), at the built-in prices of 2026-12-04
+    /// at 10:00 Beijing (peak where a model has periods).
+    fn row(model: &str) -> String {
+        let book = PriceBook::builtin();
+        let at: DateTime<Utc> = "2026-12-04T02:00:00Z".parse().unwrap();
+        let f = facts(model);
+        let cost = |max: Option<u64>, thinking: Option<bool>| {
+            let r = Request {
+                model,
+                body_bytes: 500,
+                max_output_tokens: max,
+                enable_thinking: thinking,
+            };
+            worst_case_cost(&book, &r, at)
+                .unwrap()
+                .normalize()
+                .to_string()
+        };
+        // Where the request chooses whether the model thinks and it changes the worst case: off / on.
+        let chooses = matches!(
+            f.thinking,
+            crate::models::Thinking::DefaultOn | crate::models::Thinking::DefaultOff
+        ) && cost(None, Some(false)) != cost(None, Some(true));
+        let both = |max: Option<u64>| {
+            if chooses {
+                format!("{} / {}", cost(max, Some(false)), cost(max, Some(true)))
+            } else {
+                cost(max, None)
+            }
+        };
+        let name = if chooses {
+            format!("{model} (thinking off / on)")
+        } else {
+            model.to_owned()
+        };
+        let cot = if f.output_cap_includes_reasoning {
+            "in the reply".to_owned()
+        } else if matches!(f.thinking, crate::models::Thinking::Never) {
+            "–".to_owned()
+        } else {
+            group(f.max_reasoning)
+        };
+        format!(
+            "  | {name} | {} / {cot} / {} | {} | {} |",
+            group(f.max_input),
+            group(f.max_answer),
+            both(None),
+            both(Some(1024))
+        )
+    }
+
+    #[test]
+    fn the_readmes_table_of_worst_cases() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let rows: Vec<String> = [
+            "deepseek-v4-pro",
+            "deepseek-v4-flash",
+            "deepseek-v3.2-exp",
+            "deepseek-r1",
+            "deepseek-v3",
+        ]
+        .iter()
+        .map(|m| row(m))
+        .collect();
+        let missing: Vec<&String> = rows
+            .iter()
+            .filter(|r| !readme.lines().any(|l| l == r.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README rows to be:\n{}",
+            rows.join("\n")
+        );
+    }
+}

@@ -599,3 +599,64 @@ fn the_deployment_files_keep_their_promises() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `deploy/`'s compose stack, read as files (no Docker engine here): the sidecar publishes both its listeners
+/// (the README's `/metrics` and bill examples work against it) where Prometheus scrapes it; Alertmanager
+/// gets a configuration of its own that amtool accepts and that posts nowhere unreachable (no loopback URL —
+/// loopback is the Alertmanager container itself); and the build context leaves out `target/` and `.git`.
+#[test]
+fn the_compose_stack_publishes_both_listeners_and_routes_alerts_nowhere_unreachable() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let compose = std::fs::read_to_string(deploy.join("compose.yaml")).unwrap();
+    let service = &compose[compose.find("  deepseek-meter:").unwrap()..];
+    let service = &service[..service.find("\n\n").unwrap()];
+    assert!(
+        service.contains("\"--listen\", \"0.0.0.0:8787\"")
+            && service.contains("\"--admin-listen\", \"0.0.0.0:9787\""),
+        "{service}"
+    );
+    assert!(
+        service.contains("\"127.0.0.1:8787:8787\"") && service.contains("\"127.0.0.1:9787:9787\""),
+        "both listeners published on loopback: {service}"
+    );
+    let scrape = std::fs::read_to_string(deploy.join("prometheus-compose.yml")).unwrap();
+    assert!(scrape.contains("\"deepseek-meter:9787\""), "{scrape}");
+    let alertmanager = &compose[compose.find("  alertmanager:").unwrap()..];
+    let alertmanager = &alertmanager[..alertmanager.find("\n\n").unwrap()];
+    assert!(
+        alertmanager.contains("./alertmanager-compose.yml:/etc/alertmanager/alertmanager.yml"),
+        "{alertmanager}"
+    );
+    let route = std::fs::read_to_string(deploy.join("alertmanager-compose.yml")).unwrap();
+    let config: Vec<&str> = route
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        !config
+            .iter()
+            .any(|l| l.contains("127.0.0.1") || l.contains("localhost")),
+        "{route}"
+    );
+    let out = crate::helpers::bin::output_blocking(
+        Command::new("amtool")
+            .args(["check-config", "alertmanager-compose.yml"])
+            .current_dir(&deploy),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The build context: the repository, without what it does not need.
+    let dockerfile = std::fs::read_to_string(deploy.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY . ."), "{dockerfile}");
+    assert!(compose.contains("build: {context: .., dockerfile: deploy/Dockerfile}"));
+    let ignore = std::fs::read_to_string(deploy.parent().unwrap().join(".dockerignore")).unwrap();
+    for path in ["target/", ".git/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == path),
+            "{path} in .dockerignore"
+        );
+    }
+}

@@ -799,3 +799,95 @@ async fn a_hostile_project_name_is_text_in_the_rendered_page() {
     );
     t.audit(&[]).await;
 }
+
+/// The README's report examples are this program's output: the same calls through the simulator, then the
+/// commands the README shows (each `$ deepseek-meter …` line, run with this test's database), compared line
+/// for line; the JSON example's keys are the real JSON's.
+#[tokio::test]
+async fn the_readmes_report_examples_are_the_binarys_output() {
+    let clock = Clock::manual(at("2026-11-26T01:10:00Z")); // 09:10 Beijing
+    let t = LedgerApp::start_at(deepseek_meter::config::Upstream::Sim, clock, |_| {}).await;
+    for (model, project) in [
+        ("deepseek-r1", "alpha"),
+        ("deepseek-r1", "alpha"),
+        ("deepseek-v3", "beta"),
+        ("deepseek-v4-flash", "beta"),
+    ] {
+        let body =
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let (status, _, _) = t
+            .call(COMPAT_PATH, &body, &[("x-meter-project", project)])
+            .await;
+        assert_eq!(status, 200);
+    }
+    flush(&t.app).await;
+    roll_until_done(&t.app).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = &readme[readme
+        .find("```console\n$ deepseek-meter report")
+        .expect("the README's report example")
+        + 11..];
+    let block = &block[..block.find("```").unwrap()];
+    let mut expected = String::new();
+    let mut got = String::new();
+    for line in block.lines() {
+        if let Some(command) = line.strip_prefix("$ deepseek-meter ") {
+            let mut args: Vec<&str> = command.split_whitespace().collect();
+            args.extend(["--database-url", &t.db.url]);
+            let (code, out, err) = run_bin(&args).await;
+            assert_eq!(code, Some(0), "{err}");
+            got.push_str(line);
+            got.push('\n');
+            got.push_str(&out);
+        } else {
+            expected.push_str(line);
+            expected.push('\n');
+            continue;
+        }
+        expected.push_str(line);
+        expected.push('\n');
+    }
+    assert_eq!(
+        got.trim_end(),
+        expected.trim_end(),
+        "the README's block should read:\n{got}"
+    );
+    // The JSON example: the real JSON's keys (abridged rows, every key).
+    let example = &readme[readme
+        .find("```json\n{\n  \"from\"")
+        .expect("the README's JSON example")
+        + 8..];
+    let example: serde_json::Value =
+        serde_json::from_str(&example[..example.find("```").unwrap()]).unwrap();
+    let (code, json, err) = run_bin(&[
+        "report",
+        "--by",
+        "model",
+        "--from",
+        "2026-11-26T09",
+        "--to",
+        "2026-11-26T10",
+        "--format",
+        "json",
+        "--database-url",
+        &t.db.url,
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&example), keys(&json), "{json}");
+    assert_eq!(keys(&example["rows"][0]), keys(&json["rows"][0]), "{json}");
+    assert_eq!(keys(&example["total"]), keys(&json["total"]), "{json}");
+    assert_eq!(
+        example["rows"][0], json["rows"][0],
+        "the example's first row is the real one"
+    );
+    assert_eq!(example["total"], json["total"]);
+    t.audit(&[]).await;
+}

@@ -172,6 +172,8 @@ async fn secrets_are_read_from_files() {
         deepseek_meter::config::Upstream::Sim => unreachable!(),
     };
     let token_path = token_file.to_str().unwrap();
+    let client_token_file = dir.path().join("client-token");
+    std::fs::write(&client_token_file, "file-client-token-31aa\n").unwrap();
     let db = TestDb::new().await;
     let journal = dir.path().join("journal");
     let mut bin = Bin::start(
@@ -189,6 +191,8 @@ async fn secrets_are_read_from_files() {
             "127.0.0.1:0",
             "--admin-token-file",
             token_path,
+            "--client-token-file",
+            client_token_file.to_str().unwrap(),
         ],
         &[
             ("METER_LOG", "trace"),
@@ -198,23 +202,89 @@ async fn secrets_are_read_from_files() {
     );
     let (proxy, admin) = (bin.addrs[0].clone(), bin.addrs[1].clone());
     let http = test_client();
-    let metrics = format!("http://{admin}/metrics");
-    assert_eq!(http.get(&metrics).send().await.unwrap().status(), 401);
-    let with_token = http
-        .get(&metrics)
-        .bearer_auth("file-admin-token-7c1f")
+    // The key from its file is lent only to a client with the token from its file.
+    let call = |token: Option<&'static str>| {
+        let (http, proxy) = (http.clone(), proxy.clone());
+        async move {
+            let mut req = http
+                .post(format!("http://{proxy}{COMPAT_PATH}"))
+                .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#);
+            if let Some(t) = token {
+                req = req.header("x-meter-client-token", t);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let id = call_id(&resp);
+            resp.bytes().await.unwrap();
+            (status, id)
+        }
+    };
+    assert_eq!(call(None).await.0, 401);
+    assert_eq!(call(Some("wrong-token")).await.0, 401);
+    let (status, id) = call(Some("file-client-token-31aa")).await;
+    assert_eq!(status, 200);
+    // Every admin route but /healthz needs the admin token from its file: 401 without it, answered with it.
+    let routes = [
+        ("GET", "/metrics".to_owned()),
+        ("GET", "/readyz".to_owned()),
+        ("GET", format!("/v1/calls/{id}")),
+        ("GET", "/v1/bill/hourly?by=model".to_owned()),
+        ("GET", "/v1/budgets".to_owned()),
+        (
+            "GET",
+            "/v1/reconcile?from=2026-11-25T13&to=2026-11-25T14".to_owned(),
+        ),
+        (
+            "POST",
+            "/v1/reconcile?from=2026-11-25T13&to=2026-11-25T14".to_owned(),
+        ),
+    ];
+    for (method, path) in &routes {
+        let url = format!("http://{admin}{path}");
+        let req = |token: Option<&str>| {
+            let mut r = http.request(method.parse().unwrap(), &url);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r
+        };
+        let without = req(None).send().await.unwrap();
+        assert_eq!(without.status(), 401, "{method} {path}");
+        assert_eq!(
+            without.headers()["www-authenticate"],
+            "Bearer",
+            "{method} {path}"
+        );
+        assert_eq!(
+            req(Some("not-the-token")).send().await.unwrap().status(),
+            401,
+            "{method} {path}"
+        );
+        let mut with = req(Some("file-admin-token-7c1f"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        // The call's row may still be on its way to the ledger.
+        for _ in 0..100 {
+            if with != 404 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            with = req(Some("file-admin-token-7c1f"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+        }
+        assert!(with.is_success() || with == 503, "{method} {path}: {with}");
+    }
+    let health = http
+        .get(format!("http://{admin}/healthz"))
         .send()
         .await
         .unwrap();
-    assert_eq!(with_token.status(), 200);
-    let resp = http
-        .post(format!("http://{proxy}{COMPAT_PATH}"))
-        .body(r#"{"model":"deepseek-r1","messages":[{"role":"user","content":"hi"}]}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.bytes().await.unwrap();
+    assert_eq!(health.status(), 200, "/healthz needs no token");
     assert_eq!(
         up.last_seen().header("authorization"),
         Some("Bearer sk-from-a-file-0000000000009f3e")
@@ -222,7 +292,9 @@ async fn secrets_are_read_from_files() {
     assert!(bin.sigterm().success());
     let log = bin.log().join("\n");
     assert!(
-        !log.contains("sk-from-a-file") && !log.contains("file-admin-token"),
+        !log.contains("sk-from-a-file")
+            && !log.contains("file-admin-token")
+            && !log.contains("file-client-token"),
         "a secret in the log"
     );
 
