@@ -1,18 +1,23 @@
 //! The hourly bill at scale: a ledger of `BENCH_BILL_ROWS` rows (default 10 million) over 30 days, a realistic
-//! mix (6 models, skewed; 200 keys in 20 projects, skewed; 70 % of calls in Beijing business hours), then:
+//! mix (`common/mix.rs`: 6 models, skewed; 200 keys in 20 projects, skewed; 70 % of calls in Beijing business
+//! hours), filled through the sidecar's own insert (which keeps the bill's rollups), then:
 //!
-//! 1. the first roll of all 720 hours (what a new deployment or the migration of an existing ledger costs);
-//! 2. rolling one busy hour again (what each roller round costs while an hour takes calls);
+//! 1. the first roll of all 720 hours (folded from the rollups; each ended hour closed with its audit, which
+//!    reads the hour's rows once);
+//! 2. rolling one busy hour again (what each roller round costs while an hour takes calls: a fold);
 //! 3. reports through `billing::read` + rendering, the way every door runs them: a day by model and by key
 //!    (hourly rows), the month by model and by key (daily rows), the month by model as one row per model;
 //! 4. shipper throughput (journal → shipper → Postgres, `BENCH_SHIP_ROWS` records a run, default 100,000)
 //!    with the roller running every second on the same database vs without, alternating runs.
 //!
-//! Run: `cargo bench --bench bill` (release; Postgres on 127.0.0.1:5432). The ledger is filled in SQL
-//! (`generate_series`, a few minutes); `BENCH_BILL_KEEP=1` keeps the database (`dm_bench_bill`) for the next run,
-//! which then skips the fill. Prints a markdown table and writes `bench/results/bill.json`.
+//! Run: `cargo bench --bench bill` (release; Postgres on 127.0.0.1:5432; the fill takes about 6 minutes);
+//! `BENCH_BILL_KEEP=1` keeps the database (`dm_bench_bill`) for the next run, which then skips the fill. Prints
+//! a markdown table and writes `bench/results/bill.json`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
+
+#[path = "common/mix.rs"]
+mod mix;
 
 use chrono::{DateTime, Utc};
 use deepseek_meter::billing::format::render;
@@ -43,56 +48,26 @@ fn at(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
-/// Fills the ledger: one statement per Beijing day, so progress shows.
+/// Fills the ledger through the sidecar's own insert (rows and rollups together): `rows` calls over the 30
+/// Beijing days from `first_day`, the mix of [`mix::call`].
 async fn fill(pool: &sqlx::PgPool, rows: u64, first_day: DateTime<Utc>) {
-    let per_day = rows / DAYS as u64;
-    for d in 0..DAYS {
-        let t = Instant::now();
-        sqlx::query(
-            "INSERT INTO usage_ledger (call_id, protocol, model, stream, status, http_status, started_at,
-                finished_at, billing_hour, input_tokens, cached_tokens, output_tokens, reasoning_tokens,
-                answer_tokens, usage_source, priced, price_version, cost_total, key_fingerprint, key_hint,
-                project, end_user, ttft_ms, duration_ms)
-             SELECT gen_random_uuid(), 'openai', m, true, 'ok', 200, f - interval '2 seconds', f,
-                date_trunc('hour', f, 'Asia/Shanghai'), inp, (inp * c)::bigint, outp, reas, outp - reas,
-                CASE WHEN k % 97 = 0 THEN 'estimated' ELSE 'reported' END, true, m || '@bench',
-                round(inp * 0.000002 + outp * 0.000008, 6), lpad(to_hex(k), 12, '0'), 'sk-…' || k,
-                'project-' || (k % 20), NULL, 120, 2000
-             FROM (
-                SELECT f, m, k, inp, c, outp,
-                    CASE WHEN m LIKE 'deepseek-r1%' THEN (outp * 0.7)::bigint ELSE 0 END AS reas
-                FROM (
-                    SELECT $1::timestamptz + make_interval(secs =>
-                            CASE WHEN random() < 0.7 THEN 32400 + random() * 36000 ELSE random() * 86399 END) AS f,
-                        (ARRAY['deepseek-v3.2-exp', 'deepseek-r1', 'deepseek-v3', 'deepseek-v3.1',
-                               'deepseek-r1-0528', 'deepseek-r1-distill-qwen-32b'])
-                            [1 + floor(power(random(), 2) * 6)::int] AS m,
-                        floor(power(random(), 2.5) * 200)::int AS k,
-                        200 + floor(random() * 8000)::bigint AS inp, random() * 0.5 AS c,
-                        50 + floor(random() * 3000)::bigint AS outp
-                    FROM generate_series(1, $2)
-                ) a
-             ) b",
-        )
-        .bind(first_day + chrono::Duration::days(d))
-        .bind(per_day as i64)
-        .execute(pool)
+    deepseek_meter::ledger::partitions::ensure(pool, first_day + chrono::Duration::days(15))
         .await
         .unwrap();
-        eprintln!(
-            "filled day {}/{DAYS} ({per_day} rows) in {:.1} s",
-            d + 1,
-            t.elapsed().as_secs_f64()
-        );
-    }
-    sqlx::query("INSERT INTO bill_dirty_hours SELECT DISTINCT billing_hour FROM usage_ledger")
-        .execute(pool)
-        .await
-        .unwrap();
-    sqlx::query("VACUUM ANALYZE usage_ledger")
-        .execute(pool)
-        .await
-        .unwrap();
+    let rate = mix::ingest(
+        pool,
+        rows,
+        2,
+        1,
+        move |rng| {
+            let day = first_day + chrono::Duration::days((rng.unit() * DAYS as f64) as i64);
+            mix::in_day(rng, day)
+        },
+        true,
+    )
+    .await;
+    eprintln!("filled at {rate:.0} rows/s");
+    sqlx::query("VACUUM ANALYZE").execute(pool).await.unwrap();
 }
 
 /// Runs `f` `n` times; (median, min) in milliseconds.
@@ -247,7 +222,7 @@ async fn main() {
     let bill = Bill::new(pool.clone(), Duration::from_secs(600));
     let now = Utc::now();
     let open = deepseek_meter::pricing::billing_hour(now, TZ);
-    sqlx::query("INSERT INTO bill_dirty_hours SELECT DISTINCT billing_hour FROM usage_ledger WHERE billing_hour < $1")
+    sqlx::query("INSERT INTO bill_dirty_hours SELECT DISTINCT billing_hour FROM hourly_bill WHERE billing_hour < $1")
         .bind(month.1)
         .execute(&pool)
         .await
