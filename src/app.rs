@@ -19,7 +19,7 @@ use crate::admin;
 use crate::billing::delivery::{Attempt, Deliverer, Destinations, StatusCell};
 use crate::billing::roller::Roller;
 use crate::billing::{self as bill, Bill};
-use crate::budget::coordinated::{Coordination, Coordinator};
+use crate::budget::coordinated::Coordination;
 use crate::budget::gate::Budgets;
 use crate::clock::Clock;
 use crate::config::{LedgerSettings, Settings, Upstream as UpstreamSetting};
@@ -443,9 +443,7 @@ fn start_ledger(
     })
 }
 
-/// The budgets of the settings, if any: their tracker on the meter, seeded with what this sidecar journaled
-/// and has not shipped (so a restart, even with the database away, keeps what was spent), and the coordinator
-/// when Postgres decides.
+/// The budgets of the settings, if any (`budget::gate::Budgets::start`), their tracker on the meter.
 fn start_budgets(
     settings: &Settings,
     state: &AppState,
@@ -454,60 +452,31 @@ fn start_budgets(
     if settings.budgets.is_empty() {
         return Ok(None);
     }
-    let meter = &state.meter;
-    let tracker = Arc::new(crate::budget::tracker::Tracker::new(
-        settings.budgets.clone(),
-        settings.billing_timezone,
-        settings.budget_reservation,
-        settings.budget_when_database_down,
-        settings.budget_unpriced,
-        meter.now(),
-    ));
-    if let Some(tasks) = ledger_tasks {
-        let now = meter.now();
-        let seeded = tasks
-            .journal
-            .for_each_unshipped(|r| {
-                tracker.settle(
-                    r.call_id,
-                    &r.attribution(),
-                    r.billing_hour,
-                    r.cost_total,
-                    now,
-                )
-            })
-            .context("reading the journal for budgets")?;
-        if seeded > 0 {
-            tracing::info!(
-                records = seeded,
-                "budgets count the journal's unshipped calls"
-            );
-        }
-    }
-    if ledger_tasks.is_none() {
-        // No database to read spent from: the database-down policy decides every admission.
-        tracker.unanswered();
-    }
-    meter.set_budgets(tracker.clone());
-    let coordinator = ledger_tasks
+    let options = crate::budget::gate::Options {
+        budgets: settings.budgets.clone(),
+        timezone: settings.billing_timezone,
+        reservation: settings.budget_reservation,
+        when_unknown: settings.budget_when_database_down,
+        unpriced: settings.budget_unpriced,
+        prices: settings.prices.clone(),
+    };
+    let coordinated = ledger_tasks
         .filter(|_| settings.budget_coordination == Coordination::Postgres)
         .map(|t| {
-            Arc::new(Coordinator::new(
+            (
                 t.ledger.pool().clone(),
                 t.ledger.admission_pool().clone(),
                 t.instance,
-                &settings.budgets,
-                settings.billing_timezone,
-                settings.budget_reservation,
-            ))
+            )
         });
-    let budgets = Budgets::new(
-        tracker,
-        coordinator,
-        settings.prices.clone(),
+    let budgets = Budgets::start(
+        options,
+        state.meter.now(),
         state.metrics.instance.clone(),
-    );
-    budgets.warn_unpriced_scopes(settings.budget_unpriced);
+        ledger_tasks.map(|t| &t.journal),
+        coordinated,
+    )?;
+    state.meter.set_budgets(budgets.tracker().clone());
     Ok(Some(Arc::new(budgets)))
 }
 

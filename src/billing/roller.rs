@@ -41,7 +41,7 @@ impl Roller {
                 upkept = Some(now);
             }
             match self.round().await {
-                Ok(r) => self.report(&r),
+                Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "hourly bill roll failed; retrying next round")
                 }
@@ -52,13 +52,15 @@ impl Roller {
         }
     }
 
-    /// One round: the heartbeat, then a roll.
+    /// One round: the heartbeat, then a roll, and what the roll found that people must hear.
     pub async fn round(&self) -> Result<Rolled, sqlx::Error> {
         let now = self.clock.now();
         let oldest = self.held.oldest();
         self.bill.heartbeat(self.instance, now, oldest).await?;
         let open_hour = crate::pricing::billing_hour(now, self.timezone);
-        self.bill.roll(now, open_hour).await
+        let rolled = self.bill.roll(now, open_hour).await?;
+        self.report(&rolled);
+        Ok(rolled)
     }
 
     /// What a roll found that people must hear: hours whose bill differs from their ledger.

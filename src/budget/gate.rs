@@ -21,6 +21,16 @@ use uuid::Uuid;
 /// `--budget-when-database-down` decides.
 pub const FIRST_READ_BOUND: Duration = Duration::from_secs(10);
 
+/// The settings budgets are built from.
+pub struct Options {
+    pub budgets: Vec<super::Budget>,
+    pub timezone: chrono_tz::Tz,
+    pub reservation: super::tracker::Reservation,
+    pub when_unknown: super::tracker::WhenUnknown,
+    pub unpriced: super::tracker::Unpriced,
+    pub prices: PriceBook,
+}
+
 /// A call as the budgets see it before it is forwarded.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
@@ -60,6 +70,64 @@ impl Budgets {
             metrics,
             first_read: FIRST_READ_BOUND,
         }
+    }
+
+    /// The budgets of a sidecar: the tracker seeded with what it journaled and has not shipped (so a restart,
+    /// even with the database away, keeps what was spent) — or, without a ledger, handed to the database-down
+    /// policy for good —, and the coordinator when Postgres decides (`coordinated`: the background and
+    /// admission pools, and this sidecar's instance id). Says at startup which budgets can meet unpriced models.
+    pub fn start(
+        options: Options,
+        now: DateTime<Utc>,
+        metrics: InstanceMetrics,
+        journal: Option<&crate::journal::Journal>,
+        coordinated: Option<(sqlx::PgPool, sqlx::PgPool, uuid::Uuid)>,
+    ) -> anyhow::Result<Budgets> {
+        use anyhow::Context;
+        let tracker = Arc::new(Tracker::new(
+            options.budgets.clone(),
+            options.timezone,
+            options.reservation,
+            options.when_unknown,
+            options.unpriced,
+            now,
+        ));
+        match journal {
+            Some(journal) => {
+                let seeded = journal
+                    .for_each_unshipped(|r| {
+                        tracker.settle(
+                            r.call_id,
+                            &r.attribution(),
+                            r.billing_hour,
+                            r.cost_total,
+                            now,
+                        );
+                    })
+                    .context("reading the journal for budgets")?;
+                if seeded > 0 {
+                    tracing::info!(
+                        records = seeded,
+                        "budgets count the journal's unshipped calls"
+                    );
+                }
+            }
+            // No database to read spent from: the database-down policy decides every admission.
+            None => tracker.unanswered(),
+        }
+        let coordinator = coordinated.map(|(pool, admission, instance)| {
+            Arc::new(Coordinator::new(
+                pool,
+                admission,
+                instance,
+                &options.budgets,
+                options.timezone,
+                options.reservation,
+            ))
+        });
+        let budgets = Budgets::new(tracker, coordinator, options.prices, metrics);
+        budgets.warn_unpriced_scopes(options.unpriced);
+        Ok(budgets)
     }
 
     pub fn tracker(&self) -> &Arc<Tracker> {

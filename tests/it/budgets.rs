@@ -1291,3 +1291,56 @@ async fn a_stale_read_follows_the_database_down_policy_and_closed_refuses_with_5
     resp.bytes().await.unwrap();
     t.audit(&[]).await;
 }
+
+/// The README's budget refusal, as a new user would try it: its config file (the `printf` line), the real
+/// binary on the simulator, its `curl` body — and the answer is the one the README shows.
+#[tokio::test]
+async fn the_readmes_budget_refusal_is_what_the_binary_answers() {
+    use crate::helpers::bin::{Bin, SERVE_ON_SIM};
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = &readme[readme
+        .find("printf '[[budget]]")
+        .expect("the README's budget example")..];
+    let block = &block[..block.find("```").unwrap()];
+    let config_text = block[8..block.find("' > demo.toml").unwrap()].replace("\\n", "\n");
+    let body = &block[block.find("-d '").unwrap() + 4..];
+    let body = &body[..body.find('\'').unwrap()];
+    let shown: String = block
+        .lines()
+        // A continued comment line starts with a space: the space between the two lines' words.
+        .filter_map(|l| l.strip_prefix("# "))
+        .collect::<Vec<_>>()
+        .join("");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("demo.toml");
+    std::fs::write(&config, config_text).unwrap();
+    let db = TestDb::new().await;
+    let journal = dir.path().join("journal");
+    let args: Vec<&str> = ["--config", config.to_str().unwrap()]
+        .into_iter()
+        .chain(SERVE_ON_SIM)
+        .chain([
+            "--database-url",
+            &db.url,
+            "--journal-dir",
+            journal.to_str().unwrap(),
+        ])
+        .collect();
+    let mut bin = Bin::start(&args, &[], &["proxy_addr"]);
+    let resp = test_client()
+        .post(format!("http://{}{COMPAT_PATH}", bin.addrs[0]))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let answer: Value = resp.json().await.unwrap();
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        shown.contains(message),
+        "the README shows {shown:?}; the binary answers {message:?}"
+    );
+    assert!(shown.contains("\"code\":\"BudgetExceeded\""), "{shown}");
+    assert!(bin.sigterm().success());
+}

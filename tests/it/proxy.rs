@@ -550,7 +550,10 @@ async fn absolute_form_request_uri_goes_to_the_configured_upstream_only() {
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
     assert!(
         out.starts_with(b"HTTP/1.1 200"),
         "{}",

@@ -623,7 +623,7 @@ async fn the_html_report_renders_in_headless_chromium() {
         )
         .replace(
             "</body>",
-            "<script>document.title='right='+Math.ceil(document.querySelector('th[title=adjustment_yuan]').getBoundingClientRect().right)+' page='+document.documentElement.scrollWidth</script></body>",
+            "<script>document.title='right='+Math.ceil(Math.max(document.querySelector('th[title=cost_total]').getBoundingClientRect().right,document.querySelector('th[title=adjustment_yuan]').getBoundingClientRect().right))+' page='+document.documentElement.scrollWidth</script></body>",
         ),
     )
     .unwrap();
@@ -776,15 +776,26 @@ async fn a_hostile_project_name_is_text_in_the_rendered_page() {
     let hostile = "<img src=x onerror=alert(1)><script>alert(2)</script>";
     t.call_as(&up, V3_JSON, "deepseek-v3", "sk-report-test-0001", hostile)
         .await;
+    // And a model named like markup (it reaches the chart's legend, its bars' titles and data attributes).
+    t.call_as(
+        &up,
+        V3_JSON,
+        "<b onmouseover=alert(3)>m</b>",
+        "sk-report-test-0001",
+        "gamma",
+    )
+    .await;
     flush(&t.app).await;
     roll_until_done(&t.app).await;
     let html = get_text(
         &t.http,
-        &t.admin_url("/v1/bill/hourly?from=2026-11-25T20&to=2026-11-26T04&by=project&format=html"),
+        &t.admin_url(
+            "/v1/bill/hourly?from=2026-11-25T20&to=2026-11-26T04&by=model,project&format=html",
+        ),
     )
     .await;
     assert!(
-        !html.contains("<img") && !html.contains("<script"),
+        !html.contains("<img") && !html.contains("<script") && !html.contains("<b onmouseover"),
         "{html}"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -792,7 +803,14 @@ async fn a_hostile_project_name_is_text_in_the_rendered_page() {
     std::fs::write(&page, &html).unwrap();
     let dom = chromium(&["--dump-dom", &format!("file://{}", page.display())]);
     let dom = String::from_utf8(dom.stdout).unwrap();
-    assert!(!dom.contains("<img") && !dom.contains("<script"), "{dom}");
+    assert!(
+        !dom.contains("<img") && !dom.contains("<script") && !dom.contains("<b onmouseover"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("&lt;b onmouseover=alert(3)&gt;m&lt;/b&gt;"),
+        "{dom}"
+    );
     assert!(
         dom.contains("&lt;img src=x onerror=alert(1)&gt;&lt;script&gt;alert(2)&lt;/script&gt;"),
         "{dom}"

@@ -278,7 +278,7 @@ async fn the_roller_reads_no_ledger_row_while_an_hour_is_open_and_each_row_once_
                 .unwrap()
         }
     };
-    // A quiet hour, 10:00 UTC (18:00 Beijing): 3 calls; a busy one, 11:00: 6,000 calls (20 projects).
+    // A quiet hour, 10:00 UTC (18:00 Beijing): 3 calls; a busy one, 11:00: 6,000 calls.
     insert(
         (0..3)
             .map(|i| record_at(i, "2026-11-25T10:10:00Z"))
@@ -314,6 +314,20 @@ async fn the_roller_reads_no_ledger_row_while_an_hour_is_open_and_each_row_once_
     )
     .await;
     assert_eq!(quiet, 0, "rolls of the quiet open hour read the ledger");
+    // The rounds did their work: the per-model bill of the open hour holds the calls made meanwhile.
+    let folded = |hour: &'static str| {
+        let one = one.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT coalesce(sum(calls), 0)::int8 FROM hourly_model_bill WHERE billing_hour = $1::timestamptz",
+            )
+            .bind(hour)
+            .fetch_one(&one)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(folded("2026-11-25T10:00:00Z").await, 3 + 3);
     // 10:00 closes (grace 0, no sidecar holding it): audited once, its 6 rows read (an index may fetch a row
     // more than once, never the busy hour's).
     let before = ledger_tuples_read(&one).await;
@@ -334,6 +348,7 @@ async fn the_roller_reads_no_ledger_row_while_an_hour_is_open_and_each_row_once_
     )
     .await;
     assert_eq!(busy, 0, "rolls of the busy open hour read the ledger");
+    assert_eq!(folded("2026-11-25T11:00:00Z").await, 6_000 + 3);
     // 11:00 closes: its 6,003 rows read once by the audit.
     let before = ledger_tuples_read(&one).await;
     let rolled = bill
@@ -373,17 +388,32 @@ async fn the_close_time_audit_names_a_bill_that_differs_from_its_ledger() {
         .execute(&pool)
         .await
         .unwrap();
+    // 11:05: the hour and its grace are over; whichever round closes it (this one, or the sidecar's own
+    // roller, which runs every second on the same clock) audits it.
     clock.set(at("2026-11-25T11:05:00Z"));
-    let rolled = t.app.roll_bill().await.unwrap().unwrap();
-    assert_eq!(rolled.closed, 1);
-    assert_eq!(rolled.mismatched.len(), 1, "{rolled:?}");
-    let (ok, detail): (Option<bool>, Option<String>) =
-        sqlx::query_as("SELECT audit_ok, audit_detail FROM bill_hours")
+    t.app.roll_bill().await.unwrap().unwrap();
+    let mut audit: (Option<bool>, Option<String>) = (None, None);
+    for _ in 0..100 {
+        audit = sqlx::query_as("SELECT audit_ok, audit_detail FROM bill_hours")
             .fetch_one(&pool)
             .await
             .unwrap();
+        if audit.0.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, detail) = audit;
     assert_eq!(ok, Some(false));
     assert!(detail.unwrap().contains("deepseek-v4-flash"));
+    // Counted (the alert DeepseekMeterBillAuditMismatch reads it) once.
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "deepseek_meter_bill_audit_mismatches_total 1"),
+        "{metrics}"
+    );
     // Recorded, never fixed: the bill still says what it said.
     let cost: Decimal = sqlx::query_scalar("SELECT cost_total FROM hourly_bill")
         .fetch_one(&pool)
@@ -483,4 +513,147 @@ async fn an_unpartitioned_ledger_of_the_build_before_is_migrated_in_place() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("append-only"), "{err}");
+}
+
+/// `--ledger-retention` through the sidecar: its parser refuses less than a month (one line, exit 2), and a
+/// sidecar started with `60d` on a clock at 2099-06-15 drops, at its first upkeep, exactly the months that ended
+/// more than 60 days before — and keeps the calls of the months after.
+#[tokio::test]
+async fn the_sidecar_applies_its_retention_setting_at_its_first_upkeep() {
+    let (code, _, err) = crate::helpers::bin::run_bin(&[
+        "serve",
+        "--ledger-retention",
+        "7d",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--ledger-retention") && err.contains("shorter than a month"),
+        "{err}"
+    );
+    let db = TestDb::new().await;
+    let ledger = Ledger::create_and_migrate(&db.url).await.unwrap();
+    let pool = db.pool().await;
+    for (i, month) in [
+        "2099-01", "2099-02", "2099-03", "2099-04", "2099-05", "2099-06",
+    ]
+    .iter()
+    .enumerate()
+    {
+        partitions::ensure(&pool, at(&format!("{month}-15T00:00:00Z")))
+            .await
+            .unwrap();
+        ledger
+            .insert(&[record_at(i, &format!("{month}-10T04:00:00Z"))])
+            .await
+            .unwrap();
+    }
+    let journal = tempfile::tempdir().unwrap();
+    let app = sidecar(
+        &db,
+        journal.path(),
+        Upstream::Sim,
+        Clock::manual(at("2099-06-15T00:00:00Z")),
+        |s| s.ledger.as_mut().unwrap().retention = Some(chrono::Duration::days(60)),
+    )
+    .await;
+    // 60 days before 2099-06-15 is 2099-04-16: January to March ended before it; April did not.
+    let left = wait_partitions(&pool, "retention applied", |p| {
+        !p.iter()
+            .any(|n| n.as_str() < "usage_ledger_p209904" && n != "usage_ledger_default")
+    })
+    .await;
+    assert!(
+        left.contains(&"usage_ledger_p209904".to_owned()),
+        "{left:?}"
+    );
+    let months: Vec<String> =
+        sqlx::query_scalar("SELECT to_char(billing_hour, 'YYYY-MM') FROM usage_ledger ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(months, ["2099-04", "2099-05", "2099-06"]);
+    app.shutdown().await;
+}
+
+/// Nothing that runs every second, or on every scrape, reads the ledger: with 6,000 calls in the open hour,
+/// budgets of every scope refreshing (an end-user budget among them), the roller rolling, `/metrics` scraped,
+/// `/v1/budgets` and `GET /v1/reconcile` read, and a call made — Postgres counts no ledger row read (the
+/// budgets read their counters, the gauges and reconciliation the rollups).
+#[tokio::test]
+async fn nothing_that_runs_every_second_reads_the_ledger() {
+    let clock = Clock::manual(at("2026-11-25T10:30:00Z"));
+    let budgets = "[[budget]]\nname = \"day\"\nperiod = \"day\"\nlimit_yuan = 1000\naction = \"block\"\n\
+        [[budget]]\nname = \"user\"\nperiod = \"month\"\nlimit_yuan = 1000\nend_user = \"bob\"\naction = \"alert\"\n\
+        [[budget]]\nname = \"model\"\nperiod = \"hour\"\nlimit_yuan = 1000\nmodel = \"deepseek-v3.2-exp\"\naction = \"block\"\n";
+    let table: toml::Table = toml::from_str(budgets).unwrap();
+    let parsed = deepseek_meter::budget::parse(table.get("budget")).unwrap();
+    let t = LedgerApp::start_at(Upstream::Sim, clock.clone(), move |s| s.budgets = parsed).await;
+    flush(&t.app).await;
+    let pool = t.db.pool().await;
+    // 6,000 calls of the open hour, written as another sidecar would.
+    let ledger = Ledger::connect_lazy(&t.db.url).unwrap();
+    for chunk in 0..3 {
+        let batch: Vec<CallRecord> = (0..2_000)
+            .map(|i| CallRecord {
+                end_user: Some(if i % 2 == 0 { "bob" } else { "eve" }.to_owned()),
+                ..record_at(chunk * 2_000 + i, "2026-11-25T10:10:00Z")
+            })
+            .collect();
+        for r in &batch {
+            t.saw(&r.call_id.to_string());
+        }
+        ledger.insert(&batch).await.unwrap();
+    }
+    // Wait until the budgets have read the counters the inserts moved.
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..200 {
+        seen = get_json(&t.http, &t.admin_url("/v1/budgets")).await;
+        if seen["budgets"][0]["spent_known"] == true && seen["budgets"][0]["spent_yuan"] != "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(seen["budgets"][0]["spent_yuan"], "0", "{seen}");
+    let before = ledger_tuples_read(&pool).await;
+    // Three seconds of the sidecar's own rounds (refresher, roller, deliverer), plus the doors people read.
+    for _ in 0..3 {
+        get_text(&t.http, &t.admin_url("/metrics")).await;
+        get_json(&t.http, &t.admin_url("/v1/budgets")).await;
+        get_json(
+            &t.http,
+            &t.admin_url("/v1/reconcile?from=2026-11-25T18&to=2026-11-25T19"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    let body = r#"{"model":"deepseek-v3.2-exp","messages":[{"role":"user","content":"hi"}],"max_tokens":16}"#;
+    assert_eq!(
+        t.call(COMPAT_PATH, body, &[("x-meter-user", "bob")])
+            .await
+            .0,
+        200
+    );
+    flush(&t.app).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the refresh that finds the call in the ledger
+    let read = ledger_tuples_read(&pool).await - before;
+    assert!(
+        read <= 2,
+        "{read} ledger rows read by what runs every second"
+    );
+    // And the open hour's gauge counts them all (from the bill).
+    let metrics = get_text(&t.http, &t.admin_url("/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("deepseek_meter_billing_hour_cost_yuan{model=\"deepseek-v3.2-exp\"}")),
+        "{metrics}"
+    );
+    t.audit(&[]).await;
 }

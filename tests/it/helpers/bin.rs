@@ -106,9 +106,11 @@ impl Bin {
     /// given) and waits for the first log line that carries every one of `fields`.
     pub fn start(args: &[&str], env: &[(&str, &str)], fields: &[&str]) -> Bin {
         let mut cmd = Command::new(BIN);
+        // The default log level unless the test sets one: what an operator sees.
         cmd.args(["--log-format", "json"])
             .args(args)
-            .env_remove("DASHSCOPE_API_KEY");
+            .env_remove("DASHSCOPE_API_KEY")
+            .env_remove("METER_LOG");
         cmd.envs(env.iter().copied()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let lines = BufReader::new(child.stderr.take().unwrap()).lines();
