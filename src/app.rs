@@ -6,6 +6,7 @@
 //! 2. Drain: in-flight connections finish their current call (HTTP/1 keep-alive ends after it).
 //! 3. At the drain deadline, abort what is left: each open stream's body is dropped, which records the
 //!    call (`client_aborted`) and cancels its upstream request.
+//!    Then the spans still queued for the OpenTelemetry collector are sent (at most 2 s).
 //! 4. Close the journal: the writer writes and fsyncs everything queued (every call now has its record on
 //!    disk).
 //! 5. Let the shipper put what Postgres will take into the ledger, for up to the ship deadline; whatever
@@ -153,6 +154,13 @@ impl App {
             t
         });
         let (sim, upstream_uri) = start_upstream(&settings.upstream).await?;
+        if let Some(otel) = &settings.otel {
+            let exporter =
+                crate::otel::Exporter::start(otel, &upstream_uri, state.metrics.instance.clone())
+                    .context("--otlp-endpoint")?;
+            state.meter.set_exporter(exporter);
+            tracing::info!(spans = "on", "OpenTelemetry export to the OTLP endpoint");
+        }
         let proxy = Proxy::new(
             Upstream::new(
                 &upstream_uri,
@@ -258,6 +266,10 @@ impl App {
             self.abort.cancel();
             self.tracker.wait().await;
         }
+        // 3b: every call has finished: the spans queued go out (bounded; the rest are lost, counted).
+        if let Some(exporter) = self.state.meter.exporter() {
+            exporter.close(SPANS_BOUND).await;
+        }
         if let Some(tasks) = self.ledger_tasks {
             // 4: every record on disk.
             tasks.journal.close();
@@ -318,6 +330,9 @@ impl App {
         tracing::info!(took = ?started.elapsed(), "shut down");
     }
 }
+
+/// How long shutdown gives the spans still queued to reach the collector.
+const SPANS_BOUND: Duration = Duration::from_secs(2);
 
 /// How long shutdown gives work that needs the database once it is not answering (shipping, the last roll).
 const UNREACHABLE_BOUND: Duration = Duration::from_secs(2);

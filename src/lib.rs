@@ -12,7 +12,7 @@
 //!
 //! Around that path: [`state`] (the handles every request shares), [`error`] (our own answers, in the
 //! caller's shape), [`admin`] (metrics, health, ledger reads), [`config`] (every setting declared once),
-//! [`sim`] (the built-in DashScope simulator), and [`app`], the composition root that wires it all,
+//! [`otel`] (OpenTelemetry spans of calls, off by default), [`sim`] (the built-in DashScope simulator), and [`app`], the composition root that wires it all,
 //! is imported by nothing (only by `main.rs`, the doorway), and owns the shutdown order.
 
 pub mod admin;
@@ -32,6 +32,7 @@ pub mod meter;
 pub mod metrics;
 pub mod models;
 pub mod net;
+pub mod otel;
 pub mod pricing;
 pub mod proxy;
 pub mod reconcile;

@@ -10,6 +10,7 @@
 use crate::budget::tracker::Tracker;
 use crate::clock::Clock;
 use crate::metrics::InstanceMetrics;
+use crate::otel::{Exporter, Trace};
 use crate::pricing::{self, PriceBook};
 use crate::record::{Billing, CallFacts, CallRecord, Recorder};
 use crate::usage::{CallStatus, UsageSource};
@@ -65,6 +66,8 @@ struct Inner {
     recorder: Arc<dyn Recorder>,
     /// Set once at startup when budgets are configured: every finished call settles its reservation here.
     budgets: std::sync::OnceLock<Arc<Tracker>>,
+    /// Set once at startup with `--otlp-endpoint`: every finished call's span goes here.
+    exporter: std::sync::OnceLock<Exporter>,
 }
 
 impl Meter {
@@ -84,6 +87,7 @@ impl Meter {
                 metrics,
                 recorder,
                 budgets: std::sync::OnceLock::new(),
+                exporter: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -95,6 +99,20 @@ impl Meter {
 
     pub fn budgets(&self) -> Option<&Arc<Tracker>> {
         self.inner.budgets.get()
+    }
+
+    /// Where every finished call's span goes (once, at startup).
+    pub fn set_exporter(&self, exporter: Exporter) {
+        let _ = self.inner.exporter.set(exporter);
+    }
+
+    pub fn exporter(&self) -> Option<&Exporter> {
+        self.inner.exporter.get()
+    }
+
+    /// Whether calls carry a trace context (spans are exported).
+    pub fn exporting(&self) -> bool {
+        self.inner.exporter.get().is_some()
     }
 
     /// The worst-case cost of a request (`None`: the model has no price).
@@ -127,12 +145,21 @@ impl Meter {
         self.inner.recorder.accepting()
     }
 
-    /// Completes the call's record, counts it, logs it and records it. Returns the strict-durability ack,
-    /// if the recorder gives one.
-    pub fn finish(&self, facts: CallFacts) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    /// Completes the call's record, counts it, logs it, hands its span to the exporter (with `trace`) and
+    /// records it. Returns the strict-durability ack, if the recorder gives one.
+    pub fn finish(
+        &self,
+        mut facts: CallFacts,
+        trace: Option<Trace>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let me = &self.inner;
         let label = me.prices.model_label(&facts.model);
+        let response_model = facts.response_model.take();
+        let finish_reasons = std::mem::take(&mut facts.finish_reasons);
         let (record, by_class) = self.complete(facts);
+        if let (Some(exporter), Some(trace)) = (me.exporter.get(), trace) {
+            exporter.export(&record, trace, response_model.as_deref(), &finish_reasons);
+        }
         me.metrics.observe_call(&record, label, by_class.as_ref());
         if me.prices.retired(&record.model, record.finished_at) {
             me.metrics.retired_model_call(label);

@@ -81,6 +81,10 @@ pub struct CallFacts {
     pub upstream_request_id: Option<String>,
     pub protocol: Protocol,
     pub model: String,
+    /// The model the response named, if it named one (`gen_ai.response.model` of the call's span).
+    pub response_model: Option<String>,
+    /// Why the response ended, as the upstream said (`gen_ai.response.finish_reasons` of the call's span).
+    pub finish_reasons: Vec<String>,
     pub stream: bool,
     pub status: CallStatus,
     pub http_status: Option<u16>,

@@ -16,6 +16,7 @@ pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Webhook {
     client: Client<crate::net::Connector, Full<Bytes>>,
     url: Uri,
+    timeout: Duration,
 }
 
 /// Why a POST did not land (never with the URL in it).
@@ -23,18 +24,27 @@ pub struct Webhook {
 pub enum WebhookError {
     #[error("the receiver could not be reached ({0})")]
     Unreachable(String),
-    #[error("no answer within {}s", WEBHOOK_TIMEOUT.as_secs())]
-    Timeout,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
     #[error("the receiver answered HTTP {0}")]
     Status(u16),
 }
 
 impl Webhook {
     pub fn new(url: Uri) -> anyhow::Result<Webhook> {
+        Webhook::with_timeout(url, WEBHOOK_TIMEOUT)
+    }
+
+    /// A receiver with its own bound on a POST (the OTLP exporter's `OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub fn with_timeout(url: Uri, timeout: Duration) -> anyhow::Result<Webhook> {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(crate::net::https_connector(WEBHOOK_TIMEOUT, None)?);
-        Ok(Webhook { client, url })
+            .build(crate::net::https_connector(timeout, None)?);
+        Ok(Webhook {
+            client,
+            url,
+            timeout,
+        })
     }
 
     /// POSTs `body` as JSON with the extra `headers`.
@@ -43,8 +53,18 @@ impl Webhook {
         body: Bytes,
         headers: &[(HeaderName, HeaderValue)],
     ) -> Result<(), WebhookError> {
+        self.post(body, "application/json", headers).await
+    }
+
+    /// POSTs `body` of `content_type` with the extra `headers`.
+    pub async fn post(
+        &self,
+        body: Bytes,
+        content_type: &'static str,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<(), WebhookError> {
         let mut req = Request::post(self.url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, content_type)
             .header(
                 header::USER_AGENT,
                 concat!("deepseek-meter/", env!("CARGO_PKG_VERSION")),
@@ -69,9 +89,9 @@ impl Webhook {
                 Err(WebhookError::Status(status.as_u16()))
             }
         };
-        tokio::time::timeout(WEBHOOK_TIMEOUT, send)
+        tokio::time::timeout(self.timeout, send)
             .await
-            .map_err(|_| WebhookError::Timeout)?
+            .map_err(|_| WebhookError::Timeout(self.timeout))?
     }
 }
 

@@ -218,6 +218,26 @@ serve_settings! {
     budget_coordination: Coordination = Some("local"), env "METER_BUDGET_COORDINATION", parse choice;
     /// How long the ledger keeps calls (`400d`): whole monthly partitions past it are dropped (the bill keeps their sums). Empty: keep everything.
     ledger_retention: Option<chrono::Duration> = None, env "METER_LEDGER_RETENTION", parse retention;
+    /// An OpenTelemetry collector's OTLP/HTTP endpoint (`http://127.0.0.1:4318`): one span per metered call goes to its `/v1/traces`, and the upstream gets the call's `traceparent`. Empty: no export, nothing added to calls.
+    otlp_endpoint: Option<http::Uri> = None, env "OTEL_EXPORTER_OTLP_ENDPOINT", parse optional_url,
+        clap(hide_env_values = true);
+    /// The traces endpoint itself, used as given (instead of `--otlp-endpoint` + `/v1/traces`).
+    otlp_traces_endpoint: Option<http::Uri> = None, env "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", parse optional_url,
+        clap(hide_env_values = true);
+    /// Headers of every export (`key=value,…`, values percent-encoded): a collector's credentials.
+    otlp_headers: Vec<(http::HeaderName, http::HeaderValue)> = None, env "OTEL_EXPORTER_OTLP_HEADERS", parse otlp_headers,
+        clap(hide_env_values = true);
+    /// The OTLP transport: `http/protobuf` (the only one supported).
+    otlp_protocol: crate::otel::Protocol = Some("http/protobuf"), env "OTEL_EXPORTER_OTLP_PROTOCOL", parse otlp_protocol;
+    /// How long one export may take, in milliseconds (the spans of a batch not taken by then are lost, counted).
+    otlp_timeout_ms: Duration = Some("10000"), env "OTEL_EXPORTER_OTLP_TIMEOUT", parse millis;
+    /// The spans' `service.name`.
+    otel_service_name: String = Some("deepseek-meter"), env "OTEL_SERVICE_NAME", parse text;
+    /// More resource attributes of the spans (`key=value,…`, values percent-encoded).
+    otel_resource_attributes: Vec<(String, String)> = None, env "OTEL_RESOURCE_ATTRIBUTES", parse resource_attributes;
+    /// Also give spans the deprecated `gen_ai.system` beside `gen_ai.provider.name` (backends on older GenAI conventions).
+    otel_gen_ai_system: bool = Some("false"), env "METER_OTEL_GEN_AI_SYSTEM", parse flag,
+        clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
     /// Do not create or migrate the database at startup.
     no_migrate: bool = Some("false"), env "METER_NO_MIGRATE", parse flag,
         clap(num_args = 0..=1, default_missing_value = "true", require_equals = true);
@@ -267,6 +287,8 @@ pub struct Settings {
     /// The `[reconcile]` table of the config file.
     pub reconcile: crate::reconcile::ReconcileConfig,
     pub alert_webhook: Option<http::Uri>,
+    /// `--otlp-endpoint` and the `OTEL_*` settings (`None`: no spans).
+    pub otel: Option<crate::otel::OtelSettings>,
 }
 
 impl Settings {
@@ -354,7 +376,9 @@ impl Settings {
                 ),
             ));
         }
+        let otel = otel_settings(&v);
         Ok(Settings {
+            otel,
             budgets,
             budget_reservation: v.budget_reservation,
             budget_when_database_down: v.budget_when_database_down,
@@ -547,3 +571,38 @@ pub fn load_prices(path: Option<&Path>, timezone: Tz) -> Result<PriceBook, Setti
 
 #[cfg(test)]
 mod tests;
+
+/// The span export, when an endpoint is set: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, else the base
+/// endpoint with `v1/traces` appended (the specification's rule for the two variables).
+fn otel_settings(v: &ServeValues) -> Option<crate::otel::OtelSettings> {
+    let traces_endpoint = match (&v.otlp_traces_endpoint, &v.otlp_endpoint) {
+        (Some(t), _) => t.clone(),
+        (None, Some(base)) => {
+            let text = base.to_string();
+            let joined = format!("{}/v1/traces", text.trim_end_matches('/'));
+            joined.parse().ok()?
+        }
+        (None, None) => return None,
+    };
+    let mut resource = vec![
+        ("service.name".to_owned(), v.otel_service_name.clone()),
+        (
+            "service.version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+    ];
+    for (k, val) in &v.otel_resource_attributes {
+        if k == "service.name" && v.otel_service_name != "deepseek-meter" {
+            continue; // a service name set by OTEL_SERVICE_NAME wins, as the specification says
+        }
+        resource.retain(|(have, _)| have != k);
+        resource.push((k.clone(), val.clone()));
+    }
+    Some(crate::otel::OtelSettings {
+        traces_endpoint,
+        headers: v.otlp_headers.clone(),
+        timeout: v.otlp_timeout_ms,
+        resource,
+        gen_ai_system: v.otel_gen_ai_system,
+    })
+}

@@ -177,3 +177,34 @@ pub(super) fn upstream(raw: Option<&str>) -> Result<Upstream, String> {
     }
     Ok(Upstream::Url(uri))
 }
+
+/// A non-empty text (`OTEL_SERVICE_NAME`).
+pub(super) fn text(raw: Option<&str>) -> Result<String, String> {
+    let raw = given(raw)?.trim();
+    if raw.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(raw.to_owned())
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`: the one transport the exporter speaks.
+pub(super) fn otlp_protocol(raw: Option<&str>) -> Result<crate::otel::Protocol, String> {
+    match given(raw)?.trim() {
+        "http/protobuf" => Ok(crate::otel::Protocol::HttpProtobuf),
+        other => Err(format!(
+            "{other:?} is not supported: the exporter speaks http/protobuf (OTLP over HTTP, to port 4318)"
+        )),
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs (the problem never quotes a value: it may be a secret).
+pub(super) fn otlp_headers(
+    raw: Option<&str>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
+    raw.map_or(Ok(Vec::new()), crate::otel::parse_headers)
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs.
+pub(super) fn resource_attributes(raw: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    raw.map_or(Ok(Vec::new()), crate::otel::parse_resource)
+}

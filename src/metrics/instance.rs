@@ -67,12 +67,19 @@ metrics! {
         budget_unpriced_admitted: IntCounterVec = "deepseek_meter_budget_unpriced_admitted_total" ["budget"],
         /// Closed hours whose bill this sidecar's roller found different from their ledger (the close-time audit).
         bill_audit_mismatches: IntCounter = "deepseek_meter_bill_audit_mismatches_total" [],
+        /// OpenTelemetry spans by outcome: `exported`, `failed` (the collector did not take them), `dropped` (the queue was full).
+        otel_spans: IntCounterVec = "deepseek_meter_otel_spans_total" ["outcome"],
         /// Threshold alerts this sidecar raised (each crossing is raised by one sidecar, once).
         budget_alerts: IntCounterVec = "deepseek_meter_budget_alerts_total" ["budget"],
     }
 }
 
 impl InstanceMetrics {
+    /// Counts `n` spans of the OpenTelemetry export by outcome.
+    pub fn otel_spans(&self, outcome: &str, n: u64) {
+        self.otel_spans.with_label_values(&[outcome]).inc_by(n);
+    }
+
     /// Counts one finished call. `model_label` is the bounded label (a price-book model or `other`);
     /// `cost_by_class` is `None` for an unpriced call.
     pub fn observe_call(

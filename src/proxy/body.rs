@@ -82,7 +82,10 @@ impl<B> MeteredBody<B> {
                 .metrics
                 .instance
                 .tap_trouble(report.parse_errors, report.usage_clamped);
-            self.ack = state.meter.finish(ctx.into_facts(report, self.first_token));
+            let trace = ctx.trace;
+            self.ack = state
+                .meter
+                .finish(ctx.into_facts(report, self.first_token), trace);
         }
     }
 

@@ -28,6 +28,8 @@ pub struct CallContext {
     pub api_key_id: Option<String>,
     /// The upstream's `x-request-id` response header, for a body that carries no request id of its own.
     pub request_id_header: Option<String>,
+    /// The call's trace context, when spans are exported (`--otlp-endpoint`).
+    pub trace: Option<crate::otel::Trace>,
 }
 
 /// How a call that got no upstream response is metered.
@@ -66,8 +68,10 @@ impl CallContext {
             model: self
                 .info
                 .model
-                .or(report.response_model)
+                .or_else(|| report.response_model.clone())
                 .unwrap_or_else(|| crate::record::UNKNOWN_MODEL.into()),
+            response_model: report.response_model,
+            finish_reasons: report.finish_reasons,
             stream: self.info.stream || report.stream,
             status: report.status,
             http_status: Some(report.http_status),
@@ -110,6 +114,7 @@ impl CallContext {
             error_code: answer.map(|e| e.code().to_owned()),
             upstream_request_id: None,
             response_model: None,
+            finish_reasons: Vec::new(),
             stream: false,
             tokens,
             usage_source,

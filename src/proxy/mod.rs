@@ -94,9 +94,10 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let (Some(ctx), true) = (self.ctx.take(), self.metered) {
+            let trace = ctx.trace;
             let facts = ctx.into_refused_facts(None, NoResponse::ClientLeftBeforeResponse);
             // No one is left to hold a strict-durability ack for.
-            let _ = self.proxy.inner.state.meter.finish(facts);
+            let _ = self.proxy.inner.state.meter.finish(facts, trace);
         }
     }
 }
@@ -297,6 +298,15 @@ impl Proxy {
                 .or_else(|| header_text(headers, headers::WORKSPACE_HEADER)),
             api_key_id: who.key_id,
             request_id_header: None,
+            // Spans exported: the client's trace continues through this call (else nothing changes).
+            trace: self.inner.state.meter.exporting().then(|| {
+                crate::otel::Trace::for_call(
+                    call_id,
+                    headers
+                        .get(crate::otel::trace::TRACEPARENT)
+                        .map(HeaderValue::as_bytes),
+                )
+            }),
         }
     }
 
@@ -434,6 +444,10 @@ impl Proxy {
             if let Some(authority) = self.inner.upstream.host_header() {
                 h.insert(header::HOST, authority);
             }
+            // The upstream's spans hang under this call's (the client's `tracestate` goes along unchanged).
+            if let Some(trace) = &ctx.trace {
+                h.insert(crate::otel::trace::TRACEPARENT, trace.header());
+            }
         }
         let request = request.body(Full::new(upstream_body)).ok()?;
         Some(Outgoing {
@@ -505,8 +519,9 @@ impl Proxy {
     ) -> Response<Body> {
         let (protocol, call_id) = (ctx.protocol, ctx.call_id);
         if metered {
+            let trace = ctx.trace;
             let facts = ctx.into_refused_facts(Some(&error), how);
-            if let Some(ack) = self.inner.state.meter.finish(facts) {
+            if let Some(ack) = self.inner.state.meter.finish(facts, trace) {
                 let _ = ack.await;
             }
         }

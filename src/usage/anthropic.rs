@@ -48,6 +48,9 @@ struct Object<'a> {
     content_block: Option<Block<'a>>,
     #[serde(borrow, default)]
     content: Option<Vec<Block<'a>>>,
+    /// A whole message's reason for ending.
+    #[serde(borrow, default)]
+    stop_reason: Text<'a>,
 }
 
 /// A content block, or a delta of one.
@@ -64,6 +67,9 @@ struct Block<'a> {
     /// A `tool_use` block's tool name.
     #[serde(borrow, default)]
     name: Text<'a>,
+    /// `message_delta`'s reason for ending.
+    #[serde(borrow, default)]
+    stop_reason: Text<'a>,
 }
 
 /// Reads one JSON object: an SSE event's data, or (`whole`) a whole body.
@@ -88,6 +94,9 @@ pub(super) fn absorb(obs: &mut Observed, data: &[u8], whole: bool) {
         Some("content_block_delta") => block(obs, o.delta.as_ref()),
         Some("message_delta") => {
             obs.usage(o.usage.as_ref());
+            if let Some(reason) = o.delta.as_ref().and_then(|d| d.stop_reason.get()) {
+                obs.finish_reason(reason);
+            }
         }
         Some("message_stop") => obs.terminal = true,
         Some("error") => match o.error.as_ref().filter(|e| e.is_object()) {
@@ -100,6 +109,9 @@ pub(super) fn absorb(obs: &mut Observed, data: &[u8], whole: bool) {
             obs.usage(o.usage.as_ref());
             for b in o.content.iter().flatten() {
                 block(obs, Some(b));
+            }
+            if let Some(reason) = o.stop_reason.get() {
+                obs.finish_reason(reason);
             }
             obs.terminal = true;
         }

@@ -41,10 +41,11 @@ pub(super) fn absorb(
         }
         for c in choices {
             tally_message(obs, c.delta.as_ref().or(c.message.as_ref()), true);
-            if c.finish_reason.as_deref().is_some_and(is_finished)
-                && protocol == Protocol::DashScope
-            {
-                obs.terminal = true;
+            if let Some(reason) = c.finish_reason.as_deref().filter(|r| is_finished(r)) {
+                obs.finish_reason(reason);
+                if protocol == Protocol::DashScope {
+                    obs.terminal = true;
+                }
             }
         }
     }
@@ -52,14 +53,16 @@ pub(super) fn absorb(
         let accumulate = incremental || protocol == Protocol::OpenAi;
         for c in out.choices.iter().flatten() {
             tally_message(obs, c.message.as_ref().or(c.delta.as_ref()), accumulate);
-            if c.finish_reason.as_deref().is_some_and(is_finished) {
+            if let Some(reason) = c.finish_reason.as_deref().filter(|r| is_finished(r)) {
+                obs.finish_reason(reason);
                 obs.terminal = true;
             }
         }
         if let Some(text) = out.text.as_deref() {
             obs.answer_text(text, accumulate);
         }
-        if out.finish_reason.as_deref().is_some_and(is_finished) {
+        if let Some(reason) = out.finish_reason.as_deref().filter(|r| is_finished(r)) {
+            obs.finish_reason(reason);
             obs.terminal = true;
         }
     }

@@ -24,6 +24,8 @@ pub(super) struct Observed {
     pub(super) answer: Transcript,
     pub(super) saw_token: bool,
     pub(super) parse_errors: u64,
+    /// Why the response's choices ended, as the upstream wrote it (`stop`, `length`, `end_turn`, …), each once.
+    pub(super) finish_reasons: Vec<String>,
 }
 
 impl Observed {
@@ -46,6 +48,13 @@ impl Observed {
     pub(super) fn model(&mut self, model: Option<&str>) {
         if self.model.is_none() {
             self.model = model.map(str::to_owned);
+        }
+    }
+
+    /// A choice's reason for ending (at most 8 distinct reasons are kept: they are labels).
+    pub(super) fn finish_reason(&mut self, reason: &str) {
+        if !self.finish_reasons.iter().any(|r| r == reason) && self.finish_reasons.len() < 8 {
+            self.finish_reasons.push(reason.to_owned());
         }
     }
 

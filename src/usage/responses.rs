@@ -139,7 +139,9 @@ fn response(obs: &mut Observed, r: &Object<'_>) {
         Some("incomplete") => {
             let reason = r.incomplete_details.as_ref().and_then(|d| d.reason.get());
             obs.incomplete = Some(reason.unwrap_or("incomplete").to_owned());
+            obs.finish_reason(reason.unwrap_or("incomplete"));
         }
+        Some("completed") => obs.finish_reason("completed"),
         _ => {}
     }
 }

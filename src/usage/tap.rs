@@ -89,6 +89,8 @@ pub struct UsageReport {
     pub upstream_request_id: Option<String>,
     /// The `model` the response echoed (compat), used when the request named none.
     pub response_model: Option<String>,
+    /// Why the response ended, as the upstream said (each reason once; empty if it did not say).
+    pub finish_reasons: Vec<String>,
     /// The response was an event stream.
     pub stream: bool,
     pub tokens: Tokens,
@@ -499,6 +501,7 @@ impl Concluded {
             error_code: obs.error_code,
             upstream_request_id: obs.request_id,
             response_model: obs.model,
+            finish_reasons: obs.finish_reasons,
             stream: self.stream,
             tokens,
             usage_source,

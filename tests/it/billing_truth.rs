@@ -579,6 +579,8 @@ mod records_the_ledger_accepts {
                         Protocol::OpenAi
                     },
                     model: models[m].into(),
+                    response_model: None,
+                    finish_reasons: vec![],
                     stream: native,
                     status: CallStatus::Ok,
                     http_status,
@@ -625,7 +627,7 @@ mod records_the_ledger_accepts {
         proptest!(ProptestConfig::with_cases(256), |(batch in prop::collection::vec(facts(), 1..8))| {
             let before = recorder.records().len();
             for f in batch {
-                let _ = meter.finish(f);
+                let _ = meter.finish(f, None);
             }
             let records = recorder.records()[before..].to_vec();
             let n = rt.block_on(ledger.insert(&records));

@@ -71,6 +71,17 @@ fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
             "invalid setting --admin-listen (METER_ADMIN_LISTEN, config key `admin_listen`): 0.0.0.0:0 is not a loopback address: set --admin-token (METER_ADMIN_TOKEN) too",
         ),
         (
+            &["serve"],
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+            "invalid setting --otlp-protocol (OTEL_EXPORTER_OTLP_PROTOCOL, config key `otlp_protocol`): \"grpc\" is not supported",
+        ),
+        (
+            &["serve"],
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key")],
+            "--otlp-headers",
+        ),
+        (&["serve", "--otlp-endpoint", "ftp://x"], &[], "--otlp-endpoint"),
+        (
             &["prices"],
             &[("METER_PRICES", neg)],
             "m@2025-01-01: input price -1 is negative",

@@ -20,6 +20,7 @@ mod faults;
 mod fuzz_regressions;
 mod ledger;
 mod openai_sdk;
+mod otel;
 mod platform;
 mod proxy;
 mod reconcile;
