@@ -4,7 +4,8 @@
 //!
 //! 1. the first roll of all 720 hours (folded from the rollups; each ended hour closed with its audit, which
 //!    reads the hour's rows once);
-//! 2. rolling one busy hour again (what each roller round costs while an hour takes calls: a fold);
+//! 2. a late row re-opening the busiest closed hour: its fold, a new revision and the hour's audit again (the
+//!    roller's per-second round while an hour is open is `bench/scale`'s: it reads no ledger row);
 //! 3. reports through `billing::read` + rendering, the way every door runs them: a day by model and by key
 //!    (hourly rows), the month by model and by key (daily rows), the month by model as one row per model;
 //! 4. shipper throughput (journal → shipper → Postgres, `BENCH_SHIP_ROWS` records a run, default 100,000)
@@ -349,7 +350,7 @@ async fn main() {
         "| first roll of all {} hours | {first_roll_secs:.1} s |",
         first.hours
     );
-    println!("| roll one busy hour ({busy_calls} calls) | {roll_med:.0} ms (min {roll_min:.0}) |");
+    println!("| a late row re-opens the busiest closed hour ({busy_calls} calls): fold, revision, audit | {roll_med:.0} ms (min {roll_min:.0}) |");
     for (name, n, med, min) in &report_rows {
         println!("| report: {name}, {n} rows, read + JSON | {med:.1} ms (min {min:.1}) |");
     }

@@ -4,6 +4,9 @@
 //! 2. `journal → ledger`: records appended to a real journal (batched durability, fsync every 10 ms) by
 //!    4 producer tasks, shipped by the real shipper; the clock stops when the last record is in Postgres.
 //!
+//! 1b. `unnest` vs `copy`: the same rows and rollups through the shipper's UNNEST insert and through COPY (CSV)
+//!    into a temporary table, at batches of 1,000 and 5,000, with the Postgres backends' CPU per row.
+//!
 //! 3. `proxy path`: p50/p99 latency of non-streaming calls through the real sidecar (ledger on, simulator
 //!    upstream), first with the ledger idle, then while its shipper ingests `BENCH_ROWS` journaled records.
 //!
@@ -66,6 +69,43 @@ fn record(i: u64) -> CallRecord {
     }
 }
 
+/// CPU seconds (user + system) of each Postgres backend connected to `db`, by pid.
+async fn backend_cpu(pool: &sqlx::PgPool, db: &str) -> std::collections::HashMap<i32, f64> {
+    let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(db)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    pids.into_iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (pid, (ticks(11) + ticks(12)) / 100.0)
+        })
+        .collect()
+}
+
+fn cpu_delta(
+    before: &std::collections::HashMap<i32, f64>,
+    after: &std::collections::HashMap<i32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
+}
+
 #[tokio::main]
 async fn main() {
     let rows: u64 = std::env::var("BENCH_ROWS")
@@ -106,6 +146,46 @@ async fn main() {
     }
     let insert_secs = t.elapsed().as_secs_f64();
     drop(records);
+
+    // 1b. The two ways rows can reach Postgres (issue 25): UNNEST of one array per column (what the shipper
+    // does) vs COPY (CSV) into a temporary table and the same INSERT … SELECT, each at two batch sizes, with the
+    // Postgres backends' own CPU per row (their utime + stime from /proc; Postgres runs on this machine).
+    let mut ways = Vec::new();
+    for round in 0..2u64 {
+        for (way, batch) in [
+            ("unnest", 1000),
+            ("copy", 1000),
+            ("unnest", 5000),
+            ("copy", 5000),
+        ] {
+            let records: Vec<CallRecord> = (0..rows).map(|i| record(i + round)).collect();
+            let before = backend_cpu(l.pool(), &db).await;
+            let t = Instant::now();
+            for chunk in records.chunks(batch) {
+                let n = if way == "copy" {
+                    deepseek_meter::ledger::insert::copy_insert(l.pool(), chunk).await
+                } else {
+                    deepseek_meter::ledger::insert::insert(l.pool(), chunk).await
+                };
+                assert_eq!(n.unwrap(), chunk.len() as u64);
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let cpu = cpu_delta(&before, &backend_cpu(l.pool(), &db).await);
+            eprintln!(
+                "{way} batch {batch} round {}: {:.0} rows/s, backend CPU {:.1} µs/row",
+                round + 1,
+                rows as f64 / secs,
+                cpu * 1e6 / rows as f64
+            );
+            ways.push((
+                way,
+                batch,
+                round,
+                rows as f64 / secs,
+                cpu * 1e6 / rows as f64,
+            ));
+        }
+    }
 
     // 2. Journal → shipper → Postgres.
     let dir = tempfile::tempdir().unwrap();
@@ -215,7 +295,7 @@ async fn main() {
         .unwrap();
     assert_eq!(
         n as u64,
-        3 * rows + 2 * calls as u64,
+        3 * rows + 2 * calls as u64 + ways.len() as u64 * rows,
         "every record landed once"
     );
     pool.close().await;
@@ -241,6 +321,20 @@ async fn main() {
         "| journal → shipper → Postgres, end to end | {rows} | {e2e_secs:.2} | {e2e_rate:.0} |"
     );
     println!();
+    println!("| rows into Postgres, {rows} a run (2 rounds) | batch | rows/s | Postgres backend CPU per row (µs) |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (way, batch, round, rate, cpu) in &ways {
+        let way = if *way == "copy" {
+            "COPY (csv) into a temporary table + INSERT … SELECT"
+        } else {
+            "INSERT … SELECT FROM UNNEST (the shipper's)"
+        };
+        println!(
+            "| {way}, round {} | {batch} | {rate:.0} | {cpu:.1} |",
+            round + 1
+        );
+    }
+    println!();
     println!("| proxy path (non-streaming, sequential, {calls} calls each) | p50 µs | p99 µs |");
     println!("| --- | ---: | ---: |");
     println!("| ledger idle | {idle_p50:.0} | {idle_p99:.0} |");
@@ -249,7 +343,9 @@ async fn main() {
         "proxy_idle_p50_us": idle_p50, "proxy_idle_p99_us": idle_p99,
         "proxy_ingesting_p50_us": busy_p50, "proxy_ingesting_p99_us": busy_p99,
         "rows": rows, "insert_rows_per_s": insert_rate, "append_rows_per_s": append_rate,
-        "end_to_end_rows_per_s": e2e_rate, "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
+        "end_to_end_rows_per_s": e2e_rate,
+        "ways": ways.iter().map(|(w, b, r, rate, cpu)| serde_json::json!({"way": w, "batch": b, "round": r, "rows_per_s": rate, "backend_cpu_us_per_row": cpu})).collect::<Vec<_>>(),
+        "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
     });
     std::fs::create_dir_all("bench/results").unwrap();
     std::fs::write(

@@ -870,3 +870,79 @@ async fn a_client_that_leaves_before_the_response_head_leaves_a_row() {
     assert_no_dead_letters(t.journal.path());
     t.app.shutdown().await;
 }
+
+/// The COPY path that `bench/ledger` measures against the shipper's UNNEST insert stores exactly what that
+/// insert stores — every column and the rollups' sums — for text that CSV must quote (quotes, commas, line
+/// breaks, non-ASCII), NULLs, and a replay (nothing added twice either way).
+#[tokio::test]
+async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
+    use deepseek_meter::ledger::insert::{copy_insert, insert};
+    let db = TestDb::new().await;
+    let ledger = deepseek_meter::ledger::Ledger::create_and_migrate(&db.url)
+        .await
+        .unwrap();
+    let pool = ledger.pool().clone();
+    let twin = |i: usize, project: &str| {
+        let mut r = a_record(i);
+        r.project = Some(project.to_owned());
+        r.end_user = i
+            .is_multiple_of(2)
+            .then(|| format!("用户 \"{i}\",\n第二行"));
+        r.error_code = Some("a,b\"c".into());
+        r.upstream_request_id = (!i.is_multiple_of(3)).then(|| format!("req-{i}"));
+        r.ttft_ms = (i % 2 == 1).then_some(12.5);
+        r.cost_total = Some(format!("0.00{i}1234567").parse().unwrap());
+        r.cost_input = Some("0.0000001".parse().unwrap());
+        r.workspace = Some("ws,1".into());
+        r
+    };
+    let a: Vec<_> = (0..40).map(|i| twin(i, "unnest")).collect();
+    let b: Vec<_> = (0..40).map(|i| twin(i, "copy")).collect();
+    assert_eq!(insert(&pool, &a).await.unwrap(), 40);
+    assert_eq!(copy_insert(&pool, &b).await.unwrap(), 40);
+    assert_eq!(insert(&pool, &a).await.unwrap(), 0, "a replay adds nothing");
+    assert_eq!(
+        copy_insert(&pool, &b).await.unwrap(),
+        0,
+        "a replay adds nothing"
+    );
+    // Row by row, every column but the key, the project and when it was recorded.
+    let rows = |project: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let v: Vec<Value> = sqlx::query_scalar(
+                "SELECT to_jsonb(l) - 'call_id' - 'project' - 'recorded_at' FROM usage_ledger l
+                 WHERE project = $1 ORDER BY upstream_request_id NULLS FIRST, cost_total",
+            )
+            .bind(project)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            v
+        }
+    };
+    let (by_unnest, by_copy) = (rows("unnest").await, rows("copy").await);
+    assert_eq!(by_unnest.len(), 40);
+    assert_eq!(by_unnest, by_copy);
+    assert!(by_copy
+        .iter()
+        .any(|r| r["end_user"] == "用户 \"0\",\n第二行"));
+    // The rollups got the same sums from each.
+    for (table, cols) in [
+        (
+            "hourly_bill",
+            "sum(calls), sum(input_tokens), sum(output_tokens), sum(cost_total)",
+        ),
+        ("hourly_end_user_cost", "count(*), sum(cost)"),
+    ] {
+        let sums: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT ({cols})::text FROM {table} WHERE project IN ('unnest', 'copy') GROUP BY project ORDER BY project"
+        ))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(sums.len(), 2, "{table}");
+        assert_eq!(sums[0], sums[1], "{table}");
+    }
+    pool.close().await;
+}
