@@ -231,6 +231,8 @@ serve_settings! {
     otlp_protocol: crate::otel::Protocol = Some("http/protobuf"), env "OTEL_EXPORTER_OTLP_PROTOCOL", parse otlp_protocol;
     /// How long one export may take, in milliseconds (the spans of a batch not taken by then are lost, counted).
     otlp_timeout_ms: Duration = Some("10000"), env "OTEL_EXPORTER_OTLP_TIMEOUT", parse millis;
+    /// How long a batch of spans waits for more after its first, in milliseconds (a batch also goes at 512 spans).
+    otel_bsp_schedule_delay: Duration = Some("500"), env "OTEL_BSP_SCHEDULE_DELAY", parse millis;
     /// The spans' `service.name`.
     otel_service_name: String = Some("deepseek-meter"), env "OTEL_SERVICE_NAME", parse text;
     /// More resource attributes of the spans (`key=value,…`, values percent-encoded).
@@ -376,7 +378,7 @@ impl Settings {
                 ),
             ));
         }
-        let otel = otel_settings(&v);
+        let otel = otel_settings(&v)?;
         Ok(Settings {
             otel,
             budgets,
@@ -574,15 +576,22 @@ mod tests;
 
 /// The span export, when an endpoint is set: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, else the base
 /// endpoint with `v1/traces` appended (the specification's rule for the two variables).
-fn otel_settings(v: &ServeValues) -> Option<crate::otel::OtelSettings> {
+fn otel_settings(v: &ServeValues) -> Result<Option<crate::otel::OtelSettings>, SettingError> {
     let traces_endpoint = match (&v.otlp_traces_endpoint, &v.otlp_endpoint) {
         (Some(t), _) => t.clone(),
         (None, Some(base)) => {
             let text = base.to_string();
             let joined = format!("{}/v1/traces", text.trim_end_matches('/'));
-            joined.parse().ok()?
+            joined.parse().map_err(|_| {
+                SettingError::new(
+                    "otlp_endpoint",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "with /v1/traces added it is not a URL (give OTEL_EXPORTER_OTLP_TRACES_ENDPOINT instead)"
+                        .into(),
+                )
+            })?
         }
-        (None, None) => return None,
+        (None, None) => return Ok(None),
     };
     let mut resource = vec![
         ("service.name".to_owned(), v.otel_service_name.clone()),
@@ -598,11 +607,12 @@ fn otel_settings(v: &ServeValues) -> Option<crate::otel::OtelSettings> {
         resource.retain(|(have, _)| have != k);
         resource.push((k.clone(), val.clone()));
     }
-    Some(crate::otel::OtelSettings {
+    Ok(Some(crate::otel::OtelSettings {
         traces_endpoint,
         headers: v.otlp_headers.clone(),
         timeout: v.otlp_timeout_ms,
+        schedule_delay: v.otel_bsp_schedule_delay,
         resource,
         gen_ai_system: v.otel_gen_ai_system,
-    })
+    }))
 }

@@ -244,10 +244,11 @@ csv_display!(uuid::Uuid, bool, i16, i64, f64, rust_decimal::Decimal);
 impl CsvField for chrono::DateTime<chrono::Utc> {
     fn write_csv(&self, out: &mut String) {
         use std::fmt::Write as _;
+        // Microseconds, cut as the binary encoding of the UNNEST insert cuts them (Postgres would round more).
         let _ = write!(
             out,
             "{}",
-            self.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            self.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         );
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub const QUEUE: usize = 4096;
 /// Spans in one POST, at most.
 pub const BATCH: usize = 512;
-/// How long a batch waits for more spans after its first.
+/// How long a batch waits for more spans after its first, by default (`OTEL_BSP_SCHEDULE_DELAY`).
 pub const LINGER: Duration = Duration::from_millis(500);
 
 /// Cheap to clone: a handle on the queue.
@@ -48,6 +48,7 @@ impl Exporter {
         let hook = Webhook::with_timeout(settings.traces_endpoint.clone(), settings.timeout)?;
         let (queue, rx) = mpsc::channel(QUEUE);
         let sender = Sender {
+            linger: settings.schedule_delay,
             hook,
             headers: settings.headers.clone(),
             resource: settings.resource.clone(),
@@ -105,12 +106,18 @@ impl Exporter {
         if let Some(mut task) = task {
             if tokio::time::timeout(bound, &mut task).await.is_err() {
                 task.abort();
+                // What was still queued is lost (the batch in flight too, uncounted: it may have landed).
+                let left = QUEUE - self.inner.queue.capacity();
+                if left > 0 {
+                    self.inner.metrics.otel_spans("dropped", left as u64);
+                }
             }
         }
     }
 }
 
 struct Sender {
+    linger: Duration,
     hook: Webhook,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     resource: Vec<(String, String)>,
@@ -122,24 +129,27 @@ impl Sender {
         let mut failing = false;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
+            // Closing wins over more spans: the drain below sends what is queued in whole batches.
             let first = tokio::select! {
-                next = rx.recv() => next,
+                biased;
                 _ = closing.cancelled() => None,
+                next = rx.recv() => next,
             };
             let Some(first) = first else {
                 break;
             };
             batch.push(first);
-            let linger = tokio::time::sleep(LINGER);
+            let linger = tokio::time::sleep(self.linger);
             tokio::pin!(linger);
             while batch.len() < BATCH {
                 tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    _ = &mut linger => break,
                     next = rx.recv() => match next {
                         Some(s) => batch.push(s),
                         None => break,
                     },
-                    _ = &mut linger => break,
-                    _ = closing.cancelled() => break,
                 }
             }
             self.send(&mut batch, &mut failing).await;

@@ -26,6 +26,8 @@ pub struct OtelSettings {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// How long one POST may take.
     pub timeout: Duration,
+    /// How long a batch waits for more spans after its first (`OTEL_BSP_SCHEDULE_DELAY`).
+    pub schedule_delay: Duration,
     /// `service.name` and any other resource attributes (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
     pub resource: Vec<(String, String)>,
     /// Also emit the deprecated `gen_ai.system` beside `gen_ai.provider.name` (for backends on older
@@ -45,17 +47,26 @@ pub enum Protocol {
 pub const PROVIDER: &str = "alibaba_cloud";
 
 /// Parses `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values percent-encoded
-/// (the OpenTelemetry specification's format).
+/// (the OpenTelemetry specification's format). The values are secrets, and a mistyped pair may put one where a
+/// name should be: an error names the pair by its position, never by its text.
 pub fn parse_headers(text: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
     let mut out = Vec::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for (n, pair) in text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .enumerate()
+    {
+        let n = n + 1;
         let (name, value) = pair
             .split_once('=')
-            .ok_or_else(|| "expected key=value pairs separated by commas".to_owned())?;
+            .ok_or_else(|| format!("pair {n} is not key=value (pairs are separated by commas)"))?;
         let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| format!("`{}` is not a header name", name.trim()))?;
-        let mut value = http::HeaderValue::from_str(&percent_decode(value.trim())?)
-            .map_err(|_| format!("the value of {name} is not a header value"))?;
+            .map_err(|_| format!("pair {n} does not start with a header name"))?;
+        let decoded = percent_decode(value.trim())
+            .map_err(|problem| format!("the value of pair {n} {problem}"))?;
+        let mut value = http::HeaderValue::from_str(&decoded)
+            .map_err(|_| format!("the value of pair {n} is not a header value"))?;
         value.set_sensitive(true);
         out.push((name, value));
     }
@@ -74,7 +85,9 @@ pub fn parse_resource(text: &str) -> Result<Vec<(String, String)>, String> {
             if k.trim().is_empty() {
                 return Err("an attribute without a key".to_owned());
             }
-            Ok((k.trim().to_owned(), percent_decode(v.trim())?))
+            let v = percent_decode(v.trim())
+                .map_err(|problem| format!("the value of {} {problem}", k.trim()))?;
+            Ok((k.trim().to_owned(), v))
         })
         .collect()
 }
@@ -89,7 +102,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("`{text}` has a % not followed by two hex digits"))?;
+                .ok_or_else(|| "has a % not followed by two hex digits".to_owned())?;
             out.push(hex);
             i += 3;
         } else {
@@ -97,7 +110,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
+    String::from_utf8(out).map_err(|_| "does not decode to UTF-8".to_owned())
 }
 
 #[cfg(test)]
@@ -114,6 +127,19 @@ mod tests {
         assert_eq!(h[1].1.to_str().unwrap(), "a");
         assert!(parse_headers("novalue").is_err());
         assert!(parse_headers("a=%zz").is_err());
+        // No error quotes what it read: values are secrets, and a mistyped pair can put one in the name.
+        for typo in [
+            "Authorization=Bearer s3cret%zz",
+            "Authorization: Bearer s3cret==",
+            "x=1,Authorization Bearer s3cret",
+            "a=s3cret%ff%fe",
+        ] {
+            let e = parse_headers(typo).unwrap_err();
+            assert!(
+                !e.contains("s3cret") && !e.contains("Bearer"),
+                "{typo}: {e}"
+            );
+        }
         assert_eq!(
             parse_resource("service.namespace=billing,deployment.environment=prod%20cn").unwrap(),
             vec![

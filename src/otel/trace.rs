@@ -5,8 +5,9 @@
 
 use uuid::Uuid;
 
-/// The header, lower case as HTTP/2 wants it.
+/// The headers, lower case as HTTP/2 wants them.
 pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trace {
@@ -30,11 +31,12 @@ impl Trace {
             span_id[7] = 1;
         }
         match traceparent.and_then(parse) {
+            // Flags this version does not define are not passed on (W3C: sampled 0x01, random 0x02).
             Some((trace_id, parent, flags)) => Trace {
                 trace_id,
                 span_id,
                 parent_span_id: Some(parent),
-                flags,
+                flags: flags & 0x03,
             },
             None => Trace {
                 trace_id: *id,
@@ -139,6 +141,12 @@ mod tests {
         );
         assert!(!t.sampled());
         assert!(t.header().to_str().unwrap().ends_with("-00"));
+        // Flags no version defines are not passed on.
+        let t = Trace::for_call(
+            Uuid::now_v7(),
+            Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff"),
+        );
+        assert!(t.header().to_str().unwrap().ends_with("-03"));
     }
 
     #[test]
@@ -152,6 +160,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", // 00 has no more fields
             "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version not hex
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A", // flags upper case
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", // no dash before more
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 x",
         ];
         for b in bad {
             let call = Uuid::now_v7();
@@ -168,6 +180,25 @@ mod tests {
     }
 
     proptest! {
+        /// A valid header with one byte changed: either still valid (and then followed), or a new trace.
+        #[test]
+        fn a_header_one_byte_off_is_followed_only_if_still_valid(at in 0usize..55, byte in any::<u8>()) {
+            let mut h = CLIENT.as_bytes().to_vec();
+            h[at] = byte;
+            let t = Trace::for_call(Uuid::now_v7(), Some(&h));
+            match parse(&h) {
+                Some((trace, parent, _)) => {
+                    prop_assert_eq!(t.trace_id, trace);
+                    prop_assert_eq!(t.parent_span_id, Some(parent));
+                }
+                None => prop_assert_eq!(t.parent_span_id, None),
+            }
+            let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            let still_valid = if [2, 35, 52].contains(&at) { byte == b'-' } else { lower_hex(byte) }
+                && !(at < 2 && h[0..2] == *b"ff");
+            prop_assert_eq!(parse(&h).is_some(), still_valid, "{}", String::from_utf8_lossy(&h));
+        }
+
         #[test]
         fn any_header_value_gives_a_trace_and_a_valid_header(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let t = Trace::for_call(Uuid::now_v7(), Some(&bytes));

@@ -444,9 +444,13 @@ impl Proxy {
             if let Some(authority) = self.inner.upstream.host_header() {
                 h.insert(header::HOST, authority);
             }
-            // The upstream's spans hang under this call's (the client's `tracestate` goes along unchanged).
+            // The upstream's spans hang under this call's. The client's `tracestate` goes along with its trace,
+            // and is dropped when the call starts a new one (W3C: it belongs to the trace it came with).
             if let Some(trace) = &ctx.trace {
                 h.insert(crate::otel::trace::TRACEPARENT, trace.header());
+                if trace.parent_span_id.is_none() {
+                    h.remove(crate::otel::trace::TRACESTATE);
+                }
             }
         }
         let request = request.body(Full::new(upstream_body)).ok()?;

@@ -82,6 +82,16 @@ fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
         ),
         (&["serve", "--otlp-endpoint", "ftp://x"], &[], "--otlp-endpoint"),
         (
+            &["serve"],
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "Authorization: Bearer s3cret==")],
+            "pair 1 does not start with a header name",
+        ),
+        (
+            &["serve"],
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "k=s3cret%zz")],
+            "the value of pair 1 has a % not followed by two hex digits",
+        ),
+        (
             &["prices"],
             &[("METER_PRICES", neg)],
             "m@2025-01-01: input price -1 is negative",
@@ -93,6 +103,10 @@ fn bad_settings_stop_startup_with_one_line_naming_the_setting() {
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr:?}");
         assert!(lines[0].contains(name), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret"),
+            "a secret in the error: {stderr}"
+        );
     }
 }
 

@@ -894,6 +894,15 @@ async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
         r.cost_total = Some(format!("0.00{i}1234567").parse().unwrap());
         r.cost_input = Some("0.0000001".parse().unwrap());
         r.workspace = Some("ws,1".into());
+        r.api_key_id = Some(format!("key-{project}"));
+        // Sub-microsecond times (a real clock's): both paths keep the same microsecond.
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-25T10:59:59.9999996Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        r.started_at = at - chrono::Duration::nanoseconds(1_234_567_891);
+        r.finished_at = at;
+        // An empty text is not NULL; a backslash and a dot is COPY's end marker in its text format.
+        r.key_hint = Some(if i % 4 == 1 { "" } else { "\\." }.into());
         r
     };
     let a: Vec<_> = (0..40).map(|i| twin(i, "unnest")).collect();
@@ -906,12 +915,12 @@ async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
         0,
         "a replay adds nothing"
     );
-    // Row by row, every column but the key, the project and when it was recorded.
+    // Row by row, every column but the key, the two that tell the twins apart and when it was recorded.
     let rows = |project: &'static str| {
         let pool = pool.clone();
         async move {
             let v: Vec<Value> = sqlx::query_scalar(
-                "SELECT to_jsonb(l) - 'call_id' - 'project' - 'recorded_at' FROM usage_ledger l
+                "SELECT to_jsonb(l) - 'call_id' - 'project' - 'api_key_id' - 'recorded_at' FROM usage_ledger l
                  WHERE project = $1 ORDER BY upstream_request_id NULLS FIRST, cost_total",
             )
             .bind(project)
@@ -924,6 +933,14 @@ async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
     let (by_unnest, by_copy) = (rows("unnest").await, rows("copy").await);
     assert_eq!(by_unnest.len(), 40);
     assert_eq!(by_unnest, by_copy);
+    assert!(
+        by_copy.iter().any(|r| r["key_hint"] == ""),
+        "an empty text stays empty"
+    );
+    assert!(by_copy.iter().any(|r| r["key_hint"] == "\\."));
+    assert!(by_copy
+        .iter()
+        .all(|r| r["finished_at"] == by_unnest[0]["finished_at"]));
     assert!(by_copy
         .iter()
         .any(|r| r["end_user"] == "用户 \"0\",\n第二行"));
@@ -943,6 +960,18 @@ async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
         .unwrap();
         assert_eq!(sums.len(), 2, "{table}");
         assert_eq!(sums[0], sums[1], "{table}");
+    }
+    {
+        let sums: Vec<String> = sqlx::query_scalar(
+            "SELECT (count(*), sum(calls), sum(input_tokens), sum(cost), sum(cost_input), min(workspace))::text
+             FROM hourly_key_usage WHERE api_key_id IN ('key-unnest', 'key-copy')
+             GROUP BY api_key_id ORDER BY api_key_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(sums.len(), 2, "hourly_key_usage");
+        assert_eq!(sums[0], sums[1], "hourly_key_usage");
     }
     pool.close().await;
 }

@@ -11,7 +11,8 @@ use tokio::io::AsyncBufReadExt;
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-const KEY: &str = "sk-otel-canary-5a5a5a5a";
+/// Its hint (`sk-…` and the last 4) is not hex, so it cannot turn up in an id by chance.
+const KEY: &str = "sk-otel-canary-zyxw";
 
 /// A chat completion with reasoning and cache reads (the upstream's own figures).
 const ANSWER: &str = r#"{"id":"chatcmpl-otel-1","object":"chat.completion","created":1,"model":"deepseek-v4-pro","choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning_content":"think"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1000,"completion_tokens":300,"total_tokens":1300,"prompt_tokens_details":{"cached_tokens":600,"cache_creation_input_tokens":100},"completion_tokens_details":{"reasoning_tokens":200}}}"#;
@@ -67,6 +68,7 @@ impl Receiver {
                 .unwrap(),
             headers: deepseek_meter::otel::parse_headers("x-collector-key=c0ll%3Dctor").unwrap(),
             timeout: Duration::from_secs(5),
+            schedule_delay: Duration::from_millis(500),
             resource: vec![
                 ("service.name".into(), "meter-under-test".into()),
                 ("deployment.environment".into(), "ci".into()),
@@ -165,6 +167,7 @@ async fn a_call_is_one_genai_client_span_under_the_clients_trace_and_the_upstrea
 
     let spans = rx.spans(1).await;
     assert_eq!(spans.len(), 1);
+    rx.nothing_more(Duration::from_millis(1500)).await;
     let (export, span) = &spans[0];
     assert_eq!(export["path"], "/v1/traces");
     assert_eq!(export["content_type"], "application/x-protobuf");
@@ -286,6 +289,11 @@ async fn a_call_without_a_trace_starts_one_an_unsampled_trace_is_not_exported_an
         "{started}"
     );
     assert!(started.ends_with("-01"));
+    assert_eq!(
+        up.last_seen().header("tracestate"),
+        None,
+        "the client's tracestate belongs to the trace it came with, not to a new one"
+    );
 
     // An upstream error: the span says so.
     let throttled = r#"{"error":{"message":"Requests rate limit exceeded","type":"requests","param":null,"code":"Throttling.RateQuota"}}"#;
@@ -316,6 +324,9 @@ async fn a_call_without_a_trace_starts_one_an_unsampled_trace_is_not_exported_an
     assert_eq!(started_span["span_id"], started.split('-').nth(2).unwrap());
 
     let failed = &by_call[&second];
+    // No traceparent at all: a trace of its own, named by the call id.
+    assert_eq!(failed["trace_id"], second.replace('-', ""));
+    assert!(failed.get("parent_span_id").is_none());
     let a = attributes(failed);
     assert_eq!(a["error.type"], s("Throttling.RateQuota"));
     assert_eq!(a["http.response.status_code"], i(429));
@@ -334,15 +345,27 @@ async fn spans_queued_at_shutdown_are_sent_before_the_sidecar_exits() {
     let mut rx = Receiver::start(200).await;
     let up = ScriptedUpstream::start().await;
     up.answer_always(Script::json(200, ANSWER));
-    let otel = rx.settings();
+    // A batch waits a minute for more: only the shutdown's drain can send these spans.
+    let otel = OtelSettings {
+        schedule_delay: Duration::from_secs(60),
+        ..rx.settings()
+    };
     let t = TestApp::start_with(up.upstream(), |s| s.otel = Some(otel)).await;
     let mut ids = std::collections::HashSet::new();
     for _ in 0..5 {
         let resp = chat(&t, None).await;
         ids.insert(call_id(&resp));
     }
-    // At once: well inside the batch's linger, so the spans are still queued.
+    let metrics = t.app.state.metrics.clone();
     t.app.shutdown().await;
+    // The shutdown waited for the export.
+    assert!(
+        metrics
+            .render()
+            .contains("deepseek_meter_otel_spans_total{outcome=\"exported\"} 5"),
+        "{}",
+        metrics.render()
+    );
     let got: std::collections::HashSet<String> = rx
         .spans(5)
         .await
@@ -361,9 +384,19 @@ async fn spans_queued_at_shutdown_are_sent_before_the_sidecar_exits() {
 async fn an_unreachable_or_failing_collector_loses_spans_never_calls() {
     let (_held, closed) = refusing_port();
     let mut failing = Receiver::start(503).await;
+    // A collector that takes the connection and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
     for endpoint in [
         format!("http://{closed}/v1/traces"),
         format!("http://127.0.0.1:{}/v1/traces", failing.port),
+        format!("http://{silent_addr}/v1/traces"),
     ] {
         let up = ScriptedUpstream::start().await;
         up.answer_always(Script::json(200, ANSWER));
@@ -372,6 +405,7 @@ async fn an_unreachable_or_failing_collector_loses_spans_never_calls() {
                 traces_endpoint: endpoint.parse().unwrap(),
                 headers: vec![],
                 timeout: Duration::from_secs(2),
+                schedule_delay: Duration::from_millis(500),
                 resource: vec![("service.name".into(), "x".into())],
                 gen_ai_system: false,
             })
@@ -379,13 +413,17 @@ async fn an_unreachable_or_failing_collector_loses_spans_never_calls() {
         .await;
         let mut calls = 0;
         for _ in 0..20 {
-            let (status, _, _) = t
-                .call(
+            // Each call is answered while the export fails or hangs (its bound here: 2 s).
+            let (status, _, _) = tokio::time::timeout(
+                Duration::from_secs(10),
+                t.call(
                     "/compatible-mode/v1/chat/completions",
                     r#"{"model":"deepseek-v4-pro","messages":[]}"#,
                     &[],
-                )
-                .await;
+                ),
+            )
+            .await
+            .expect("a call never waits for the collector");
             assert_eq!(status, 200, "{endpoint}");
             calls += 1;
         }
@@ -426,8 +464,10 @@ async fn without_an_endpoint_the_trace_headers_pass_unchanged_and_none_is_added(
     let client = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     chat(&t, Some(&client)).await;
     assert_eq!(up.last_seen().header("traceparent"), Some(client.as_str()));
+    assert_eq!(up.last_seen().header("tracestate"), Some("vendor=opaque"));
     chat(&t, None).await;
     assert_eq!(up.last_seen().header("traceparent"), None);
+    assert_eq!(up.last_seen().header("tracestate"), Some("vendor=opaque"));
     assert!(!get_text(&t.http, &t.admin_url("/metrics"))
         .await
         .contains("deepseek_meter_otel_spans_total{"));
