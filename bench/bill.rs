@@ -19,6 +19,7 @@
 
 #[path = "common/mix.rs"]
 mod mix;
+use mix::{env, timed};
 
 use chrono::{DateTime, Utc};
 use deepseek_meter::billing::format::render;
@@ -37,13 +38,6 @@ use std::time::{Duration, Instant};
 const TZ: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
 const DB: &str = "dm_bench_bill";
 const DAYS: i64 = 30;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn at(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
@@ -69,22 +63,6 @@ async fn fill(pool: &sqlx::PgPool, rows: u64, first_day: DateTime<Utc>) {
     .await;
     eprintln!("filled at {rate:.0} rows/s");
     sqlx::query("VACUUM ANALYZE").execute(pool).await.unwrap();
-}
-
-/// Runs `f` `n` times; (median, min) in milliseconds.
-async fn timed<F, Fut>(n: usize, mut f: F) -> (f64, f64)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f().await;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (ms[n / 2], ms[0])
 }
 
 fn record(i: u64, now: DateTime<Utc>) -> CallRecord {
@@ -249,7 +227,7 @@ async fn main() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    let (roll_med, roll_min) = timed(5, || async {
+    let (roll_med, roll_min, _) = timed(5, || async {
         sqlx::query("INSERT INTO bill_dirty_hours VALUES ($1)")
             .bind(busy)
             .execute(&pool)
@@ -310,7 +288,7 @@ async fn main() {
             timezone: TZ,
         };
         let n = read::report(&pool, &q).await.unwrap().rows.len();
-        let (med, min) = timed(7, || async {
+        let (med, min, _) = timed(7, || async {
             let r = read::report(&pool, &q).await.unwrap();
             std::hint::black_box(render(&r, Format::Json, &[]));
         })

@@ -23,7 +23,7 @@
 #[path = "common/mix.rs"]
 mod mix;
 
-use mix::{call, in_day, ingest, Rng};
+use mix::{call, env, in_day, ingest, timed, Rng};
 
 use chrono::{DateTime, Datelike, Duration as Span, Timelike, Utc};
 use deepseek_meter::billing::read;
@@ -39,29 +39,6 @@ use std::time::{Duration, Instant};
 const TZ: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
 const DB: &str = "dm_bench_scale";
 const DAYS: i64 = 30;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Runs `f` `n` times; (median, max) in milliseconds.
-async fn timed<F, Fut>(n: usize, mut f: F) -> (f64, f64)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f().await;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (ms[n / 2], ms[n - 1])
-}
 
 /// Ledger rows Postgres has read from any partition (sequential and index), its statistics flushed first.
 async fn ledger_rows_read(pool: &PgPool) -> i64 {
@@ -290,7 +267,7 @@ async fn main() {
         }
     };
     let before = ledger_rows_read(&pool).await;
-    let (busy_med, busy_max) = timed(20, || async {
+    let (busy_med, _, busy_max) = timed(20, || async {
         round(open).await;
     })
     .await;
@@ -301,7 +278,7 @@ async fn main() {
     let audit_s = t.elapsed().as_secs_f64();
     assert_eq!(closing.closed, 1, "the busy hour closes");
     let before = ledger_rows_read(&pool).await;
-    let (quiet_med, quiet_max) = timed(20, || async {
+    let (quiet_med, _, quiet_max) = timed(20, || async {
         round(quiet_hour).await;
     })
     .await;
@@ -315,7 +292,7 @@ async fn main() {
         granularity: Granularity::Month,
         timezone: TZ,
     };
-    let (report_med, report_max) = timed(7, || async {
+    let (report_med, _, report_max) = timed(7, || async {
         std::hint::black_box(read::report(&pool, &month).await.unwrap());
     })
     .await;
@@ -324,13 +301,13 @@ async fn main() {
         by: vec![Group::Key],
         ..month.clone()
     };
-    let (daily_med, _) = timed(5, || async {
+    let (daily_med, _, _) = timed(5, || async {
         std::hint::black_box(read::report(&pool, &by_day_key).await.unwrap());
     })
     .await;
     store::publish(&pool, &budgets, &defs, TZ).await.unwrap();
-    let (refresh_med, refresh_max) = timed(20, || refresh(&pool, &budgets, &defs)).await;
-    let (scrape_med, scrape_max) = timed(20, || async {
+    let (refresh_med, _, refresh_max) = timed(20, || refresh(&pool, &budgets, &defs)).await;
+    let (scrape_med, _, scrape_max) = timed(20, || async {
         deepseek_meter::billing::roll::hour_cost_by_model(&pool, open)
             .await
             .unwrap();

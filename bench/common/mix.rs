@@ -148,3 +148,27 @@ pub async fn ingest(
     }
     rows as f64 / t.elapsed().as_secs_f64()
 }
+
+/// A number from the environment (`SCALE_ROWS`, `BENCH_BILL_ROWS`, …), else `default`.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `f` `n` times; (median, min, max) in milliseconds.
+pub async fn timed<F, Fut>(n: usize, mut f: F) -> (f64, f64, f64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (ms[n / 2], ms[0], ms[n - 1])
+}

@@ -116,6 +116,7 @@ fn compat_tool_call_json() {
         (r.status, r.tokens),
         (CallStatus::Ok, tokens(200, 0, 21, 0))
     );
+    assert_eq!(r.finish_reasons, ["tool_calls"]);
 }
 
 #[test]
@@ -382,6 +383,7 @@ fn native_full_usage_shape_with_unknown_keys() {
  "request_id":"7c8beccf-3e76-9034-95c1-db1f1ab9d6e0"}"#;
     let r = tap(Protocol::DashScope, 200, JSON, body);
     assert_eq!(r.tokens, tokens(12, 0, 21, 20));
+    assert_eq!(r.finish_reasons, ["length"]);
 }
 
 #[test]

@@ -82,6 +82,7 @@ fn responses_json_gives_the_reported_usage_and_its_id() {
     assert_eq!(r.tokens, tokens(57, 0, 0, 44, 30));
     assert_eq!(r.upstream_request_id.as_deref(), Some("resp_0b5c"));
     assert_eq!(r.response_model.as_deref(), Some("deepseek-v4-pro"));
+    assert_eq!(r.finish_reasons, ["completed"]);
     assert!(!r.reasoning_estimated && !r.stream && r.parse_errors == 0);
 }
 
@@ -148,6 +149,7 @@ fn responses_incomplete_is_cut_short_with_its_reason_and_usage() {
     let r = whole(Protocol::Responses, 200, SSE, stream);
     assert_eq!(r.status, CallStatus::UpstreamAborted);
     assert_eq!(r.error_code.as_deref(), Some("max_output_tokens"));
+    assert_eq!(r.finish_reasons, ["max_output_tokens"]);
     assert_eq!(r.usage_source, UsageSource::Reported);
     assert_eq!(r.tokens, tokens(12, 0, 0, 16, 16));
 }
@@ -222,6 +224,7 @@ fn anthropic_json_counts_every_input_token_and_splits_reasoning_by_text() {
     let r = whole(Protocol::Anthropic, 200, JSON, ANTHROPIC_JSON);
     assert_eq!(r.status, CallStatus::Ok);
     assert_eq!(r.usage_source, UsageSource::Reported);
+    assert_eq!(r.finish_reasons, ["end_turn"]);
     // Anthropic's convention: input_tokens is the rest; the call's input is the three together.
     assert_eq!(
         (r.tokens.input, r.tokens.cached, r.tokens.cache_creation),
@@ -291,6 +294,8 @@ fn anthropic_stream_merges_message_start_and_message_delta() {
     let r = whole(Protocol::Anthropic, 200, SSE, ANTHROPIC_SSE);
     assert_eq!(r.status, CallStatus::Ok);
     assert!(r.stream);
+    // message_start's `"stop_reason": null` is no reason; message_delta's is.
+    assert_eq!(r.finish_reasons, ["end_turn"]);
     assert_eq!(
         (r.tokens.input, r.tokens.cached, r.tokens.output),
         (527, 512, 60)
