@@ -203,7 +203,7 @@ impl Meter {
         let billing = Billing {
             finished_at,
             billing_hour: pricing::billing_hour(finished_at, me.timezone),
-            price_version: price.map(|p| p.version()),
+            price_version: price.map(|p| p.version().to_owned()),
             price_period: price.and_then(|p| p.period).map(str::to_owned),
             cost_total: by_class.as_ref().map(|c| sum(c)),
             cost_input: by_class.as_ref().map(|c| sum(&c[..3])),

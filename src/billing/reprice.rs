@@ -89,7 +89,7 @@ pub fn correction(book: &PriceBook, call: &Priced) -> Option<Correction> {
     let price = book.price_at(&call.model, call.finished_at)?;
     let cost = price.cost(&call.tokens);
     (call.cost != Some(cost)).then(|| Correction {
-        version: price.version(),
+        version: price.version().to_owned(),
         period: price.period.map(str::to_owned),
         cost,
         cost_input: price.rates.input_cost(&call.tokens),

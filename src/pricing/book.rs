@@ -389,6 +389,7 @@ fn entry(e: EntryFile, defaults: Defaults, tz: Tz) -> Result<Entry, String> {
     Ok(Entry {
         starts_at: midnight(e.effective_from, "effective_from")?,
         retires_at: e.retires.map(|d| midnight(d, "retires")).transpose()?,
+        version: format!("{}@{}", e.name, e.effective_from),
         model: e.name,
         effective_from: e.effective_from,
         schedule,

@@ -119,6 +119,9 @@ pub struct Entry {
     /// Fields that are the book's assumptions rather than published figures.
     pub assumed: Vec<String>,
     pub note: Option<String>,
+    /// `model@YYYY-MM-DD`, made once (every priced call stores it).
+    #[serde(skip)]
+    version: String,
     #[serde(skip)]
     starts_at: DateTime<Utc>,
     #[serde(skip)]
@@ -127,8 +130,8 @@ pub struct Entry {
 
 impl Entry {
     /// `model@YYYY-MM-DD`, stored on each priced row.
-    pub fn version(&self) -> String {
-        format!("{}@{}", self.model, self.effective_from)
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// The price of a call that finished at local hour `hour` of the billing time zone.
@@ -182,7 +185,7 @@ pub struct Price<'a> {
 
 impl Price<'_> {
     /// `model@YYYY-MM-DD`, stored on each priced row.
-    pub fn version(&self) -> String {
+    pub fn version(&self) -> &str {
         self.entry.version()
     }
 
