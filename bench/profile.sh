@@ -62,17 +62,19 @@ hz=$(getconf CLK_TCK)
 cpu_us=$(python3 -c "print(round(($c1 - $c0) * 1e6 / $hz / $calls, 1))")
 
 load 12 > /dev/null &
+loader=$!
 sleep 2
 perf record -F 999 --call-graph dwarf,32768 -p "$sidecar" -o "$work/perf.data" -- sleep 5 2> /dev/null
-wait
+wait "$loader"
 perf script -i "$work/perf.data" 2> /dev/null | inferno-collapse-perf > "$work/folded"
 inferno-flamegraph --minwidth 0.2 --title "deepseek-meter serve under W2 (wrk 32 connections), ledger on" \
   < "$work/folded" > "$out/profile-w2.svg"
 
 timeout 9 strace -f -c -p "$sidecar" -o "$work/strace" 2> /dev/null &
+tracer=$!
 sleep 1
 strace_calls=$(load 4 | awk '/requests in/ {print $1}')
-wait || true
+wait "$tracer" || true
 
 {
   echo "W2: $calls calls in 5 s, sidecar CPU per call $cpu_us us"

@@ -115,9 +115,9 @@ fn time_of_day_prices_follow_the_billing_hour() {
         .price_at("deepseek-v4-flash-0731", at("2026-08-15T00:00:00Z"))
         .is_none());
     // The stored version and period find the same rates again.
-    let again = book.price_of(&peak.version(), Some("peak")).unwrap();
+    let again = book.price_of(peak.version(), Some("peak")).unwrap();
     assert_eq!(again.rates, peak.rates);
-    assert!(book.price_of(&peak.version(), None).is_none());
+    assert!(book.price_of(peak.version(), None).is_none());
 }
 
 #[test]
