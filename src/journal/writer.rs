@@ -110,9 +110,10 @@ impl Writer {
             // Batched mode: linger a moment before draining, so the calls finishing meanwhile join this write.
             // While the writer sleeps it is not waiting on the channel, so those appends wake no thread: one
             // wake-up, one write and one notice to the shipper per linger instead of per call (each wake-up
-            // is a futex call on both sides and a context switch). A record then reaches the file at most
-            // `linger` later, well inside the group-commit window a kill may lose anyway. Not after a
-            // barrier or close (someone waits for them), nor in strict mode (the call's last byte waits).
+            // is a futex call on both sides and a context switch). A record then reaches the file `linger`
+            // later plus however long the woken writer waits for a CPU, inside the group-commit window a
+            // kill may lose anyway. Not after a barrier or close (someone waits for them), nor in strict
+            // mode (the call's last byte waits).
             if matches!(first, Some(Entry::Record { ack: None, .. })) && !linger.is_zero() {
                 std::thread::sleep(linger);
             }
