@@ -4,8 +4,9 @@
 //! 2. `journal → ledger`: records appended to a real journal (batched durability, fsync every 10 ms) by
 //!    4 producer tasks, shipped by the real shipper; the clock stops when the last record is in Postgres.
 //!
-//! 1b. `unnest` vs `copy`: the same rows and rollups through the shipper's UNNEST insert and through COPY (CSV)
-//!    into a temporary table, at batches of 1,000 and 5,000, with the Postgres backends' CPU per row.
+//! 1b. `unnest` vs `copy` vs `binary`: the same rows and rollups through the shipper's UNNEST insert and through
+//!    COPY (CSV, and binary) into a temporary table, at batches of 120 (the shipper's at ~6,000 calls/s), 1,000
+//!    and 5,000, with the Postgres backends' CPU per row.
 //!
 //! 3. `proxy path`: p50/p99 latency of non-streaming calls through the real sidecar (ledger on, simulator
 //!    upstream), first with the ledger idle, then while its shipper ingests `BENCH_ROWS` journaled records.
@@ -147,25 +148,32 @@ async fn main() {
     let insert_secs = t.elapsed().as_secs_f64();
     drop(records);
 
-    // 1b. The two ways rows can reach Postgres (issue 25): UNNEST of one array per column (what the shipper
-    // does) vs COPY (CSV) into a temporary table and the same INSERT … SELECT, each at two batch sizes, with the
+    // 1b. The ways rows can reach Postgres (issue 25): UNNEST of one array per column (what the shipper does) vs
+    // COPY (CSV, binary) into a temporary table and the same INSERT … SELECT, each at three batch sizes, with the
     // Postgres backends' own CPU per row (their utime + stime from /proc; Postgres runs on this machine).
     let mut ways = Vec::new();
     for round in 0..2u64 {
         for (way, batch) in [
+            ("unnest", 120),
+            ("copy", 120),
+            ("binary", 120),
             ("unnest", 1000),
             ("copy", 1000),
+            ("binary", 1000),
             ("unnest", 5000),
             ("copy", 5000),
+            ("binary", 5000),
         ] {
             let records: Vec<CallRecord> = (0..rows).map(|i| record(i + round)).collect();
             let before = backend_cpu(l.pool(), &db).await;
             let t = Instant::now();
             for chunk in records.chunks(batch) {
-                let n = if way == "copy" {
-                    deepseek_meter::ledger::insert::copy_insert(l.pool(), chunk).await
-                } else {
-                    deepseek_meter::ledger::insert::insert(l.pool(), chunk).await
+                let n = match way {
+                    "copy" => deepseek_meter::ledger::insert::copy_insert(l.pool(), chunk).await,
+                    "binary" => {
+                        deepseek_meter::ledger::insert::copy_binary_insert(l.pool(), chunk).await
+                    }
+                    _ => deepseek_meter::ledger::insert::insert(l.pool(), chunk).await,
                 };
                 assert_eq!(n.unwrap(), chunk.len() as u64);
             }
@@ -275,6 +283,38 @@ async fn main() {
         (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
     };
     let (idle_p50, idle_p99) = measure(http.clone(), target.clone()).await;
+    // 3b. The proxy's tail while rows reach Postgres each way (issue 25): batches of 120 every 20 ms, the
+    // shipper's cadence at ~6,000 calls/s, into the same Postgres on the same cores.
+    let mut tails = Vec::new();
+    let mut beside = 0u64;
+    for way in ["unnest", "copy", "binary"] {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let inserter = {
+            let (pool, stop) = (l.pool().clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                while !stop.is_cancelled() {
+                    tick.tick().await;
+                    let batch: Vec<CallRecord> = (0..120).map(|i| record(n + i)).collect();
+                    let done = match way {
+                        "copy" => deepseek_meter::ledger::insert::copy_insert(&pool, &batch).await,
+                        "binary" => {
+                            deepseek_meter::ledger::insert::copy_binary_insert(&pool, &batch).await
+                        }
+                        _ => deepseek_meter::ledger::insert::insert(&pool, &batch).await,
+                    };
+                    n += done.unwrap();
+                }
+                n
+            })
+        };
+        let (p50, p99) = measure(http.clone(), target.clone()).await;
+        stop.cancel();
+        beside += inserter.await.unwrap();
+        eprintln!("proxy beside {way} inserts: p50 {p50:.0} µs, p99 {p99:.0} µs");
+        tails.push((way, p50, p99));
+    }
     // A backlog, as after a database outage: journaled first, then shipped while calls flow.
     let app_journal = app.state.journal.clone().unwrap();
     for i in 0..rows {
@@ -295,7 +335,7 @@ async fn main() {
         .unwrap();
     assert_eq!(
         n as u64,
-        3 * rows + 2 * calls as u64 + ways.len() as u64 * rows,
+        3 * rows + (2 + tails.len() as u64) * calls as u64 + ways.len() as u64 * rows + beside,
         "every record landed once"
     );
     pool.close().await;
@@ -338,10 +378,14 @@ async fn main() {
     println!("| proxy path (non-streaming, sequential, {calls} calls each) | p50 µs | p99 µs |");
     println!("| --- | ---: | ---: |");
     println!("| ledger idle | {idle_p50:.0} | {idle_p99:.0} |");
+    for (way, p50, p99) in &tails {
+        println!("| 120 rows every 20 ms inserted beside, {way} | {p50:.0} | {p99:.0} |");
+    }
     println!("| ledger shipping a backlog ({pending_before} → {pending_after} records pending during the run) | {busy_p50:.0} | {busy_p99:.0} |");
     let json = serde_json::json!({
         "proxy_idle_p50_us": idle_p50, "proxy_idle_p99_us": idle_p99,
         "proxy_ingesting_p50_us": busy_p50, "proxy_ingesting_p99_us": busy_p99,
+        "proxy_beside_inserts": tails.iter().map(|(w, p50, p99)| serde_json::json!({"way": w, "p50_us": p50, "p99_us": p99})).collect::<Vec<_>>(),
         "rows": rows, "insert_rows_per_s": insert_rate, "append_rows_per_s": append_rate,
         "end_to_end_rows_per_s": e2e_rate,
         "ways": ways.iter().map(|(w, b, r, rate, cpu)| serde_json::json!({"way": w, "batch": b, "round": r, "rows_per_s": rate, "backend_cpu_us_per_row": cpu})).collect::<Vec<_>>(),

@@ -875,8 +875,8 @@ async fn a_client_that_leaves_before_the_response_head_leaves_a_row() {
 /// insert stores — every column and the rollups' sums — for text that CSV must quote (quotes, commas, line
 /// breaks, non-ASCII), NULLs, and a replay (nothing added twice either way).
 #[tokio::test]
-async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
-    use deepseek_meter::ledger::insert::{copy_insert, insert};
+async fn the_copy_inserts_store_what_the_unnest_insert_stores() {
+    use deepseek_meter::ledger::insert::{copy_binary_insert, copy_insert, insert};
     let db = TestDb::new().await;
     let ledger = deepseek_meter::ledger::Ledger::create_and_migrate(&db.url)
         .await
@@ -915,6 +915,13 @@ async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
         0,
         "a replay adds nothing"
     );
+    let c: Vec<_> = (0..40).map(|i| twin(i, "binary")).collect();
+    assert_eq!(copy_binary_insert(&pool, &c).await.unwrap(), 40);
+    assert_eq!(
+        copy_binary_insert(&pool, &c).await.unwrap(),
+        0,
+        "a replay adds nothing"
+    );
     // Row by row, every column but the key, the two that tell the twins apart and when it was recorded.
     let rows = |project: &'static str| {
         let pool = pool.clone();
@@ -933,6 +940,7 @@ async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
     let (by_unnest, by_copy) = (rows("unnest").await, rows("copy").await);
     assert_eq!(by_unnest.len(), 40);
     assert_eq!(by_unnest, by_copy);
+    assert_eq!(by_unnest, rows("binary").await);
     assert!(
         by_copy.iter().any(|r| r["key_hint"] == ""),
         "an empty text stays empty"
@@ -953,25 +961,28 @@ async fn the_copy_insert_stores_what_the_unnest_insert_stores() {
         ("hourly_end_user_cost", "count(*), sum(cost)"),
     ] {
         let sums: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT ({cols})::text FROM {table} WHERE project IN ('unnest', 'copy') GROUP BY project ORDER BY project"
+            "SELECT ({cols})::text FROM {table} WHERE project IN ('unnest', 'copy', 'binary') GROUP BY project ORDER BY project"
         ))
         .fetch_all(&pool)
         .await
         .unwrap();
-        assert_eq!(sums.len(), 2, "{table}");
-        assert_eq!(sums[0], sums[1], "{table}");
+        assert_eq!(sums.len(), 3, "{table}");
+        assert!(sums.iter().all(|s| *s == sums[0]), "{table}: {sums:?}");
     }
     {
         let sums: Vec<String> = sqlx::query_scalar(
             "SELECT (count(*), sum(calls), sum(input_tokens), sum(cost), sum(cost_input), min(workspace))::text
-             FROM hourly_key_usage WHERE api_key_id IN ('key-unnest', 'key-copy')
+             FROM hourly_key_usage WHERE api_key_id IN ('key-unnest', 'key-copy', 'key-binary')
              GROUP BY api_key_id ORDER BY api_key_id",
         )
         .fetch_all(&pool)
         .await
         .unwrap();
-        assert_eq!(sums.len(), 2, "hourly_key_usage");
-        assert_eq!(sums[0], sums[1], "hourly_key_usage");
+        assert_eq!(sums.len(), 3, "hourly_key_usage");
+        assert!(
+            sums.iter().all(|s| *s == sums[0]),
+            "hourly_key_usage: {sums:?}"
+        );
     }
     pool.close().await;
 }
