@@ -364,10 +364,10 @@ async fn main() {
     println!("| rows into Postgres, {rows} a run (2 rounds) | batch | rows/s | Postgres backend CPU per row (µs) |");
     println!("| --- | ---: | ---: | ---: |");
     for (way, batch, round, rate, cpu) in &ways {
-        let way = if *way == "copy" {
-            "COPY (csv) into a temporary table + INSERT … SELECT"
-        } else {
-            "INSERT … SELECT FROM UNNEST (the shipper's)"
+        let way = match *way {
+            "copy" => "COPY (csv) into a temporary table + INSERT … SELECT",
+            "binary" => "COPY (binary) into a temporary table + INSERT … SELECT",
+            _ => "INSERT … SELECT FROM UNNEST",
         };
         println!(
             "| {way}, round {} | {batch} | {rate:.0} | {cpu:.1} |",

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Records per INSERT.
 pub const BATCH: usize = 5_000;
+// A full batch is what the ledger sends by COPY (its cheaper way at that size): keep them in step.
+const _: () = assert!(BATCH >= crate::ledger::COPY_FROM);
 
 /// When fewer than a batch of records are waiting, the shipper waits this long for more before it inserts:
 /// at thousands of calls per second that is one INSERT (and one checkpoint) per 20 ms instead of one per
@@ -150,11 +152,11 @@ impl Shipper {
                 self.metrics.ledger_rows_written(n);
                 Ok(())
             }
-            Err(sqlx::Error::Database(e)) if is_invalid_data(e.as_ref()) => {
+            Err(sqlx::Error::Database(e)) if ledger::is_invalid_data(e.as_ref()) => {
                 for r in batch {
                     match self.ledger.insert(std::slice::from_ref(r)).await {
                         Ok(n) => self.metrics.ledger_rows_written(n),
-                        Err(sqlx::Error::Database(e)) if is_invalid_data(e.as_ref()) => {
+                        Err(sqlx::Error::Database(e)) if ledger::is_invalid_data(e.as_ref()) => {
                             self.dead_letter(r, &e.to_string());
                         }
                         Err(e) => return Err(e),
@@ -180,12 +182,6 @@ impl Shipper {
             tracing::error!(call_id = %record.call_id, error = %e, "dead-letter write failed");
         }
     }
-}
-
-/// Data exceptions (22) and integrity violations (23): the rows, not the connection, are at fault.
-fn is_invalid_data(e: &dyn sqlx::error::DatabaseError) -> bool {
-    e.code()
-        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
 }
 
 /// Waits [`LINGER`] for more records to gather, unless the shipper is stopping.

@@ -43,16 +43,20 @@ macro_rules! columns {
         /// Writes `records` as binary `COPY` tuples (a field count, then each field's length and its binary
         /// value as the UNNEST insert binds it), the columns in [`COLUMNS`]' order (the path of
         /// [`copy_binary_insert`]).
-        pub fn copy_binary_rows<'q>(records: &'q [CallRecord], out: &mut Vec<u8>) {
+        pub fn copy_binary_rows<'q>(
+            records: &'q [CallRecord],
+            out: &mut Vec<u8>,
+        ) -> Result<(), sqlx::error::BoxDynError> {
             let fields = i16::try_from(COLUMNS.len()).unwrap_or(i16::MAX);
             for record in records {
                 out.extend_from_slice(&fields.to_be_bytes());
                 $(
                     let $r = record;
                     let v: $ty = $get;
-                    binary_field(&v, out);
+                    binary_field(&v, out)?;
                 )*
             }
+            Ok(())
         }
 
         /// Binds each column of `records`, as an array, to `query`.
@@ -213,7 +217,7 @@ pub async fn copy_binary_insert(pool: &PgPool, records: &[CallRecord]) -> Result
     let (create, insert) = copy_statements();
     let mut data = Vec::with_capacity(HEADER.len() + records.len() * 400 + 2);
     data.extend_from_slice(HEADER);
-    copy_binary_rows(records, &mut data);
+    copy_binary_rows(records, &mut data).map_err(sqlx::Error::Encode)?;
     data.extend_from_slice(&(-1i16).to_be_bytes());
     let mut tx = pool.begin().await?;
     sqlx::query(create).execute(&mut *tx).await?;
@@ -230,18 +234,22 @@ pub async fn copy_binary_insert(pool: &PgPool, records: &[CallRecord]) -> Result
     Ok(inserted.max(0) as u64)
 }
 
-/// One field of a binary `COPY` tuple: its length (-1: NULL) and its value as sqlx encodes it for Postgres.
-fn binary_field<'q, T: sqlx::Encode<'q, sqlx::Postgres>>(value: &T, out: &mut Vec<u8>) {
+/// One field of a binary `COPY` tuple: its length (-1: NULL) and its value as sqlx encodes it for Postgres (a
+/// value sqlx cannot encode fails the batch, as it would the UNNEST insert's).
+fn binary_field<'q, T: sqlx::Encode<'q, sqlx::Postgres>>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), sqlx::error::BoxDynError> {
     let mut buf = sqlx::postgres::PgArgumentBuffer::default();
-    match value.encode_by_ref(&mut buf) {
-        Ok(sqlx::encode::IsNull::No) => {
-            let len = i32::try_from(buf.len()).unwrap_or(i32::MAX);
+    match value.encode_by_ref(&mut buf)? {
+        sqlx::encode::IsNull::No => {
+            let len = i32::try_from(buf.len())?;
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&buf);
         }
-        // The column types here encode without failing; a failure would be a NULL the table's checks refuse.
-        Ok(sqlx::encode::IsNull::Yes) | Err(_) => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        sqlx::encode::IsNull::Yes => out.extend_from_slice(&(-1i32).to_be_bytes()),
     }
+    Ok(())
 }
 
 /// The temporary table both COPY paths fill, and the insert from it.

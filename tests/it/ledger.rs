@@ -466,6 +466,59 @@ fn readme_writer_grants() -> Vec<String> {
     grants
 }
 
+/// Creates `role` with the README's SQL for the sidecar's role, as written there, on database `db`.
+async fn create_readme_writer(pool: &sqlx::PgPool, role: &TestRole, db: &str) {
+    sqlx::query(&format!("CREATE ROLE {} LOGIN", role.0))
+        .execute(pool)
+        .await
+        .unwrap();
+    for sql in readme_writer_grants() {
+        let sql = sql
+            .replace("deepseek_meter_writer", &role.0)
+            .replace("DATABASE deepseek_meter", &format!("DATABASE \"{db}\""));
+        sqlx::query(&sql).execute(pool).await.unwrap();
+    }
+}
+
+/// The README's role ships a full batch (binary COPY into a temporary table) and a small one (UNNEST).
+#[tokio::test]
+async fn the_readme_writer_role_ships_full_and_small_batches() {
+    use deepseek_meter::ledger::{Ledger, COPY_FROM};
+    let role = TestRole(format!("dm_writer_{}", uuid::Uuid::now_v7().simple()));
+    let db = TestDb::new().await;
+    let owner = Ledger::create_and_migrate(&db.url).await.unwrap();
+    // Only what the README grants: not the TEMPORARY every role has by default.
+    sqlx::query(&format!(
+        "REVOKE TEMPORARY ON DATABASE \"{}\" FROM PUBLIC",
+        db.name
+    ))
+    .execute(owner.pool())
+    .await
+    .unwrap();
+    create_readme_writer(owner.pool(), &role, &db.name).await;
+    let writer =
+        Ledger::connect_lazy(&format!("postgres://{}@{}/{}", role.0, pg_addr(), db.name)).unwrap();
+    let full: Vec<_> = (0..COPY_FROM).map(a_record).collect();
+    assert_eq!(writer.insert(&full).await.unwrap(), COPY_FROM as u64);
+    assert_eq!(
+        writer.insert(&full).await.unwrap(),
+        0,
+        "a replay adds nothing"
+    );
+    let small: Vec<_> = (0..10).map(a_record).collect();
+    assert_eq!(writer.insert(&small).await.unwrap(), 10);
+    // By COPY: its temporary table is there (a COPY the role could not run would have gone by UNNEST).
+    let copies: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relname = 'ledger_copy' AND relpersistence = 't'",
+    )
+    .fetch_one(owner.pool())
+    .await
+    .unwrap();
+    assert!(copies >= 1, "the full batch went by COPY");
+    writer.pool().close().await;
+    owner.pool().close().await;
+}
+
 /// A role of its own, dropped after the test's database (declare it first: it is dropped last).
 struct TestRole(String);
 
@@ -481,18 +534,7 @@ async fn the_sidecar_runs_as_an_insert_only_role_and_the_ledger_is_append_only()
     let owner = LedgerApp::start(Upstream::Sim, |_| {}).await;
     flush(&owner.app).await; // migrated
     let pool = owner.db.pool().await;
-    // The README's SQL for the sidecar's role, as written there.
-    sqlx::query(&format!("CREATE ROLE {} LOGIN", role.0))
-        .execute(&pool)
-        .await
-        .unwrap();
-    for sql in readme_writer_grants() {
-        let sql = sql.replace("deepseek_meter_writer", &role.0).replace(
-            "DATABASE deepseek_meter",
-            &format!("DATABASE \"{}\"", owner.db.name),
-        );
-        sqlx::query(&sql).execute(&pool).await.unwrap();
-    }
+    create_readme_writer(&pool, &role, &owner.db.name).await;
     owner.app.shutdown().await;
 
     // The writer runs the whole sidecar: a call, the bill's rolls (the hour closes), the report's delivery.
@@ -871,9 +913,61 @@ async fn a_client_that_leaves_before_the_response_head_leaves_a_row() {
     t.app.shutdown().await;
 }
 
-/// The COPY path that `bench/ledger` measures against the shipper's UNNEST insert stores exactly what that
-/// insert stores — every column and the rollups' sums — for text that CSV must quote (quotes, commas, line
-/// breaks, non-ASCII), NULLs, and a replay (nothing added twice either way).
+/// `Ledger::insert` (the shipper's) sends a full batch by COPY (binary: the twin test above shows it stores what
+/// UNNEST stores) and a smaller one by UNNEST, and the bill's rollup holds the rows' sums either way.
+#[tokio::test]
+async fn a_full_batch_goes_by_copy_and_a_small_one_by_unnest_and_the_rollup_holds_the_rows_sums() {
+    use deepseek_meter::ledger::COPY_FROM;
+    let db = TestDb::new().await;
+    let ledger = deepseek_meter::ledger::Ledger::create_and_migrate(&db.url)
+        .await
+        .unwrap();
+    let pool = ledger.pool().clone();
+    // The COPY path's temporary table, seen from any session (pg_class lists every session's).
+    let copy_tables = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_class WHERE relname = 'ledger_copy' AND relpersistence = 't'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let small: Vec<_> = (0..COPY_FROM - 1).map(a_record).collect();
+    assert_eq!(ledger.insert(&small).await.unwrap(), small.len() as u64);
+    assert_eq!(
+        copy_tables().await,
+        0,
+        "a batch under COPY_FROM goes by UNNEST"
+    );
+    let full: Vec<_> = (0..COPY_FROM).map(a_record).collect();
+    assert_eq!(ledger.insert(&full).await.unwrap(), COPY_FROM as u64);
+    assert!(copy_tables().await >= 1, "a full batch goes by COPY");
+    assert_eq!(
+        ledger.insert(&full).await.unwrap(),
+        0,
+        "a replay adds nothing"
+    );
+    // The bill's rollup holds exactly the rows' sums, whichever way they came.
+    let (rows, rolled): (String, String) = sqlx::query_as(
+        "SELECT (SELECT (count(*), sum(input_tokens), sum(output_tokens), sum(cost_total))::text FROM usage_ledger),
+                (SELECT (sum(calls), sum(input_tokens), sum(output_tokens), sum(cost_total))::text FROM hourly_bill)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, rolled);
+    assert!(
+        rows.starts_with(&format!("({},", 2 * COPY_FROM - 1)),
+        "{rows}"
+    );
+    pool.close().await;
+}
+/// The COPY paths (CSV, which `bench/ledger` measures, and binary, which `Ledger::insert` takes for full batches)
+/// store exactly what the UNNEST insert stores — every column and the rollups' sums — for text that CSV must
+/// quote (quotes, commas, line breaks, non-ASCII), NULLs, and a replay (nothing added twice any way).
 #[tokio::test]
 async fn the_copy_inserts_store_what_the_unnest_insert_stores() {
     use deepseek_meter::ledger::insert::{copy_binary_insert, copy_insert, insert};
