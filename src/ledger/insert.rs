@@ -190,22 +190,9 @@ fn statement() -> &'static str {
 /// The same insert, the rows sent with `COPY … FROM STDIN (FORMAT csv)` into a temporary table first (one
 /// transaction). Measured against [`insert`] by `bench/ledger` (issue 25): which costs Postgres less per row.
 pub async fn copy_insert(pool: &PgPool, records: &[CallRecord]) -> Result<u64, sqlx::Error> {
-    let (create, insert) = copy_statements();
     let mut csv = String::with_capacity(records.len() * 400);
     copy_rows(records, &mut csv);
-    let mut tx = pool.begin().await?;
-    sqlx::query(create).execute(&mut *tx).await?;
-    let mut copy = tx
-        .copy_in_raw(&format!(
-            "COPY ledger_copy ({}) FROM STDIN (FORMAT csv)",
-            COLUMNS.join(", ")
-        ))
-        .await?;
-    copy.send(csv.as_bytes()).await?;
-    copy.finish().await?;
-    let inserted: i64 = sqlx::query_scalar(insert).fetch_one(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(inserted.max(0) as u64)
+    copy_and_insert(pool, "csv", csv.as_bytes()).await
 }
 
 /// The same insert, the rows sent with binary `COPY … FROM STDIN (FORMAT binary)` into a temporary table first
@@ -214,16 +201,21 @@ pub async fn copy_insert(pool: &PgPool, records: &[CallRecord]) -> Result<u64, s
 pub async fn copy_binary_insert(pool: &PgPool, records: &[CallRecord]) -> Result<u64, sqlx::Error> {
     /// `PGCOPY\n\377\r\n\0`, then the flags and the header extension length (both 0).
     const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-    let (create, insert) = copy_statements();
     let mut data = Vec::with_capacity(HEADER.len() + records.len() * 400 + 2);
     data.extend_from_slice(HEADER);
     copy_binary_rows(records, &mut data).map_err(sqlx::Error::Encode)?;
     data.extend_from_slice(&(-1i16).to_be_bytes());
+    copy_and_insert(pool, "binary", &data).await
+}
+
+/// One transaction: `data` (COPY rows in `format`) into the temporary table, then the ledger's insert from it.
+async fn copy_and_insert(pool: &PgPool, format: &str, data: &[u8]) -> Result<u64, sqlx::Error> {
+    let (create, insert) = copy_statements();
     let mut tx = pool.begin().await?;
     sqlx::query(create).execute(&mut *tx).await?;
     let mut copy = tx
         .copy_in_raw(&format!(
-            "COPY ledger_copy ({}) FROM STDIN (FORMAT binary)",
+            "COPY ledger_copy ({}) FROM STDIN (FORMAT {format})",
             COLUMNS.join(", ")
         ))
         .await?;

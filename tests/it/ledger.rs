@@ -508,15 +508,22 @@ async fn the_readme_writer_role_ships_full_and_small_batches() {
     let small: Vec<_> = (0..10).map(a_record).collect();
     assert_eq!(writer.insert(&small).await.unwrap(), 10);
     // By COPY: its temporary table is there (a COPY the role could not run would have gone by UNNEST).
-    let copies: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_class WHERE relname = 'ledger_copy' AND relpersistence = 't'",
-    )
-    .fetch_one(owner.pool())
-    .await
-    .unwrap();
-    assert!(copies >= 1, "the full batch went by COPY");
+    assert!(
+        copy_tables(owner.pool()).await >= 1,
+        "the full batch went by COPY"
+    );
     writer.pool().close().await;
     owner.pool().close().await;
+}
+
+/// The COPY path's temporary tables, seen from any session (pg_class lists every session's).
+async fn copy_tables(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relname = 'ledger_copy' AND relpersistence = 't'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// A role of its own, dropped after the test's database (declare it first: it is dropped last).
@@ -923,28 +930,16 @@ async fn a_full_batch_goes_by_copy_and_a_small_one_by_unnest_and_the_rollup_hold
         .await
         .unwrap();
     let pool = ledger.pool().clone();
-    // The COPY path's temporary table, seen from any session (pg_class lists every session's).
-    let copy_tables = || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_class WHERE relname = 'ledger_copy' AND relpersistence = 't'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
-    };
     let small: Vec<_> = (0..COPY_FROM - 1).map(a_record).collect();
     assert_eq!(ledger.insert(&small).await.unwrap(), small.len() as u64);
     assert_eq!(
-        copy_tables().await,
+        copy_tables(&pool).await,
         0,
         "a batch under COPY_FROM goes by UNNEST"
     );
     let full: Vec<_> = (0..COPY_FROM).map(a_record).collect();
     assert_eq!(ledger.insert(&full).await.unwrap(), COPY_FROM as u64);
-    assert!(copy_tables().await >= 1, "a full batch goes by COPY");
+    assert!(copy_tables(&pool).await >= 1, "a full batch goes by COPY");
     assert_eq!(
         ledger.insert(&full).await.unwrap(),
         0,
