@@ -13,6 +13,15 @@ use tokio::sync::{oneshot, watch};
 /// The longest a batched-mode record waits for company before it is written (see [`Writer::run`]).
 const MAX_LINGER: Duration = Duration::from_millis(1);
 
+/// How long the writer lingers before draining a batch: at most [`MAX_LINGER`] and never past the group-commit
+/// window (a kill may lose that window, no more); not at all in strict mode, where each call waits for its fsync.
+fn linger(durability: Durability, group_commit: Duration) -> Duration {
+    match durability {
+        Durability::Batched => group_commit.min(MAX_LINGER),
+        Durability::Strict => Duration::ZERO,
+    }
+}
+
 /// Starts the writer (and its syncer) on `file`, segment `seq`; it runs until it receives `Close` or every
 /// sender is gone, and holds `lock` until then.
 pub(super) fn start(
@@ -80,10 +89,7 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Entry>) {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut closed = false;
-        let linger = match self.config.durability {
-            Durability::Batched => self.config.group_commit.min(MAX_LINGER),
-            Durability::Strict => Duration::ZERO,
-        };
+        let linger = linger(self.config.durability, self.config.group_commit);
         // After close, a failing disk gets this many more tries (100 ms apart) before giving up loudly.
         let mut last_tries = 50u32;
         while !closed || (!self.retry.is_empty() && last_tries > 0) {
@@ -296,5 +302,23 @@ fn sync_loop(shared: &SyncShared, window: Duration, stats: &JournalStats) {
             drop(st);
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_linger_stays_inside_the_group_commit_window_and_strict_mode_never_lingers() {
+        let ms = Duration::from_millis;
+        assert_eq!(linger(Durability::Batched, ms(10)), MAX_LINGER);
+        assert_eq!(
+            linger(Durability::Batched, Duration::from_micros(200)),
+            Duration::from_micros(200)
+        );
+        assert_eq!(linger(Durability::Batched, Duration::ZERO), Duration::ZERO);
+        assert_eq!(linger(Durability::Strict, ms(10)), Duration::ZERO);
+        assert_eq!(MAX_LINGER, ms(1));
     }
 }

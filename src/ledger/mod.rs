@@ -32,8 +32,8 @@ pub const ADMISSION_CONNECTIONS: u32 = 4;
 
 /// The batch size from which [`Ledger::insert`] sends rows by binary `COPY`. Measured by `bench/ledger` (Postgres
 /// backend CPU per row, 2 rounds, 2026-12-05): at 5,000 rows binary COPY 15.6–15.7 µs vs UNNEST 16.7–17.4 µs; at
-/// 1,000 the same (20.9–21.3 vs 21.1–21.4); at 120, the shipper's batch at ~6,000 calls/s, UNNEST is cheaper
-/// (26.9–27.6 vs 27.3–28.6).
+/// 1,000 the same (20.9–21.3 vs 21.1–21.4); at 120, the shipper's batch at ~6,000 calls/s, UNNEST slightly
+/// cheaper (26.9–27.6 vs 27.3–28.6, within the rounds' spread).
 pub const COPY_FROM: usize = 5_000;
 
 #[derive(Clone)]

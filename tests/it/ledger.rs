@@ -960,6 +960,7 @@ async fn a_full_batch_goes_by_copy_and_a_small_one_by_unnest_and_the_rollup_hold
     );
     pool.close().await;
 }
+
 /// The COPY paths (CSV, which `bench/ledger` measures, and binary, which `Ledger::insert` takes for full batches)
 /// store exactly what the UNNEST insert stores — every column and the rollups' sums — for text that CSV must
 /// quote (quotes, commas, line breaks, non-ASCII), NULLs, and a replay (nothing added twice any way).
